@@ -1,0 +1,133 @@
+//! Types that cross the kernel/userspace boundary.
+//!
+//! The eBPF program (`tracer-ebpf`) writes [`TcpEvent`] records into the ring buffer named
+//! [`EVENTS_MAP`]; the daemon (`tracer`) copies them out and decodes them. Everything here is
+//! `#[repr(C)]`, `Copy`, free of `bool` and of hidden padding, and its size is asserted at
+//! compile time, so both sides agree on the layout byte for byte.
+#![no_std]
+
+/// One TCP state transition, as seen by the tracepoint `sock:inet_sock_set_state`.
+///
+/// Layout: 96 bytes, 8-byte aligned, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpEvent {
+    /// Kernel monotonic time of the transition (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Address of the kernel `struct sock`: the socket's identity while it lives. The kernel
+    /// recycles addresses for new sockets.
+    pub skaddr: u64,
+    /// Time spent in `oldstate`, valid when `flags & FLAG_DWELL_KNOWN`.
+    pub dwell_ns: u64,
+    /// Local address: IPv4 in the first 4 bytes when `family == AF_INET`, else IPv6.
+    pub saddr: [u8; 16],
+    /// Remote address, laid out like `saddr`.
+    pub daddr: [u8; 16],
+    /// Thread-group id of the task on CPU (often not the socket's owner).
+    pub tgid: u32,
+    /// Thread id of the task on CPU.
+    pub tid: u32,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// State before the transition (`TCP_*` numbering of include/net/tcp_states.h).
+    pub oldstate: u8,
+    /// State after the transition.
+    pub newstate: u8,
+    /// `comm` of the task on CPU, NUL-padded.
+    pub comm: [u8; 16],
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TcpEvent>() == 96);
+const _: () = assert!(core::mem::align_of::<TcpEvent>() == 8);
+
+#[cfg(feature = "user")]
+// SAFETY: `TcpEvent` is `repr(C)`, `Copy`, made only of integers and byte arrays, and has no
+// implicit padding (asserted above), so every bit pattern is a valid value.
+unsafe impl aya::Pod for TcpEvent {}
+
+/// `dwell_ns` holds the time spent in the old state.
+pub const FLAG_DWELL_KNOWN: u32 = 1;
+/// The kernel's per-socket table was full, so this socket's dwell could not be tracked.
+pub const FLAG_DWELL_TABLE_FULL: u32 = 2;
+
+/// `AF_INET` from the kernel's socket.h.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6` from the kernel's socket.h.
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// `TCP_CLOSE` from include/net/tcp_states.h.
+pub const TCP_CLOSE: u8 = 7;
+
+/// Name of the ring buffer carrying [`TcpEvent`]s.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Default size of the ring buffer in bytes (a power of two, a multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 8 << 20;
+
+/// Name of the per-socket table: skaddr → timestamp of the last transition.
+pub const SOCKETS_MAP: &str = "SOCKETS";
+/// Default capacity of [`SOCKETS_MAP`].
+pub const SOCKETS_MAP_ENTRIES: u32 = 1 << 18;
+
+/// Name of the per-CPU array of [`Counter`]s.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+
+/// Name of the set of thread-group ids whose sockets pass the in-kernel filter.
+pub const FILTER_PIDS_MAP: &str = "FILTER_PIDS";
+/// Name of the set of local ports whose sockets pass the in-kernel filter.
+pub const FILTER_PORTS_MAP: &str = "FILTER_PORTS";
+/// Name of the set of socket addresses already known to belong to a filtered process.
+pub const FILTER_SOCKS_MAP: &str = "FILTER_SOCKS";
+/// Capacity of [`FILTER_PIDS_MAP`].
+pub const FILTER_PIDS_ENTRIES: u32 = 64;
+/// Capacity of [`FILTER_PORTS_MAP`].
+pub const FILTER_PORTS_ENTRIES: u32 = 4096;
+/// Capacity of [`FILTER_SOCKS_MAP`].
+pub const FILTER_SOCKS_ENTRIES: u32 = 1 << 16;
+
+/// Name of the read-only global holding the [`Config`].
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+
+/// Load-time configuration of the eBPF program, set as a read-only global before loading so
+/// that the verifier sees it as a constant and prunes the branches it disables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Non-zero: only sockets matching the filter maps are reported.
+    pub filter: u32,
+    /// Ring-buffer fill level (bytes) at which the program wakes the reader; below it, events
+    /// are submitted without a wakeup and the reader drains on its own timer.
+    pub wakeup_bytes: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)`, two `u32`s, no padding.
+unsafe impl aya::Pod for Config {}
+
+/// Indices into the per-CPU [`COUNTERS_MAP`]. The numeric values are part of the ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// TCP transitions the program saw (before filtering).
+    Seen = 0,
+    /// Events lost because the ring buffer had no room.
+    RingFull = 1,
+    /// Transitions whose socket could not be added to the per-socket table because it was full.
+    SocketTableFull = 2,
+    /// Transitions dropped by the in-kernel filter.
+    Filtered = 3,
+}
+
+/// Number of [`Counter`] slots.
+pub const COUNTERS: u32 = 4;

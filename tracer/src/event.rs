@@ -1,0 +1,359 @@
+//! Typed, decoded transitions: what the rest of userspace works with.
+//!
+//! Consumes the raw `tracer_common::TcpEvent` bytes from the ring buffer ([`decode`]) and the
+//! JSON Lines of a recording (`replay`), and produces [`Transition`]s. Everything here is `Copy`
+//! and allocation-free so the per-event path stays cheap.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use tracer_common::{AF_INET, AF_INET6, FLAG_DWELL_KNOWN, FLAG_DWELL_TABLE_FULL, TcpEvent};
+
+/// TCP states with the kernel's numbering (include/net/tcp_states.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+}
+
+impl TcpState {
+    /// Every state, in kernel order.
+    pub const ALL: [TcpState; 12] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+    ];
+
+    /// The state with kernel number `n`, if there is one.
+    pub fn from_kernel(n: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(n).checked_sub(1)?).copied()
+    }
+
+    /// Index 0..12, for per-state arrays.
+    pub fn index(self) -> usize {
+        self as usize - 1
+    }
+
+    /// The kernel's name without the `TCP_` prefix, as used in the JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+
+    /// Parses a name as printed by [`TcpState::name`] (an optional `TCP_` prefix is accepted).
+    pub fn from_name(s: &str) -> Option<Self> {
+        let s = s.strip_prefix("TCP_").unwrap_or(s);
+        Self::ALL.into_iter().find(|st| st.name() == s)
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// A process name (`comm`): up to 15 bytes, NUL-padded, stored inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    /// Builds a comm from text, truncated to 15 bytes (as the kernel does).
+    pub fn new(s: &str) -> Self {
+        let mut b = [0u8; 16];
+        let mut n = s.len().min(15);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        b[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Comm(b)
+    }
+
+    /// The name as text; invalid UTF-8 is replaced.
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|&c| c == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.0[..end])
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.as_str())
+    }
+}
+
+/// Address family of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// 4 or 6, as in the JSON output.
+    pub fn number(self) -> u8 {
+        match self {
+            Family::V4 => 4,
+            Family::V6 => 6,
+        }
+    }
+}
+
+/// One TCP state transition of one socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// Kernel monotonic time (ns).
+    pub ts_ns: u64,
+    /// Kernel socket address: the socket's identity while it lives.
+    pub sk: u64,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub old: TcpState,
+    pub new: TcpState,
+    /// Time spent in `old`, measured in the kernel; `None` when this is the first transition
+    /// the kernel program saw for the socket (or its table was full).
+    pub dwell_ns: Option<u64>,
+    /// The kernel's per-socket table was full when this socket was first seen.
+    pub dwell_table_full: bool,
+    /// Task on CPU when the transition ran (thread-group id). Often NOT the socket's owner.
+    pub task_pid: u32,
+    /// Thread id of the task on CPU.
+    pub task_tid: u32,
+    /// `comm` of the task on CPU.
+    pub task_comm: Comm,
+}
+
+/// Why a ring-buffer record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is shorter than a `TcpEvent`.
+    #[error("short event: {len} bytes, expected {expected}")]
+    Short { len: usize, expected: usize },
+    /// The family is neither AF_INET nor AF_INET6.
+    #[error("unknown address family {0}")]
+    Family(u16),
+    /// A state number outside 1..=12.
+    #[error("unknown TCP state {0}")]
+    State(u8),
+}
+
+/// Decodes one ring-buffer record. The bytes are copied out with an unaligned read, never
+/// referenced in place.
+pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
+    let expected = std::mem::size_of::<TcpEvent>();
+    if bytes.len() < expected {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: length checked above; `TcpEvent` is plain old data (every bit pattern valid) and
+    // `read_unaligned` has no alignment requirement.
+    let ev: TcpEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    from_raw(&ev)
+}
+
+/// Converts a raw kernel event into a [`Transition`].
+pub fn from_raw(ev: &TcpEvent) -> Result<Transition, DecodeError> {
+    let (family, saddr, daddr) = match ev.family {
+        AF_INET => (Family::V4, v4(&ev.saddr), v4(&ev.daddr)),
+        AF_INET6 => (
+            Family::V6,
+            IpAddr::V6(Ipv6Addr::from(ev.saddr)),
+            IpAddr::V6(Ipv6Addr::from(ev.daddr)),
+        ),
+        other => return Err(DecodeError::Family(other)),
+    };
+    let state = |n| TcpState::from_kernel(n).ok_or(DecodeError::State(n));
+    Ok(Transition {
+        ts_ns: ev.ts_ns,
+        sk: ev.skaddr,
+        family,
+        saddr,
+        sport: ev.sport,
+        daddr,
+        dport: ev.dport,
+        old: state(ev.oldstate)?,
+        new: state(ev.newstate)?,
+        dwell_ns: (ev.flags & FLAG_DWELL_KNOWN != 0).then_some(ev.dwell_ns),
+        dwell_table_full: ev.flags & FLAG_DWELL_TABLE_FULL != 0,
+        task_pid: ev.tgid,
+        task_tid: ev.tid,
+        task_comm: Comm(ev.comm),
+    })
+}
+
+fn v4(b: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+}
+
+/// Formats an address the way the JSON output does: v4-mapped IPv6 as `::ffff:a.b.c.d`.
+pub struct AddrFmt(pub IpAddr);
+
+impl fmt::Display for AddrFmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}"),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => write!(f, "::ffff:{v4}"),
+                None => write!(f, "{a}"),
+            },
+        }
+    }
+}
+
+/// Formats `addr:port`, with brackets around IPv6 addresses.
+pub struct EndpointFmt(pub IpAddr, pub u16);
+
+impl fmt::Display for EndpointFmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(_) => write!(f, "{}:{}", AddrFmt(self.0), self.1),
+            IpAddr::V6(_) => write!(f, "[{}]:{}", AddrFmt(self.0), self.1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> TcpEvent {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        TcpEvent {
+            ts_ns: 1_000,
+            skaddr: 0xffff_8880_1234_5678,
+            dwell_ns: 42,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            tgid: 7,
+            tid: 8,
+            sport: 40000,
+            dport: 80,
+            family: AF_INET,
+            oldstate: 1,
+            newstate: 8,
+            comm,
+            flags: FLAG_DWELL_KNOWN,
+            _pad: 0,
+        }
+    }
+
+    fn bytes(ev: &TcpEvent) -> Vec<u8> {
+        // SAFETY: TcpEvent is POD without padding.
+        unsafe {
+            std::slice::from_raw_parts((ev as *const TcpEvent).cast::<u8>(), size_of::<TcpEvent>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_v4() {
+        let t = decode(&bytes(&raw())).unwrap();
+        assert_eq!(t.family, Family::V4);
+        assert_eq!(t.saddr.to_string(), "127.0.0.1");
+        assert_eq!(t.daddr.to_string(), "10.1.2.3");
+        assert_eq!((t.sport, t.dport), (40000, 80));
+        assert_eq!((t.old, t.new), (TcpState::Established, TcpState::CloseWait));
+        assert_eq!(t.dwell_ns, Some(42));
+        assert_eq!(t.task_comm.as_str(), "curl");
+        assert_eq!((t.task_pid, t.task_tid), (7, 8));
+    }
+
+    #[test]
+    fn decodes_v6_and_mapped() {
+        let mut ev = raw();
+        ev.family = AF_INET6;
+        ev.saddr = Ipv6Addr::LOCALHOST.octets();
+        ev.daddr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+        ev.flags = 0;
+        let t = decode(&bytes(&ev)).unwrap();
+        assert_eq!(AddrFmt(t.saddr).to_string(), "::1");
+        assert_eq!(AddrFmt(t.daddr).to_string(), "::ffff:127.0.0.1");
+        assert_eq!(EndpointFmt(t.saddr, 5).to_string(), "[::1]:5");
+        assert_eq!(t.dwell_ns, None);
+    }
+
+    #[test]
+    fn rejects_short_and_bad_fields() {
+        let b = bytes(&raw());
+        for len in [0, 1, 95] {
+            assert_eq!(
+                decode(&b[..len]),
+                Err(DecodeError::Short { len, expected: 96 })
+            );
+        }
+        let mut ev = raw();
+        ev.family = 1;
+        assert_eq!(decode(&bytes(&ev)), Err(DecodeError::Family(1)));
+        let mut ev = raw();
+        ev.newstate = 13;
+        assert_eq!(decode(&bytes(&ev)), Err(DecodeError::State(13)));
+        ev.newstate = 0;
+        assert_eq!(decode(&bytes(&ev)), Err(DecodeError::State(0)));
+    }
+
+    #[test]
+    fn every_state_round_trips() {
+        for (i, st) in TcpState::ALL.into_iter().enumerate() {
+            assert_eq!(st.index(), i);
+            assert_eq!(TcpState::from_kernel(st as u8), Some(st));
+            assert_eq!(TcpState::from_name(st.name()), Some(st));
+            assert_eq!(TcpState::from_name(&format!("TCP_{}", st.name())), Some(st));
+            let mut ev = raw();
+            ev.oldstate = st as u8;
+            ev.newstate = st as u8;
+            let t = decode(&bytes(&ev)).unwrap();
+            assert_eq!((t.old, t.new), (st, st));
+        }
+        assert_eq!(TcpState::from_name("BOGUS"), None);
+    }
+
+    #[test]
+    fn comm_truncates_on_char_boundary() {
+        assert_eq!(Comm::new("a-very-long-process-name").as_str(), "a-very-long-pro");
+        assert_eq!(Comm::new("ééééééééé").as_str(), "ééééééé");
+    }
+}

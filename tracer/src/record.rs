@@ -1,0 +1,239 @@
+//! What the engine produces: close records, CLOSE_WAIT leak records, and the owner of a socket.
+//!
+//! Plain data, `Copy` where it can be, no allocation per record. `output` turns these into
+//! text or JSON; `metrics` aggregates them.
+
+use std::net::IpAddr;
+
+use crate::event::{Comm, Family, TcpState};
+
+/// How a connection closed. Each kind maps to exact transition patterns, documented in
+/// docs/close-kinds.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CloseKind {
+    /// This side sent FIN first: ESTABLISHED→FIN_WAIT1→FIN_WAIT2→CLOSE.
+    Active,
+    /// The peer sent FIN first: ESTABLISHED→CLOSE_WAIT→LAST_ACK→CLOSE.
+    Passive,
+    /// Both sides sent FIN before seeing the other's: FIN_WAIT1→CLOSING→CLOSE.
+    Simultaneous,
+    /// Closed by a reset, sent or received: ESTABLISHED→CLOSE (and FIN_WAIT1/FIN_WAIT2→CLOSE
+    /// without the timewait hand-over), SYN_RECV→CLOSE.
+    Reset,
+    /// CLOSE_WAIT→CLOSE: the application closed with unread data, so the kernel sent RST
+    /// instead of FIN (LAST_ACK skipped).
+    Abort,
+    /// SYN_SENT→CLOSE: the connect failed (refused, timed out, or was cancelled).
+    ConnectFailed,
+    /// A listening socket closed: LISTEN→CLOSE.
+    Listener,
+    /// The close sequence was not seen from its start (tracer started mid-life, or events were
+    /// lost) and the seen part fits no other kind.
+    Unknown,
+}
+
+impl CloseKind {
+    pub const ALL: [CloseKind; 8] = [
+        CloseKind::Active,
+        CloseKind::Passive,
+        CloseKind::Simultaneous,
+        CloseKind::Reset,
+        CloseKind::Abort,
+        CloseKind::ConnectFailed,
+        CloseKind::Listener,
+        CloseKind::Unknown,
+    ];
+
+    /// Stable lowercase name used in JSON and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseKind::Active => "active",
+            CloseKind::Passive => "passive",
+            CloseKind::Simultaneous => "simultaneous",
+            CloseKind::Reset => "reset",
+            CloseKind::Abort => "abort",
+            CloseKind::ConnectFailed => "connect_failed",
+            CloseKind::Listener => "listener",
+            CloseKind::Unknown => "unknown",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// Which end of the connection the socket was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Made by connect(): first seen as CLOSE→SYN_SENT.
+    Client,
+    /// Accepted from a listener: first seen as LISTEN→SYN_RECV.
+    Server,
+    /// A listening socket: CLOSE→LISTEN.
+    Listener,
+    /// First seen mid-life.
+    Unknown,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Client, Role::Server, Role::Listener, Role::Unknown];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+            Role::Listener => "listener",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// How the owner of a socket was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OwnerSource {
+    /// Seen in the owner's own context in the kernel (connect, listen, close, shutdown).
+    Context,
+    /// An accepted socket given its listener's owner.
+    Listener,
+    /// Looked up: sock_diag inode → the process whose fd table holds it (/proc/PID/fd).
+    Inode,
+    /// Several processes hold the socket (shared listener, passed fd); the one named is the
+    /// lowest pid among them.
+    Shared,
+}
+
+impl OwnerSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            OwnerSource::Context => "context",
+            OwnerSource::Listener => "listener",
+            OwnerSource::Inode => "inode",
+            OwnerSource::Shared => "shared",
+        }
+    }
+}
+
+/// The process that holds a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Thread-group id (process id).
+    pub pid: u32,
+    pub comm: Comm,
+    pub source: OwnerSource,
+}
+
+/// Where a CLOSE_WAIT age comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AgeSource {
+    /// Measured from the traced ESTABLISHED→CLOSE_WAIT transition.
+    Traced,
+    /// Estimated at startup from what the kernel reports (tcp_info), for sockets that were
+    /// already in CLOSE_WAIT when the tracer started.
+    Estimate,
+}
+
+impl AgeSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            AgeSource::Traced => "traced",
+            AgeSource::Estimate => "estimate",
+        }
+    }
+}
+
+/// The socket's identity and endpoints, shared by every record about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketId {
+    pub sk: u64,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+/// Most states a close record lists; a longer path keeps its first entries and counts the rest.
+pub const MAX_PATH: usize = 12;
+
+/// The states a socket went through, in order, inline (no allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StatePath {
+    states: [u8; MAX_PATH],
+    len: u8,
+    /// States that did not fit.
+    pub truncated: u16,
+}
+
+impl StatePath {
+    pub fn push(&mut self, s: TcpState) {
+        if usize::from(self.len) < MAX_PATH {
+            self.states[usize::from(self.len)] = s as u8;
+            self.len += 1;
+        } else {
+            self.truncated = self.truncated.saturating_add(1);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = TcpState> + '_ {
+        self.states[..usize::from(self.len)]
+            .iter()
+            .filter_map(|&n| TcpState::from_kernel(n))
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn last(&self) -> Option<TcpState> {
+        self.len
+            .checked_sub(1)
+            .and_then(|i| TcpState::from_kernel(self.states[usize::from(i)]))
+    }
+}
+
+/// Time spent in each state (ns), indexed by [`TcpState::index`]; `None` = not seen (or its
+/// start was not seen).
+pub type Dwell = [Option<u64>; 12];
+
+/// Emitted once when a socket reaches CLOSE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseRecord {
+    pub ts_ns: u64,
+    pub id: SocketId,
+    pub role: Role,
+    pub kind: CloseKind,
+    /// States from the first seen to CLOSE, inclusive.
+    pub states: StatePath,
+    pub dwell_ns: Dwell,
+    /// From the first transition seen to CLOSE; `None` when the socket was seeded from the
+    /// startup baseline (its birth was not seen).
+    pub lifetime_ns: Option<u64>,
+    /// Handed to a timewait socket (FIN_WAIT2→CLOSE, or CLOSING→CLOSE after our FIN).
+    pub time_wait: bool,
+    /// A leak record was emitted for this socket.
+    pub leaked: bool,
+    pub owner: Option<Owner>,
+}
+
+/// Emitted once per socket when its time in CLOSE_WAIT crosses the threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeakRecord {
+    pub ts_ns: u64,
+    pub id: SocketId,
+    /// Time in CLOSE_WAIT at `ts_ns`.
+    pub age_ns: u64,
+    pub age_source: AgeSource,
+    pub owner: Option<Owner>,
+}
+
+/// What the engine emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    Close(CloseRecord),
+    Leak(LeakRecord),
+}
