@@ -34,10 +34,20 @@ struct InetSockSetState {
     dport: u16,
     family: u16,
     protocol: u16,
-    saddr: [u8; 4],
-    daddr: [u8; 4],
-    saddr_v6: [u8; 16],
-    daddr_v6: [u8; 16],
+    saddr: u32,
+    daddr: u32,
+    // Read as two u64 each: the verifier allows only fixed-offset loads from the context, so
+    // no byte-array copies (which become memcpy through a moved pointer).
+    saddr_v6: [u64; 2],
+    daddr_v6: [u64; 2],
+}
+
+/// Loads a context field with one fixed-offset instruction.
+macro_rules! ctx_read {
+    ($args:expr, $($field:tt)+) => {
+        // SAFETY: `$args` points at the tracepoint record, which holds the field.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$args).$($field)+)) }
+    };
 }
 
 #[unsafe(no_mangle)]
@@ -78,9 +88,8 @@ fn count(counter: Counter) {
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // SAFETY: the context points at the tracepoint record laid out as `InetSockSetState`.
-    let args = unsafe { &*(ctx.as_ptr() as *const InetSockSetState) };
-    if args.protocol != IPPROTO_TCP {
+    let args = ctx.as_ptr() as *const InetSockSetState;
+    if ctx_read!(args, protocol) != IPPROTO_TCP {
         return 0;
     }
     handle(args);
@@ -88,17 +97,18 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn handle(args: &InetSockSetState) {
+fn handle(args: *const InetSockSetState) {
     count(Counter::Seen);
-    let sk = args.skaddr;
-    let newstate = args.newstate as u8;
+    let sk = ctx_read!(args, skaddr);
+    let newstate = ctx_read!(args, newstate) as u8;
+    let sport = ctx_read!(args, sport);
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
 
     // SAFETY: reading a plain global; `read_volatile` keeps the compiler from folding the
     // default so that the value set by the loader is used.
     let config = unsafe { core::ptr::read_volatile(&CONFIG) };
-    if config.filter != 0 && !passes_filter(sk, tgid, args.sport, newstate) {
+    if config.filter != 0 && !passes_filter(sk, tgid, sport, newstate) {
         count(Counter::Filtered);
         return;
     }
@@ -127,27 +137,31 @@ fn handle(args: &InetSockSetState) {
         count(Counter::RingFull);
         return;
     };
-    let (saddr, daddr) = if args.family == AF_INET {
-        let mut s = [0u8; 16];
-        let mut d = [0u8; 16];
-        s[..4].copy_from_slice(&args.saddr);
-        d[..4].copy_from_slice(&args.daddr);
-        (s, d)
+    let family = ctx_read!(args, family);
+    let (saddr, daddr): ([u64; 2], [u64; 2]) = if family == AF_INET {
+        (
+            [u64::from(ctx_read!(args, saddr)), 0],
+            [u64::from(ctx_read!(args, daddr)), 0],
+        )
     } else {
-        (args.saddr_v6, args.daddr_v6)
+        (
+            [ctx_read!(args, saddr_v6[0]), ctx_read!(args, saddr_v6[1])],
+            [ctx_read!(args, daddr_v6[0]), ctx_read!(args, daddr_v6[1])],
+        )
     };
     entry.write(TcpEvent {
         ts_ns: now,
         skaddr: sk,
         dwell_ns,
-        saddr,
-        daddr,
+        // Same bytes as in the record: native-endian words laid back down in memory order.
+        saddr: words_to_bytes(saddr),
+        daddr: words_to_bytes(daddr),
         tgid,
         tid: pid_tgid as u32,
-        sport: args.sport,
-        dport: args.dport,
-        family: args.family,
-        oldstate: args.oldstate as u8,
+        sport,
+        dport: ctx_read!(args, dport),
+        family,
+        oldstate: ctx_read!(args, oldstate) as u8,
         newstate,
         comm: bpf_get_current_comm().unwrap_or_default(),
         flags,
@@ -161,6 +175,20 @@ fn handle(args: &InetSockSetState) {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(wake.into());
+}
+
+#[inline(always)]
+fn words_to_bytes(w: [u64; 2]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let lo = w[0].to_ne_bytes();
+    let hi = w[1].to_ne_bytes();
+    let mut i = 0;
+    while i < 8 {
+        b[i] = lo[i];
+        b[i + 8] = hi[i];
+        i += 1;
+    }
+    b
 }
 
 /// In-kernel filter for `--pid`: a socket passes when the task on CPU is a filtered process

@@ -6,7 +6,11 @@
 //! `metrics`/`server` (Prometheus). `attribution` names the process that holds a socket;
 //! `app` wires it together.
 
+pub mod app;
+pub mod bpf;
+pub mod cli;
 pub mod event;
+pub mod output;
 pub mod record;
 pub mod engine;
 pub mod replay;
@@ -14,3 +18,61 @@ pub mod attribution;
 pub mod sockdiag;
 pub mod metrics;
 pub mod server;
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn main_with(cli: cli::Cli) -> i32 {
+    init_logging();
+    let result = match &cli.command {
+        Some(cli::Command::Replay { file, common }) => match cli::validate_replay(file, common) {
+            Ok(cfg) => app::replay(&cfg),
+            Err(e) => return usage(&e),
+        },
+        None => match cli.live.validate() {
+            Ok(cfg) => run_live(cfg),
+            Err(e) => return usage(&e),
+        },
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("tracer: error: {}", one_line(&e));
+            1
+        }
+    }
+}
+
+fn usage(e: &cli::UsageError) -> i32 {
+    eprintln!("tracer: error: {e}\nFor more information, try '--help'.");
+    2
+}
+
+fn run_live(cfg: cli::LiveConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;
+    rt.block_on(app::live(cfg))
+}
+
+/// The error and its causes on one line, without repeating a cause already in the message.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut s = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+    }
+    s.replace('\n', " ")
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TRACER_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

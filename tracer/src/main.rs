@@ -1,2 +1,7 @@
-static OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
-fn main() { println!("{}", OBJ.len()); }
+//! `tracer` binary: parse, validate, run; errors become one line on stderr and an exit code
+//! (2 for usage, 1 for everything else).
+use clap::Parser as _;
+
+fn main() {
+    std::process::exit(tracer::main_with(tracer::cli::Cli::parse()));
+}

@@ -1,1 +1,311 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | run | test | lint | bench`.
+//!
+//! `setup` makes a fresh machine able to build and test: rust-src for the nightly toolchain
+//! that builds the eBPF crate, bpf-linker built against that toolchain's own libLLVM (rebuilt
+//! when it changes), and the Debian tools the tests drive (promtool). It is idempotent and
+//! takes well under a second when everything is in place. `run` and `test` call it first.
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod bench;
+
+/// The toolchain aya-build uses for the eBPF crate.
+const EBPF_TOOLCHAIN: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(about = "Developer tasks for tracer")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build tracer (release) and run it with the given arguments.
+    Run {
+        /// Arguments for tracer, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test, including those that load the eBPF program (needs root).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt --check and clippy -D warnings.
+    Lint,
+    /// Benchmarks: workload slowdown, kernel cost per event, userspace CPU, engine throughput.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup(SetupLevel::Test).map(drop),
+        Cmd::Run { args } => {
+            let tools = setup(SetupLevel::Build)?;
+            cargo(&tools, &["build", "--release", "-p", "tracer"])?;
+            let bin = workspace_root().join("target/release/tracer");
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            let tools = setup(SetupLevel::Test)?;
+            let mut a = vec!["test", "--workspace", "--all-targets"];
+            a.extend(args.iter().map(String::as_str));
+            cargo(&tools, &a)
+        }
+        Cmd::Lint => {
+            let tools = setup(SetupLevel::Build)?;
+            let mut failures = Vec::new();
+            if let Err(e) = cargo(&tools, &["fmt", "--all", "--", "--check"]) {
+                failures.push(e);
+            }
+            if let Err(e) = cargo(
+                &tools,
+                &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            ) {
+                failures.push(e);
+            }
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                bail!(
+                    "{}",
+                    failures
+                        .iter()
+                        .map(|e| format!("{e:#}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            }
+        }
+        Cmd::Bench(args) => {
+            let tools = setup(SetupLevel::Test)?;
+            bench::run(&tools, &args)
+        }
+    }
+}
+
+/// Paths that setup prepared.
+pub struct Tools {
+    /// Directory holding bpf-linker, to put first on PATH.
+    pub bin_dir: PathBuf,
+}
+
+impl Tools {
+    /// PATH with bpf-linker's directory first.
+    pub fn path(&self) -> OsString {
+        let mut parts = vec![self.bin_dir.clone()];
+        if let Some(p) = env::var_os("PATH") {
+            parts.extend(env::split_paths(&p));
+        }
+        env::join_paths(parts).unwrap_or_default()
+    }
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum SetupLevel {
+    Build,
+    Test,
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command, naming it when it fails.
+pub fn exec(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its standard output.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn cargo(tools: &Tools, args: &[&str]) -> Result<()> {
+    exec(
+        Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(args)
+            .current_dir(workspace_root())
+            .env("PATH", tools.path()),
+    )
+}
+
+fn setup(level: SetupLevel) -> Result<Tools> {
+    ensure_rust_src()?;
+    let tools = ensure_bpf_linker()?;
+    if level >= SetupLevel::Test {
+        ensure_debian_tool("promtool", "prometheus")?;
+    }
+    Ok(tools)
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ]))
+    .with_context(|| {
+        format!("the {EBPF_TOOLCHAIN} toolchain is needed to build the eBPF program")
+    })?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: adding rust-src to the {EBPF_TOOLCHAIN} toolchain");
+        exec(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ]))?;
+    }
+    Ok(())
+}
+
+/// bpf-linker must link against the same LLVM major as the rustc that builds the eBPF crate;
+/// the nightly toolchain ships that LLVM as a shared library, so build bpf-linker against it.
+/// The install is keyed by the library's file name and rebuilt when it changes.
+fn ensure_bpf_linker() -> Result<Tools> {
+    let sysroot = output(Command::new("rustc").args([
+        format!("+{EBPF_TOOLCHAIN}").as_str(),
+        "--print",
+        "sysroot",
+    ]))?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    let version = output(Command::new("rustc").args([format!("+{EBPF_TOOLCHAIN}").as_str(), "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc -vV printed no LLVM version")?
+        .to_owned();
+    let libdir = sysroot.join("lib");
+    let lib = fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so") || n.starts_with("libLLVM-"))
+        })
+        .with_context(|| format!("no libLLVM shared library in {}", libdir.display()))?;
+    let lib_name = lib
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+
+    let cache = env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("neither XDG_CACHE_HOME nor HOME is set")?;
+    let prefix = cache.join("tracer-tools").join(format!("llvm-{major}"));
+    let bin_dir = prefix.join("bpf-linker/bin");
+    let stamp = prefix.join("stamp");
+    let want = format!("{lib_name} bpf-linker {BPF_LINKER_VERSION}\n");
+    if bin_dir.join("bpf-linker").is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(&want)
+    {
+        return Ok(Tools { bin_dir });
+    }
+
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {lib_name} (about two minutes, once)");
+    let llvm = prefix.join("llvm");
+    let llvm_lib = llvm.join("lib");
+    fs::create_dir_all(&llvm_lib).with_context(|| format!("creating {}", llvm_lib.display()))?;
+    for link in [llvm_lib.join("libLLVM.so"), llvm_lib.join(&lib_name)] {
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), lib.display()))?;
+    }
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+                "--root",
+            ])
+            .arg(prefix.join("bpf-linker"))
+            .env("LLVM_PREFIX", &llvm)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .current_dir(&cache),
+    )?;
+    fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(Tools { bin_dir })
+}
+
+/// Installs a Debian package when the command it provides is missing.
+pub fn ensure_debian_tool(command: &str, package: &str) -> Result<()> {
+    if which(command) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {package} (provides {command}) with apt-get");
+    exec(Command::new("apt-get").args(["update", "-qq"]))
+        .context("apt-get update failed (run as root on a Debian-based machine)")?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    if !which(command) {
+        bail!("{package} installed but {command} is still not on PATH");
+    }
+    Ok(())
+}
+
+pub fn which(command: &str) -> bool {
+    env::var_os("PATH").is_some_and(|p| env::split_paths(&p).any(|d| d.join(command).is_file()))
+}

@@ -1,0 +1,476 @@
+//! The only module that touches aya: loads the embedded eBPF object, attaches it to the
+//! tracepoint `sock:inet_sock_set_state`, and hands out the ring buffer, the kernel counters,
+//! the in-kernel filter maps and the program's own run-time statistics.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use tracer_common::{
+    COUNTERS_MAP, CONFIG_GLOBAL, Config, Counter, EVENTS_MAP, FILTER_PIDS_MAP, FILTER_PORTS_MAP,
+    SOCKETS_MAP,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+const CATEGORY: &str = "sock";
+const TRACEPOINT: &str = "inet_sock_set_state";
+const PROGRAM: &str = "inet_sock_set_state";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Why tracing could not start. Each message names what is missing and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    /// Not privileged enough to load BPF programs.
+    #[error(
+        "missing privilege: {missing}. Run as root, or grant CAP_BPF, CAP_PERFMON and \
+         CAP_SYS_RESOURCE (e.g. `sudo setcap cap_bpf,cap_perfmon,cap_sys_resource+ep tracer`)"
+    )]
+    Permission { missing: String },
+    /// The verifier rejected the program.
+    #[error("the kernel's verifier rejected the eBPF program ({last}); run with TRACER_LOG=debug for its log")]
+    Verifier { last: String },
+    /// The kernel has no such tracepoint.
+    #[error(
+        "the kernel has no tracepoint sock:inet_sock_set_state (needs Linux ≥ 4.16 with \
+         CONFIG_TRACEPOINTS); looked in {TRACEFS}/events/sock"
+    )]
+    NoTracepoint,
+    /// tracefs is not mounted and could not be mounted.
+    #[error(
+        "tracefs is not mounted and mounting it failed ({source}): mount it with \
+         `mount -t tracefs nodev {TRACEFS}`"
+    )]
+    NoTracefs {
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tracepoint's layout differs from the one the program was built for.
+    #[error("tracepoint sock:inet_sock_set_state has an unexpected layout: {detail}")]
+    Layout { detail: String },
+    /// The kernel refused the program or a map.
+    #[error("loading the eBPF program failed: {0}")]
+    Load(String),
+    /// Attaching failed.
+    #[error("attaching to sock:inet_sock_set_state failed: {0}")]
+    Attach(String),
+    /// A map the program should have is missing or has the wrong type.
+    #[error("eBPF map {name} is missing or has an unexpected type: {detail}")]
+    Map { name: &'static str, detail: String },
+}
+
+/// Load-time options.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Pass only sockets matching the filter maps (for `--pid`).
+    pub filter: bool,
+    /// Ring-buffer fill level at which the kernel wakes the reader.
+    pub wakeup_bytes: u32,
+    /// Ring-buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Capacity of the kernel's per-socket table.
+    pub socket_table: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            filter: false,
+            wakeup_bytes: 256 * 1024,
+            ring_bytes: tracer_common::EVENTS_RING_BYTES,
+            socket_table: tracer_common::SOCKETS_MAP_ENTRIES,
+        }
+    }
+}
+
+/// A loaded and attached program. Dropping it detaches the program.
+pub struct Tracer {
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    _stats: Option<OwnedFd>,
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// TCP transitions the program saw.
+    pub seen: u64,
+    /// Events dropped because the ring buffer was full.
+    pub ring_full: u64,
+    /// Sockets the per-socket table had no room for (their dwell times are unknown).
+    pub socket_table_full: u64,
+    /// Transitions dropped by the in-kernel filter.
+    pub filtered: u64,
+}
+
+/// The program's own cost, from the kernel's BPF statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub run_time: Duration,
+    pub run_count: u64,
+}
+
+impl Tracer {
+    /// Loads the embedded object with `opts` and attaches it.
+    pub fn load(opts: &LoadOptions) -> Result<Self, BpfError> {
+        check_privileges()?;
+        raise_memlock();
+        check_layout()?;
+        let config = Config {
+            filter: u32::from(opts.filter),
+            wakeup_bytes: opts.wakeup_bytes,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .map_max_entries(EVENTS_MAP, opts.ring_bytes)
+            .map_max_entries(SOCKETS_MAP, opts.socket_table)
+            .load(OBJECT)
+            .map_err(|e| classify_load_error(&e))?;
+        let program: &mut TracePoint = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| BpfError::Load(format!("program {PROGRAM} not in the object")))?
+            .try_into()
+            .map_err(|e| BpfError::Load(format!("{e}")))?;
+        program.load().map_err(|e| classify_load_error(&e))?;
+        program
+            .attach(CATEGORY, TRACEPOINT)
+            .map_err(|e| BpfError::Attach(error_chain(&e)))?;
+        let counters = ebpf
+            .take_map(COUNTERS_MAP)
+            .ok_or(BpfError::Map {
+                name: COUNTERS_MAP,
+                detail: "not found".into(),
+            })?
+            .try_into()
+            .map_err(|e: aya::maps::MapError| BpfError::Map {
+                name: COUNTERS_MAP,
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            ebpf,
+            counters,
+            _stats: None,
+        })
+    }
+
+    /// Takes the ring buffer (once).
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, BpfError> {
+        self.ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(BpfError::Map {
+                name: EVENTS_MAP,
+                detail: "not found or already taken".into(),
+            })?
+            .try_into()
+            .map_err(|e: aya::maps::MapError| BpfError::Map {
+                name: EVENTS_MAP,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Reads the kernel counters (one syscall).
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |c: Counter| -> u64 {
+            self.counters
+                .get(&(c as u32), 0)
+                .map(|v| v.iter().copied().fold(0u64, u64::wrapping_add))
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            seen: sum(Counter::Seen),
+            ring_full: sum(Counter::RingFull),
+            socket_table_full: sum(Counter::SocketTableFull),
+            filtered: sum(Counter::Filtered),
+        }
+    }
+
+    /// Turns on the kernel's BPF run-time accounting for as long as this tracer lives.
+    /// It costs a little per event, so it is opt-in (metrics, benchmarks).
+    pub fn enable_stats(&mut self) -> Result<(), BpfError> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map_err(|e| BpfError::Load(format!("enabling BPF run-time statistics: {e}")))?;
+        self._stats = Some(fd);
+        Ok(())
+    }
+
+    /// The program's cumulative run time and run count (zero unless stats are enabled by
+    /// [`Tracer::enable_stats`] or `sysctl kernel.bpf_stats_enabled=1`).
+    pub fn program_stats(&self) -> Option<ProgramStats> {
+        let program: &TracePoint = self.ebpf.program(PROGRAM)?.try_into().ok()?;
+        let info = program.info().ok()?;
+        Some(ProgramStats {
+            run_time: info.run_time(),
+            run_count: info.run_count(),
+        })
+    }
+
+    /// Adds a process to the in-kernel filter.
+    pub fn filter_pid(&mut self, tgid: u32) -> Result<(), BpfError> {
+        let mut map: HashMap<_, u32, u8> = self.filter_map(FILTER_PIDS_MAP)?;
+        map.insert(tgid, 1, 0).map_err(|e| BpfError::Map {
+            name: FILTER_PIDS_MAP,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Adds a local port to the in-kernel filter (listeners and pre-existing sockets of a
+    /// filtered process).
+    pub fn filter_port(&mut self, port: u16) -> Result<(), BpfError> {
+        let mut map: HashMap<_, u16, u8> = self.filter_map(FILTER_PORTS_MAP)?;
+        map.insert(port, 1, 0).map_err(|e| BpfError::Map {
+            name: FILTER_PORTS_MAP,
+            detail: e.to_string(),
+        })
+    }
+
+    fn filter_map<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, u8>, BpfError> {
+        let map = self.ebpf.map_mut(name).ok_or(BpfError::Map {
+            name,
+            detail: "not found".into(),
+        })?;
+        HashMap::try_from(map).map_err(|e| BpfError::Map {
+            name,
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// Raw fd of a ring buffer, for readiness polling by the caller.
+pub fn ring_fd(ring: &RingBuf<MapData>) -> RawFd {
+    ring.as_raw_fd()
+}
+
+/// CAP_BPF (or CAP_SYS_ADMIN) to load, CAP_PERFMON (or CAP_SYS_ADMIN) to attach to a
+/// tracepoint and read kernel memory. Checked up front so the message can name what is missing.
+fn check_privileges() -> Result<(), BpfError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Some(eff) = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    }) else {
+        return Ok(()); // cannot tell; let the kernel decide
+    };
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(BpfError::Permission {
+            missing: format!("this process lacks {}", missing.join(" and ")),
+        })
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to the cgroup. Raising
+/// the limit is harmless where it is not needed, and failure is not fatal.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid pointer to an initialised struct.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+/// Finds the tracepoint's format file, mounting tracefs if it is not mounted (root only), and
+/// checks that the fields the program reads sit where it expects them.
+fn check_layout() -> Result<(), BpfError> {
+    let roots = [TRACEFS, "/sys/kernel/debug/tracing"];
+    let mounted = |root: &str| Path::new(root).join("events").is_dir();
+    if !roots.iter().any(|r| mounted(r)) {
+        mount_tracefs()?;
+    }
+    let Some(root) = roots.into_iter().find(|r| mounted(r)) else {
+        return Err(BpfError::NoTracefs {
+            source: std::io::Error::other("no events directory after mounting"),
+        });
+    };
+    let format = Path::new(root).join("events/sock/inet_sock_set_state/format");
+    let text = match std::fs::read_to_string(&format) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BpfError::NoTracepoint),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(BpfError::Permission {
+                missing: format!("cannot read {}", format.display()),
+            });
+        }
+        Err(e) => {
+            return Err(BpfError::Layout {
+                detail: format!("reading {}: {e}", format.display()),
+            });
+        }
+    };
+    verify_format(&text).map_err(|detail| BpfError::Layout { detail })
+}
+
+/// The (field, offset, size) the eBPF program's `InetSockSetState` assumes.
+const EXPECTED_FIELDS: [(&str, usize, usize); 11] = [
+    ("skaddr", 8, 8),
+    ("oldstate", 16, 4),
+    ("newstate", 20, 4),
+    ("sport", 24, 2),
+    ("dport", 26, 2),
+    ("family", 28, 2),
+    ("protocol", 30, 2),
+    ("saddr", 32, 4),
+    ("daddr", 36, 4),
+    ("saddr_v6", 40, 16),
+    ("daddr_v6", 56, 16),
+];
+
+/// Checks a tracepoint format file against [`EXPECTED_FIELDS`].
+fn verify_format(text: &str) -> Result<(), String> {
+    for (name, offset, size) in EXPECTED_FIELDS {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.trim_start().starts_with("field:")
+                    && l.split(';').next().is_some_and(|decl| {
+                        let decl = decl.trim_end();
+                        decl.ends_with(&format!(" {name}"))
+                            || decl.ends_with(&format!(" {name}[4]"))
+                            || decl.ends_with(&format!(" {name}[16]"))
+                            || decl.ends_with(&format!("*{name}"))
+                    })
+            })
+            .ok_or_else(|| format!("field {name} not found"))?;
+        let get = |key: &str| {
+            line.split(';')
+                .find_map(|p| p.trim().strip_prefix(key)?.trim().parse::<usize>().ok())
+        };
+        if get("offset:") != Some(offset) || get("size:") != Some(size) {
+            return Err(format!(
+                "field {name} is at offset {:?} size {:?}, expected offset {offset} size {size}",
+                get("offset:"),
+                get("size:")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn mount_tracefs() -> Result<(), BpfError> {
+    let _ = std::fs::create_dir_all(TRACEFS);
+    let src = c"nodev";
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        tracing::info!("mounted tracefs at {TRACEFS}");
+        Ok(())
+    } else {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EPERM) {
+            Err(BpfError::Permission {
+                missing: "CAP_SYS_ADMIN to mount tracefs (or mount it yourself: \
+                          `mount -t tracefs nodev /sys/kernel/tracing`)"
+                    .into(),
+            })
+        } else {
+            Err(BpfError::NoTracefs { source: err })
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+fn classify_load_error(e: &dyn std::error::Error) -> BpfError {
+    let chain = error_chain(e);
+    tracing::debug!("load error: {chain}");
+    if let Some((_, log)) = chain.split_once("Verifier output:")
+        && log.lines().count() > 1
+    {
+        let last = log
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| {
+                !l.is_empty()
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("stack depth")
+                    && !l.starts_with("processed ")
+                    && !l.starts_with(':')
+            })
+            .unwrap_or("no detail")
+            .to_owned();
+        return BpfError::Verifier { last };
+    }
+    let lower = chain.to_lowercase();
+    if lower.contains("operation not permitted") || lower.contains("permission denied") {
+        BpfError::Permission {
+            missing: "the kernel refused to load the program (EPERM/EACCES)".into(),
+        }
+    } else {
+        // Keep the verifier log out of the one-line message; it is in the debug log.
+        let first = chain.lines().next().unwrap_or_default().to_owned();
+        BpfError::Load(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT: &str = "name: inet_sock_set_state
+ID: 2287
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+";
+
+    #[test]
+    fn accepts_this_kernels_layout() {
+        assert_eq!(verify_format(FORMAT), Ok(()));
+    }
+
+    #[test]
+    fn rejects_moved_or_missing_fields() {
+        let moved = FORMAT.replace("offset:26;", "offset:28;");
+        assert!(verify_format(&moved).unwrap_err().contains("dport"));
+        let missing = FORMAT.replace("protocol", "proto");
+        assert!(verify_format(&missing).unwrap_err().contains("protocol"));
+    }
+}

@@ -1,0 +1,280 @@
+//! Command line: clap definitions (doc comments are the help text) and their validation into a
+//! [`Config`], done before anything is loaded into the kernel.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::{Format, Show};
+
+/// Follow every TCP connection of this host through its close sequence: how each one closed
+/// (active, passive, simultaneous, reset, refused), how long it spent in each state, and which
+/// process leaks sockets in CLOSE_WAIT.
+///
+/// Reads the kernel tracepoint sock:inet_sock_set_state through eBPF; needs root (or CAP_BPF
+/// and CAP_PERFMON). Stop with Ctrl-C or SIGTERM; a summary is printed on exit.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, about, long_about, max_term_width = 100)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub live: LiveArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine offline over a recording made with `tracer --json > FILE`; prints the
+    /// same close, leak and summary output. Needs no privileges.
+    Replay {
+        /// The recording, or `-` for standard input.
+        file: PathBuf,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+/// Options shared by live tracing and replay.
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    /// Print JSON Lines (schema: docs/output.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// What to print: a comma-separated list of transitions, closes, leaks (or all, none).
+    /// Default: all, or only leaks when --metrics-addr runs it as a daemon.
+    #[arg(long, value_name = "LIST")]
+    pub show: Option<String>,
+
+    /// Report a socket as leaked once it has been in CLOSE_WAIT this long (e.g. 30s, 500ms, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub close_wait_threshold: Duration,
+
+    /// Most sockets followed at once; beyond it the stalest non-leaking ones are evicted (and
+    /// counted).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub capacity: usize,
+}
+
+/// Options of live tracing.
+#[derive(Debug, clap::Args)]
+pub struct LiveArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Only sockets held by this process (all its threads), including connections it accepts
+    /// and sockets it already holds. Exits when the process exits.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Stop after this long (e.g. 10s, 5m). Default: run until Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Serve Prometheus metrics, /live and /ready at this address (e.g. 127.0.0.1:9977).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<String>,
+
+    /// Most per-process series in the CLOSE_WAIT metrics; the rest are summed under
+    /// pid="other".
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_process_series: usize,
+
+    /// Do not read the sockets that exist at startup (sock_diag baseline).
+    #[arg(long)]
+    pub no_baseline: bool,
+
+    /// How often buffered events are drained and leak timers checked: the most a leak report
+    /// or an event can be late. The kernel also wakes the reader early when its buffer fills.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub drain_interval: Duration,
+
+    /// Size of the kernel ring buffer in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 8)]
+    pub ring_mib: u32,
+}
+
+/// Validated configuration of a live run.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    pub format: Format,
+    pub show: Show,
+    pub close_wait_threshold: Duration,
+    pub capacity: usize,
+    pub pid: Option<u32>,
+    pub duration: Option<Duration>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub max_process_series: usize,
+    pub baseline: bool,
+    pub drain_interval: Duration,
+    pub ring_bytes: u32,
+}
+
+/// Validated configuration of a replay.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    pub file: PathBuf,
+    pub format: Format,
+    pub show: Show,
+    pub close_wait_threshold: Duration,
+    pub capacity: usize,
+}
+
+/// A usage error: one line, printed as `tracer: error: …`, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn common(c: &CommonArgs, daemon: bool) -> Result<(Format, Show), UsageError> {
+    let format = if c.json { Format::Json } else { Format::Text };
+    let show = match &c.show {
+        Some(s) => Show::parse(s).map_err(|e| UsageError(format!("--show: {e}")))?,
+        None if daemon => Show {
+            transitions: false,
+            closes: false,
+            leaks: true,
+        },
+        None => Show::ALL,
+    };
+    if c.capacity == 0 {
+        return Err(UsageError("--capacity must be at least 1".into()));
+    }
+    if c.close_wait_threshold.is_zero() {
+        return Err(UsageError("--close-wait-threshold must be more than 0".into()));
+    }
+    Ok((format, show))
+}
+
+impl LiveArgs {
+    pub fn validate(&self) -> Result<LiveConfig, UsageError> {
+        let (format, show) = common(&self.common, self.metrics_addr.is_some())?;
+        let metrics_addr = self
+            .metrics_addr
+            .as_deref()
+            .map(parse_listen_addr)
+            .transpose()?;
+        if self.pid == Some(0) {
+            return Err(UsageError("--pid 0 is not a process".into()));
+        }
+        if self.duration.is_some_and(|d| d.is_zero()) {
+            return Err(UsageError("--duration must be more than 0".into()));
+        }
+        if self.drain_interval < Duration::from_millis(1)
+            || self.drain_interval > Duration::from_secs(10)
+        {
+            return Err(UsageError(
+                "--drain-interval must be between 1ms and 10s".into(),
+            ));
+        }
+        if !(1..=1024).contains(&self.ring_mib) || !self.ring_mib.is_power_of_two() {
+            return Err(UsageError(
+                "--ring-mib must be a power of two from 1 to 1024".into(),
+            ));
+        }
+        Ok(LiveConfig {
+            format,
+            show,
+            close_wait_threshold: self.common.close_wait_threshold,
+            capacity: self.common.capacity,
+            pid: self.pid,
+            duration: self.duration,
+            metrics_addr,
+            max_process_series: self.max_process_series,
+            baseline: !self.no_baseline,
+            drain_interval: self.drain_interval,
+            ring_bytes: self.ring_mib << 20,
+        })
+    }
+}
+
+pub fn validate_replay(file: &std::path::Path, c: &CommonArgs) -> Result<ReplayConfig, UsageError> {
+    let (format, show) = common(c, false)?;
+    Ok(ReplayConfig {
+        file: file.to_path_buf(),
+        format,
+        show,
+        close_wait_threshold: c.close_wait_threshold,
+        capacity: c.capacity,
+    })
+}
+
+/// `ADDR:PORT`, `[V6]:PORT`, or `:PORT` / `PORT` (loopback).
+fn parse_listen_addr(s: &str) -> Result<SocketAddr, UsageError> {
+    let bad = || {
+        UsageError(format!(
+            "--metrics-addr {s:?} is not ADDR:PORT (e.g. 127.0.0.1:9977, [::1]:9977, 0.0.0.0:9977)"
+        ))
+    };
+    let s = s.trim();
+    if let Ok(port) = s.trim_start_matches(':').parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse::<SocketAddr>().map_err(|_| bad())
+}
+
+/// Parses `1.5s`, `500ms`, `100us`, `2m`, `1h`, `10` (seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 5m, 1h)"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use ns, us, ms, s, m, h)")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("{s:?} is too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn listen_addrs() {
+        assert_eq!(
+            parse_listen_addr("9977").unwrap(),
+            "127.0.0.1:9977".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen_addr("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert!(parse_listen_addr("localhost").is_err());
+        assert!(parse_listen_addr("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

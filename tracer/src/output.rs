@@ -1,0 +1,568 @@
+//! Renders transitions and records as a readable table or as JSON Lines (schema in
+//! docs/output.md). Lines are formatted into one reused buffer and written in batches: no
+//! allocation and no syscall per event.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::net::IpAddr;
+
+use crate::event::{AddrFmt, EndpointFmt, Family, Transition};
+use crate::record::{CloseRecord, LeakRecord, Owner, SocketId};
+
+/// What to print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Show {
+    pub transitions: bool,
+    pub closes: bool,
+    pub leaks: bool,
+}
+
+impl Show {
+    pub const ALL: Show = Show {
+        transitions: true,
+        closes: true,
+        leaks: true,
+    };
+
+    /// Parses a comma-separated list of `transitions`, `closes`, `leaks`, `all`, `none`.
+    pub fn parse(s: &str) -> Result<Show, String> {
+        let mut show = Show {
+            transitions: false,
+            closes: false,
+            leaks: false,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "transitions" | "transition" => show.transitions = true,
+                "closes" | "close" => show.closes = true,
+                "leaks" | "leak" => show.leaks = true,
+                "all" => show = Show::ALL,
+                "none" => {}
+                other => {
+                    return Err(format!(
+                        "unknown kind {other:?} (expected transitions, closes, leaks, all or none)"
+                    ));
+                }
+            }
+        }
+        Ok(show)
+    }
+}
+
+/// Text or JSON Lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Extra facts about a leak that the engine does not know (gathered by the app from /proc).
+#[derive(Clone, Debug, Default)]
+pub struct LeakContext {
+    /// Command line of the owning process.
+    pub cmdline: Option<String>,
+    /// CLOSE_WAIT sockets the owner holds now.
+    pub close_wait_held: Option<u64>,
+}
+
+/// Writes records to an underlying writer.
+pub struct Output<W: Write> {
+    out: W,
+    buf: String,
+    format: Format,
+    show: Show,
+    /// Wall-clock minus monotonic time (ns), to print readable times in text mode.
+    realtime_offset_ns: i128,
+    header_done: bool,
+}
+
+impl<W: Write> Output<W> {
+    pub fn new(out: W, format: Format, show: Show, realtime_offset_ns: i128) -> Self {
+        Self {
+            out,
+            buf: String::with_capacity(64 * 1024),
+            format,
+            show,
+            realtime_offset_ns,
+            header_done: false,
+        }
+    }
+
+    pub fn show(&self) -> Show {
+        self.show
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.out.write_all(self.buf.as_bytes())?;
+            self.buf.clear();
+        }
+        self.out.flush()
+    }
+
+    /// Flushes when the buffer is large, so a burst does not grow it without bound.
+    fn maybe_flush(&mut self) -> io::Result<()> {
+        if self.buf.len() >= 60 * 1024 {
+            self.out.write_all(self.buf.as_bytes())?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes a free-form line (summary text, notices).
+    pub fn raw_line(&mut self, line: &str) -> io::Result<()> {
+        self.buf.push_str(line);
+        if !line.ends_with('\n') {
+            self.buf.push('\n');
+        }
+        self.maybe_flush()
+    }
+
+    fn header(&mut self) {
+        if self.format == Format::Text && !self.header_done && self.show.transitions {
+            self.header_done = true;
+            let _ = writeln!(
+                self.buf,
+                "{:<15} {:>7} {:<15} {:<23} {:<23} {:<27} {:>9}",
+                "TIME", "PID", "COMM", "LOCAL", "REMOTE", "TRANSITION", "IN OLD"
+            );
+        }
+    }
+
+    /// A transition, with the socket's owner when known.
+    pub fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()> {
+        if !self.show.transitions {
+            return Ok(());
+        }
+        self.header();
+        let b = &mut self.buf;
+        match self.format {
+            Format::Text => {
+                let _ = write!(
+                    b,
+                    "{} {:>7} {:<15} {:<23} {:<23} {:<27} {:>9}",
+                    WallTime(t.ts_ns, self.realtime_offset_ns),
+                    t.task_pid,
+                    t.task_comm,
+                    EndpointFmt(t.saddr, t.sport).to_string(),
+                    EndpointFmt(t.daddr, t.dport).to_string(),
+                    Arrow(t.old.name(), t.new.name()).to_string(),
+                    OptDuration(t.dwell_ns).to_string(),
+                );
+                if let Some(o) = owner
+                    && o.pid != t.task_pid
+                {
+                    let _ = write!(b, "  owner {} {}", o.pid, o.comm);
+                }
+                b.push('\n');
+            }
+            Format::Json => {
+                let _ = write!(
+                    b,
+                    "{{\"type\":\"transition\",\"ts_ns\":{},\"sk\":\"{:#x}\",\"family\":{},\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\"old\":\"{}\",\"new\":\"{}\",\"dwell_ns\":{},\"task_pid\":{},\"task_tid\":{},\"task_comm\":",
+                    t.ts_ns,
+                    t.sk,
+                    t.family.number(),
+                    AddrFmt(t.saddr),
+                    t.sport,
+                    AddrFmt(t.daddr),
+                    t.dport,
+                    t.old.name(),
+                    t.new.name(),
+                    OptNum(t.dwell_ns),
+                    t.task_pid,
+                    t.task_tid,
+                );
+                json_str(b, &t.task_comm.as_str());
+                owner_json(b, owner);
+                b.push_str("}\n");
+            }
+        }
+        self.maybe_flush()
+    }
+
+    /// A close record.
+    pub fn close(&mut self, r: &CloseRecord) -> io::Result<()> {
+        if !self.show.closes {
+            return Ok(());
+        }
+        let b = &mut self.buf;
+        match self.format {
+            Format::Text => {
+                let _ = write!(
+                    b,
+                    "{} CLOSE {:<14} {:<8} {} ",
+                    WallTime(r.ts_ns, self.realtime_offset_ns),
+                    r.kind.name(),
+                    r.role.name(),
+                    Pair(&r.id),
+                );
+                for (i, s) in r.states.iter().enumerate() {
+                    if i > 0 {
+                        b.push('>');
+                    }
+                    b.push_str(s.name());
+                }
+                if let Some(l) = r.lifetime_ns {
+                    let _ = write!(b, "  life {}", Dur(l));
+                }
+                for (st, d) in dwell_pairs(&r.dwell_ns) {
+                    let _ = write!(b, " {}={}", st, Dur(d));
+                }
+                if r.time_wait {
+                    b.push_str("  →TIME_WAIT");
+                }
+                if r.leaked {
+                    b.push_str("  LEAKED");
+                }
+                owner_text(b, r.owner.as_ref());
+                b.push('\n');
+            }
+            Format::Json => {
+                b.push_str("{\"type\":\"close\",");
+                id_json(b, r.ts_ns, &r.id);
+                let _ = write!(
+                    b,
+                    ",\"role\":\"{}\",\"kind\":\"{}\",\"states\":[",
+                    r.role.name(),
+                    r.kind.name()
+                );
+                for (i, s) in r.states.iter().enumerate() {
+                    if i > 0 {
+                        b.push(',');
+                    }
+                    let _ = write!(b, "\"{}\"", s.name());
+                }
+                b.push_str("],\"dwell_ns\":{");
+                for (i, (st, d)) in dwell_pairs(&r.dwell_ns).enumerate() {
+                    if i > 0 {
+                        b.push(',');
+                    }
+                    let _ = write!(b, "\"{st}\":{d}");
+                }
+                let _ = write!(
+                    b,
+                    "}},\"lifetime_ns\":{},\"time_wait\":{},\"leaked\":{}",
+                    OptNum(r.lifetime_ns),
+                    r.time_wait,
+                    r.leaked
+                );
+                owner_json(b, r.owner.as_ref());
+                b.push_str("}\n");
+            }
+        }
+        self.maybe_flush()
+    }
+
+    /// A CLOSE_WAIT leak.
+    pub fn leak(&mut self, r: &LeakRecord, ctx: &LeakContext) -> io::Result<()> {
+        if !self.show.leaks {
+            return Ok(());
+        }
+        let b = &mut self.buf;
+        match self.format {
+            Format::Text => {
+                let _ = write!(
+                    b,
+                    "{} LEAK  CLOSE_WAIT for {}{}",
+                    WallTime(r.ts_ns, self.realtime_offset_ns),
+                    Dur(r.age_ns),
+                    if r.age_source == crate::record::AgeSource::Estimate {
+                        " (estimated)"
+                    } else {
+                        ""
+                    },
+                );
+                match &r.owner {
+                    Some(o) => {
+                        let _ = write!(b, "  pid {} ({})", o.pid, o.comm);
+                        if let Some(c) = &ctx.cmdline {
+                            let _ = write!(b, " `{c}`");
+                        }
+                    }
+                    None => b.push_str("  owner unknown"),
+                }
+                let _ = write!(
+                    b,
+                    "  local {}  peer {} closed",
+                    EndpointFmt(r.id.saddr, r.id.sport),
+                    EndpointFmt(r.id.daddr, r.id.dport)
+                );
+                if let Some(n) = ctx.close_wait_held {
+                    let _ = write!(
+                        b,
+                        "  — it holds {n} CLOSE_WAIT socket{} now",
+                        if n == 1 { "" } else { "s" }
+                    );
+                }
+                b.push('\n');
+            }
+            Format::Json => {
+                b.push_str("{\"type\":\"close_wait_leak\",");
+                id_json(b, r.ts_ns, &r.id);
+                let _ = write!(
+                    b,
+                    ",\"age_ns\":{},\"age_source\":\"{}\"",
+                    r.age_ns,
+                    r.age_source.name()
+                );
+                owner_json(b, r.owner.as_ref());
+                b.push_str(",\"cmdline\":");
+                match &ctx.cmdline {
+                    Some(c) => json_str(b, c),
+                    None => b.push_str("null"),
+                }
+                let _ = write!(b, ",\"close_wait_held\":{}", OptNum(ctx.close_wait_held));
+                b.push_str("}\n");
+            }
+        }
+        self.maybe_flush()
+    }
+
+    /// Gives back the writer (tests).
+    pub fn into_inner(mut self) -> W {
+        let _ = self.flush();
+        self.out
+    }
+}
+
+fn dwell_pairs(d: &crate::record::Dwell) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    crate::event::TcpState::ALL
+        .into_iter()
+        .filter_map(|st| d[st.index()].map(|v| (st.name(), v)))
+}
+
+fn id_json(b: &mut String, ts_ns: u64, id: &SocketId) {
+    let _ = write!(
+        b,
+        "\"ts_ns\":{},\"sk\":\"{:#x}\",\"family\":{},\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{}",
+        ts_ns,
+        id.sk,
+        match id.family {
+            Family::V4 => 4,
+            Family::V6 => 6,
+        },
+        AddrFmt(id.saddr),
+        id.sport,
+        AddrFmt(id.daddr),
+        id.dport
+    );
+}
+
+fn owner_json(b: &mut String, owner: Option<&Owner>) {
+    match owner {
+        Some(o) => {
+            let _ = write!(b, ",\"pid\":{},\"comm\":", o.pid);
+            json_str(b, &o.comm.as_str());
+            let _ = write!(b, ",\"owner_source\":\"{}\"", o.source.name());
+        }
+        None => b.push_str(",\"pid\":null,\"comm\":null,\"owner_source\":null"),
+    }
+}
+
+fn owner_text(b: &mut String, owner: Option<&Owner>) {
+    if let Some(o) = owner {
+        let _ = write!(b, "  pid {} ({})", o.pid, o.comm);
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn json_str(b: &mut String, s: &str) {
+    b.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => b.push_str("\\\""),
+            '\\' => b.push_str("\\\\"),
+            '\n' => b.push_str("\\n"),
+            '\r' => b.push_str("\\r"),
+            '\t' => b.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(b, "\\u{:04x}", c as u32);
+            }
+            c => b.push(c),
+        }
+    }
+    b.push('"');
+}
+
+struct OptNum(Option<u64>);
+
+impl std::fmt::Display for OptNum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{v}"),
+            None => f.write_str("null"),
+        }
+    }
+}
+
+struct Arrow<'a>(&'a str, &'a str);
+
+impl std::fmt::Display for Arrow<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} -> {}", self.0, self.1)
+    }
+}
+
+struct Pair<'a>(&'a SocketId);
+
+impl std::fmt::Display for Pair<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} -> {}",
+            EndpointFmt(self.0.saddr, self.0.sport),
+            EndpointFmt(self.0.daddr, self.0.dport)
+        )
+    }
+}
+
+/// A duration in ns, printed with a readable unit: `850ns`, `12.3µs`, `4.56ms`, `2.10s`,
+/// `3m04s`, `2h05m`.
+pub struct Dur(pub u64);
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ns = self.0;
+        let s = if ns < 1_000 {
+            format!("{ns}ns")
+        } else if ns < 1_000_000 {
+            format!("{:.1}µs", ns as f64 / 1e3)
+        } else if ns < 1_000_000_000 {
+            format!("{:.2}ms", ns as f64 / 1e6)
+        } else if ns < 60_000_000_000 {
+            format!("{:.2}s", ns as f64 / 1e9)
+        } else if ns < 3_600_000_000_000 {
+            let s = ns / 1_000_000_000;
+            format!("{}m{:02}s", s / 60, s % 60)
+        } else {
+            let m = ns / 60_000_000_000;
+            format!("{}h{:02}m", m / 60, m % 60)
+        };
+        f.pad(&s)
+    }
+}
+
+struct OptDuration(Option<u64>);
+
+impl std::fmt::Display for OptDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => Dur(v).fmt(f),
+            None => f.pad("-"),
+        }
+    }
+}
+
+/// Kernel monotonic ns printed as local wall-clock time `HH:MM:SS.ffffff` (UTC).
+struct WallTime(u64, i128);
+
+impl std::fmt::Display for WallTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let real = i128::from(self.0) + self.1;
+        let day_ns = real.rem_euclid(86_400 * 1_000_000_000);
+        let secs = day_ns / 1_000_000_000;
+        let micros = (day_ns % 1_000_000_000) / 1_000;
+        write!(
+            f,
+            "{:02}:{:02}:{:02}.{:06}",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            micros
+        )
+    }
+}
+
+/// Wall-clock minus monotonic time, in ns, sampled now.
+pub fn realtime_offset_ns() -> i128 {
+    let mono = clock_ns(libc::CLOCK_MONOTONIC);
+    let real = clock_ns(libc::CLOCK_REALTIME);
+    i128::from(real) - i128::from(mono)
+}
+
+/// Reads a clock in ns (CLOCK_MONOTONIC is the clock of the kernel's event timestamps).
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Whether an address is in the family's natural form (for tests and filters).
+pub fn is_loopback(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Comm, TcpState};
+    use std::net::Ipv4Addr;
+
+    fn t() -> Transition {
+        Transition {
+            ts_ns: 5,
+            sk: 0xabc,
+            family: Family::V4,
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: 1,
+            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dport: 2,
+            old: TcpState::Established,
+            new: TcpState::CloseWait,
+            dwell_ns: None,
+            dwell_table_full: false,
+            task_pid: 3,
+            task_tid: 4,
+            task_comm: Comm::new("a\"b\\c\u{1}"),
+        }
+    }
+
+    #[test]
+    fn transition_json_is_valid_and_matches_contract() {
+        let mut o = Output::new(Vec::new(), Format::Json, Show::ALL, 0);
+        o.transition(&t(), None).unwrap();
+        let out = String::from_utf8(o.into_inner()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["type"], "transition");
+        assert_eq!(v["sk"], "0xabc");
+        assert_eq!(v["family"], 4);
+        assert_eq!(v["old"], "ESTABLISHED");
+        assert_eq!(v["new"], "CLOSE_WAIT");
+        assert!(v["dwell_ns"].is_null());
+        assert_eq!(v["task_comm"], "a\"b\\c\u{1}");
+        assert!(v["pid"].is_null());
+    }
+
+    #[test]
+    fn show_parses() {
+        assert_eq!(Show::parse("all").unwrap(), Show::ALL);
+        let s = Show::parse("leaks, closes").unwrap();
+        assert!(s.leaks && s.closes && !s.transitions);
+        assert!(Show::parse("bogus").is_err());
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(Dur(850).to_string(), "850ns");
+        assert_eq!(Dur(12_345).to_string(), "12.3µs");
+        assert_eq!(Dur(4_560_000).to_string(), "4.56ms");
+        assert_eq!(Dur(2_100_000_000).to_string(), "2.10s");
+        assert_eq!(Dur(184_000_000_000).to_string(), "3m04s");
+        assert_eq!(Dur(7_500_000_000_000).to_string(), "2h05m");
+    }
+}
