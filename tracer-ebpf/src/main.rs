@@ -117,12 +117,17 @@ fn handle(args: *const InetSockSetState) {
     let now = unsafe { bpf_ktime_get_ns() };
     let mut flags = 0;
     let mut dwell_ns = 0;
+    let oldstate = ctx_read!(args, oldstate) as u8;
     if let Some(last) = SOCKETS.get_ptr_mut(sk) {
         // SAFETY: pointer into the map value; racing updates of one socket are serialised by
         // the socket lock in the kernel paths that change state.
         unsafe {
             dwell_ns = now.saturating_sub(*last);
-            *last = now;
+            // A self-transition (close() after shutdown() while still in FIN_WAIT1 re-sets
+            // FIN_WAIT1) does not start a new state: keep the state's start time.
+            if oldstate != newstate {
+                *last = now;
+            }
         }
         flags |= FLAG_DWELL_KNOWN;
         if newstate == TCP_CLOSE {
@@ -161,7 +166,7 @@ fn handle(args: *const InetSockSetState) {
         sport,
         dport: ctx_read!(args, dport),
         family,
-        oldstate: ctx_read!(args, oldstate) as u8,
+        oldstate,
         newstate,
         comm: bpf_get_current_comm().unwrap_or_default(),
         flags,
