@@ -2,7 +2,6 @@
 //! `Invalid record`). A missing bpf-linker is not an error here: `cargo xtask setup` builds it
 //! and puts it on PATH, and the link step names it if it is still missing.
 fn main() {
-    println!("cargo:rerun-if-env-changed=PATH");
     if let Ok(linker) = which::which("bpf-linker") {
         println!("cargo:rerun-if-changed={}", linker.display());
     }

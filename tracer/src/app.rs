@@ -80,6 +80,15 @@ pub async fn live(cfg: LiveConfig) -> anyhow::Result<()> {
     let counters = tracer.counters();
     report_lost(&counters, &mut lost_reported);
     exit_summary(&stats, &counters);
+    if let Some(p) = tracer.program_stats()
+        && p.run_count > 0
+    {
+        eprintln!(
+            "tracer: kernel program: {} runs, {:.0} ns per run (bpf_stats)",
+            p.run_count,
+            p.run_time.as_nanos() as f64 / p.run_count as f64
+        );
+    }
     Ok(())
 }
 

@@ -10,11 +10,13 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod loadgen;
 
 /// The toolchain aya-build uses for the eBPF crate.
 const EBPF_TOOLCHAIN: &str = "nightly";
@@ -45,6 +47,16 @@ enum Cmd {
     },
     /// rustfmt --check and clippy -D warnings.
     Lint,
+    /// The benchmark's load generator: loopback connect/accept/close loops (run it in a
+    /// private network namespace: `unshare -n`).
+    Loadgen {
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 10_000_000)]
+        max_connections: u64,
+    },
     /// Benchmarks: workload slowdown, kernel cost per event, userspace CPU, engine throughput.
     Bench(bench::BenchArgs),
 }
@@ -100,6 +112,24 @@ fn real_main() -> Result<()> {
                         .join("; ")
                 )
             }
+        }
+        Cmd::Loadgen {
+            threads,
+            seconds,
+            max_connections,
+        } => {
+            if Command::new("ip").args(["link", "set", "lo", "up"]).status().is_err() {
+                eprintln!("xtask: could not bring lo up");
+            }
+            let r = loadgen::run(threads, Duration::from_secs_f64(seconds), max_connections)?;
+            println!(
+                "{{\"connections\":{},\"errors\":{},\"seconds\":{:.3},\"rate\":{:.0}}}",
+                r.connections,
+                r.errors,
+                r.elapsed.as_secs_f64(),
+                r.rate()
+            );
+            Ok(())
         }
         Cmd::Bench(args) => {
             let tools = setup(SetupLevel::Test)?;
