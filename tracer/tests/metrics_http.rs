@@ -1,0 +1,819 @@
+//! The exposition and the admin server against a fake engine: `promtool check metrics` on both
+//! formats, the per-process series cap, and the server's behaviour with bad clients.
+//!
+//! Needs `promtool` (Debian's `prometheus` package, installed by `cargo xtask setup`); set
+//! `PROMTOOL` to use another binary. Without it the promtool tests fail, they do not skip.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use io::Write as _;
+use std::io;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use tracer::event::{Comm, TcpState};
+use tracer::metrics::{
+    self, Format, HistogramSnapshot, MetricsSnapshot, OwnerCloseWait, SnapshotSource,
+};
+use tracer::record::CloseKind;
+use tracer::server::{self, ServerConfig, ServerError};
+
+/// "1-2-5" bounds from 1 µs to 3600 s, as the engine keeps them.
+fn bounds() -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::new();
+    let mut decade = 1e-6;
+    while decade < 3600.0 {
+        for m in [1.0, 2.0, 5.0] {
+            if m * decade < 3600.0 {
+                out.push(m * decade);
+            }
+        }
+        decade *= 10.0;
+    }
+    out.push(3600.0);
+    out
+}
+
+fn histogram(seed: u64) -> HistogramSnapshot {
+    let mut cum = 0;
+    let buckets = bounds()
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            cum += (i as u64 * seed) % 7;
+            (b, cum)
+        })
+        .collect();
+    HistogramSnapshot {
+        buckets,
+        count: cum + seed,
+        sum_seconds: 1.25 * seed as f64,
+    }
+}
+
+fn owner(pid: u32, comm: &str, sockets: u64, leaking: u64) -> OwnerCloseWait {
+    OwnerCloseWait {
+        pid: Some(pid),
+        comm: Some(Comm::new(comm)),
+        sockets,
+        leaking,
+    }
+}
+
+/// A snapshot that exercises every family, odd process names included.
+fn rich_snapshot() -> MetricsSnapshot {
+    let mut transitions = [[0u64; 12]; 12];
+    let mut sockets = [0u64; 12];
+    for (i, from) in TcpState::ALL.into_iter().enumerate() {
+        sockets[from.index()] = i as u64 * 3;
+        for to in TcpState::ALL {
+            if from != to && (from as usize + to as usize).is_multiple_of(3) {
+                transitions[from.index()][to.index()] = (from as u64) * 100 + to as u64;
+            }
+        }
+    }
+    MetricsSnapshot {
+        transitions,
+        dwell: TcpState::ALL
+            .into_iter()
+            .map(|s| (s, histogram(s as u64)))
+            .collect(),
+        closes: CloseKind::ALL
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (k, i as u64 * 11))
+            .collect(),
+        sockets,
+        close_wait: vec![
+            owner(1234, "nginx", 40, 12),
+            owner(99, "my \"app\"\\x", 3, 0),
+            owner(7, "py\nthon", 1, 1),
+            owner(8, "", 2, 0),
+            OwnerCloseWait {
+                pid: None,
+                comm: None,
+                sockets: 5,
+                leaking: 2,
+            },
+        ],
+        close_wait_oldest_seconds: Some(1234.5),
+        leak_threshold_seconds: Some(300.0),
+        leaks_detected_total: 15,
+        events_total: 123_456,
+        events_lost_total: 7,
+        events_malformed_total: 1,
+        tracked_sockets: 4096,
+        evictions_total: 2,
+        bpf_transitions_seen_total: Some(130_000),
+        bpf_filtered_total: Some(6_000),
+        bpf_socket_table_full_total: Some(0),
+        bpf_run_time_ns: Some(987_654_321),
+        bpf_run_count: Some(130_000),
+    }
+}
+
+fn source(snapshot: MetricsSnapshot) -> Arc<dyn SnapshotSource> {
+    Arc::new(move || snapshot.clone())
+}
+
+fn exposition(snapshot: MetricsSnapshot, cap: usize, format: Format) -> String {
+    let registry = metrics::registry(source(snapshot), cap);
+    metrics::encode(&registry, format).expect("encode")
+}
+
+/// Runs `promtool check metrics` on `text`; panics with promtool's findings if it objects.
+fn promtool_check(text: &str, what: &str) -> String {
+    let mut child = match Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => promtool_missing(&e),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("wait for promtool");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics rejected the {what} exposition ({}):\n{report}\n--- exposition ---\n{text}",
+        out.status
+    );
+    report
+}
+
+#[test]
+fn promtool_accepts_text_format() {
+    let text = exposition(rich_snapshot(), 100, Format::Text);
+    promtool_check(&text, "0.0.4 text");
+    let empty = exposition(MetricsSnapshot::default(), 100, Format::Text);
+    promtool_check(&empty, "empty 0.0.4 text");
+}
+
+/// Parses `text` with Prometheus' own OpenMetrics parser, the one used when scraping: promtool's
+/// `check metrics` reads only the 0.0.4 format (prometheus/prometheus#8932), but
+/// `promtool tsdb create-blocks-from openmetrics` imports an OpenMetrics file. The importer
+/// needs a timestamp on every sample, so one is appended to each sample line.
+fn promtool_parse_openmetrics(text: &str, what: &str) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tracer-om-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut stamped = String::new();
+    for line in text.lines() {
+        stamped.push_str(line);
+        if !line.starts_with('#') {
+            stamped.push_str(" 1700000000");
+        }
+        stamped.push('\n');
+    }
+    let input = dir.join("exposition.om");
+    std::fs::write(&input, stamped).expect("write exposition");
+    let out = Command::new(promtool())
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(dir.join("blocks"))
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => promtool_missing(&e),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "Prometheus' OpenMetrics parser rejected the {what} exposition ({}):\n{}{}\n--- exposition ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The promtool binary: `PROMTOOL`, else `promtool` from PATH.
+fn promtool() -> String {
+    std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".to_owned())
+}
+
+fn promtool_missing(e: &io::Error) -> ! {
+    if e.kind() == io::ErrorKind::NotFound {
+        panic!(
+            "`{}` not found: run `cargo xtask setup` (installs promtool from Debian's \
+             `prometheus` package), or set PROMTOOL to a promtool binary",
+            promtool()
+        )
+    }
+    panic!("cannot run `{}`: {e}", promtool())
+}
+
+/// One sample line: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses `name{a="x",b="y\"z"} value`, unescaping label values.
+fn parse_sample(line: &str) -> Result<Sample, String> {
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
+    let name = &line[..name_end];
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    if !valid_name(name) {
+        return Err(format!("bad metric name {name:?}"));
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(mut r) = rest.strip_prefix('{') {
+        loop {
+            if let Some(after) = r.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let eq = r.find("=\"").ok_or("label without =\"")?;
+            let key = &r[..eq];
+            if !valid_name(key) || key.contains(':') {
+                return Err(format!("bad label name {key:?}"));
+            }
+            let mut value = String::new();
+            let mut chars = r[eq + 2..].char_indices();
+            let end = loop {
+                match chars.next().ok_or("unterminated label value")? {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next().ok_or("dangling escape")?.1 {
+                        'n' => value.push('\n'),
+                        c @ ('\\' | '"') => value.push(c),
+                        c => return Err(format!("bad escape \\{c}")),
+                    },
+                    (_, '\n') => return Err("raw newline in label value".into()),
+                    (_, c) => value.push(c),
+                }
+            };
+            if labels.iter().any(|(k, _)| k == key) {
+                return Err(format!("label {key} twice"));
+            }
+            labels.push((key.to_owned(), value));
+            r = &r[eq + 2 + end + 1..];
+            r = r.strip_prefix(',').unwrap_or(r);
+        }
+    }
+    let value = rest.strip_prefix(' ').ok_or("no space before the value")?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().map_err(|_| format!("bad value {v:?}"))?,
+    };
+    Ok((name.to_owned(), labels, value))
+}
+
+/// Checks what the OpenMetrics 1.0 specification requires beyond syntax: one block per
+/// family, `# TYPE` before samples, `# UNIT` as the name's suffix, the sample names each type
+/// allows, no duplicate series, cumulative histograms whose `+Inf` bucket equals `_count`,
+/// non-negative counters, and `# EOF` last.
+fn check_openmetrics_semantics(text: &str) -> Result<(), String> {
+    use std::collections::{BTreeMap, HashSet};
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.last() != Some(&"# EOF") || !text.ends_with('\n') {
+        return Err("does not end with `# EOF\\n`".into());
+    }
+    let mut families: HashSet<String> = HashSet::new();
+    let mut series: HashSet<String> = HashSet::new();
+    let mut current: Option<(String, String)> = None;
+    // Histogram series key (labels without le) -> (buckets, count).
+    type Hist = (Vec<(f64, f64)>, Option<f64>);
+    let mut hists: BTreeMap<String, Hist> = BTreeMap::new();
+    for (n, line) in lines[..lines.len() - 1].iter().enumerate() {
+        let at = |msg: String| format!("line {}: {msg}: {line}", n + 1);
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kw, name, arg) = (parts.next(), parts.next(), parts.next());
+            let name = name.ok_or_else(|| at("metadata without a name".into()))?;
+            let same = current.as_ref().is_some_and(|(f, _)| f == name);
+            match kw {
+                Some("HELP" | "TYPE") if !same => {
+                    if !families.insert(name.to_owned()) {
+                        return Err(at(format!("family {name} appears twice")));
+                    }
+                    current = Some((name.to_owned(), "unknown".to_owned()));
+                }
+                Some("HELP" | "UNIT" | "TYPE") if same => {}
+                _ => return Err(at("unexpected metadata".into())),
+            }
+            let arg = arg.unwrap_or("");
+            match kw {
+                Some("TYPE") => {
+                    if !["counter", "gauge", "histogram", "info", "unknown"].contains(&arg) {
+                        return Err(at(format!("type {arg:?}")));
+                    }
+                    current.as_mut().expect("family").1 = arg.to_owned();
+                }
+                Some("UNIT") if !name.ends_with(&format!("_{arg}")) => {
+                    return Err(at("name does not end with its unit".into()));
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let (name, labels, value) = parse_sample(line).map_err(at)?;
+        let (family, kind) = current
+            .as_ref()
+            .ok_or_else(|| at("sample before any family".into()))?;
+        let suffix = name
+            .strip_prefix(family.as_str())
+            .ok_or_else(|| at(format!("sample outside its family {family}")))?;
+        let allowed: &[&str] = match kind.as_str() {
+            "counter" => &["_total"],
+            "gauge" | "unknown" => &[""],
+            "histogram" => &["_bucket", "_count", "_sum"],
+            "info" => &["_info"],
+            _ => &[],
+        };
+        if !allowed.contains(&suffix) {
+            return Err(at(format!("suffix {suffix:?} not allowed for a {kind}")));
+        }
+        if kind == "counter" && (value.is_nan() || value < 0.0) {
+            return Err(at("negative counter".into()));
+        }
+        let mut key_labels: Vec<_> = labels.iter().filter(|(k, _)| k != "le").collect();
+        key_labels.sort();
+        let key = format!("{family}{key_labels:?}");
+        let le = labels
+            .iter()
+            .find(|(k, _)| k == "le")
+            .map(|(_, v)| v.clone());
+        if !series.insert(format!("{name}{key_labels:?}{le:?}")) {
+            return Err(at("duplicate series".into()));
+        }
+        if kind == "histogram" {
+            let h = hists.entry(key).or_default();
+            match suffix {
+                "_bucket" => {
+                    let le = le.ok_or_else(|| at("bucket without le".into()))?;
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().map_err(|_| at("bad le".into()))?
+                    };
+                    h.0.push((le, value));
+                }
+                "_count" => h.1 = Some(value),
+                _ => {}
+            }
+        }
+    }
+    for (key, (buckets, count)) in hists {
+        let mut sorted = buckets.clone();
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if sorted
+            .windows(2)
+            .any(|w| w[0].0 == w[1].0 || w[0].1 > w[1].1)
+        {
+            return Err(format!("{key}: buckets not cumulative: {buckets:?}"));
+        }
+        match sorted.last() {
+            Some(&(le, v)) if le == f64::INFINITY && Some(v) == count => {}
+            _ => {
+                return Err(format!(
+                    "{key}: +Inf bucket missing or != count: {buckets:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_openmetrics(text: &str, what: &str) {
+    if let Err(e) = check_openmetrics_semantics(text) {
+        panic!("invalid OpenMetrics ({what}): {e}\n--- exposition ---\n{text}");
+    }
+    promtool_parse_openmetrics(text, what);
+}
+
+#[test]
+fn openmetrics_checker_rejects_broken_expositions() {
+    let good = exposition(rich_snapshot(), 100, Format::OpenMetrics);
+    check_openmetrics_semantics(&good).expect("valid");
+    for (what, broken) in [
+        ("no EOF", good.replace("# EOF\n", "")),
+        (
+            "counter without _total",
+            good.replace("tracer_events_total 123456", "tracer_events 123456"),
+        ),
+        (
+            "lost +Inf",
+            good.replace(
+                "le=\"+Inf\",state=\"LISTEN\"",
+                "le=\"7200.0\",state=\"LISTEN\"",
+            ),
+        ),
+        (
+            "raw quote",
+            good.replace("comm=\"nginx\"", "comm=\"ngi\"nx\""),
+        ),
+        (
+            "duplicate",
+            good.replace("# EOF\n", "") + "tracer_tracked_sockets 1\n# EOF\n",
+        ),
+    ] {
+        assert_ne!(broken, good, "{what}: replacement did not apply");
+        assert!(
+            check_openmetrics_semantics(&broken).is_err(),
+            "{what} accepted"
+        );
+    }
+}
+
+#[test]
+fn openmetrics_is_valid() {
+    let om = exposition(rich_snapshot(), 100, Format::OpenMetrics);
+    check_openmetrics(&om, "OpenMetrics");
+    let empty = exposition(MetricsSnapshot::default(), 100, Format::OpenMetrics);
+    check_openmetrics(&empty, "empty OpenMetrics");
+}
+
+/// `(pid, comm, value)` of every sample of a per-process family.
+fn process_samples(text: &str, family: &str) -> Vec<(String, String, u64)> {
+    let prefix = format!("{family}{{pid=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|rest| {
+            let (pid, rest) = rest.split_once("\",comm=\"").expect("comm label");
+            let (comm, value) = rest.rsplit_once("\"} ").expect("value");
+            (
+                pid.to_owned(),
+                comm.to_owned(),
+                value.parse().expect("integer"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn per_process_series_are_capped() {
+    // 300 leaking processes: pid p holds p + 5 sockets of which p leak; plus unattributed ones.
+    let mut close_wait: Vec<_> = (1..=300u32)
+        .map(|p| owner(p, &format!("proc{p}"), u64::from(p) + 5, u64::from(p)))
+        .collect();
+    close_wait.push(OwnerCloseWait {
+        pid: None,
+        comm: None,
+        sockets: 9,
+        leaking: 4,
+    });
+    let snapshot = MetricsSnapshot {
+        close_wait,
+        ..Default::default()
+    };
+    for cap in [0usize, 1, 100, 299, 300, 500] {
+        for format in [Format::Text, Format::OpenMetrics] {
+            let text = exposition(snapshot.clone(), cap, format);
+            let kept = cap.min(300);
+            assert!(
+                text.contains("\ntracer_tcp_close_wait_processes 300\n"),
+                "{text}"
+            );
+            for (family, value_of) in [
+                (
+                    "tracer_tcp_close_wait_sockets",
+                    (|p: u64| p + 5) as fn(u64) -> u64,
+                ),
+                ("tracer_tcp_close_wait_leaks", |p: u64| p),
+            ] {
+                let samples = process_samples(&text, family);
+                let other_expected = usize::from(kept < 300);
+                assert_eq!(
+                    samples.len(),
+                    kept + other_expected + 1,
+                    "{family} cap {cap}: {samples:?}"
+                );
+                assert!(samples.len() <= cap + 2);
+                // The top `kept` by leaking sockets, i.e. the highest pids.
+                let named: Vec<u64> = samples
+                    .iter()
+                    .filter_map(|(pid, _, _)| pid.parse().ok())
+                    .collect();
+                let want: Vec<u64> = (1..=300u64).rev().take(kept).collect();
+                assert_eq!(named, want, "{family} cap {cap}");
+                for (pid, comm, v) in &samples {
+                    if let Ok(p) = pid.parse::<u64>() {
+                        assert_eq!(*v, value_of(p));
+                        assert_eq!(comm, &format!("proc{p}"));
+                    }
+                }
+                let find = |label: &str| {
+                    samples
+                        .iter()
+                        .find(|(pid, comm, _)| pid == label && comm == label)
+                        .map(|s| s.2)
+                };
+                let dropped: u64 = (1..=(300 - kept as u64)).map(value_of).sum();
+                if kept < 300 {
+                    assert_eq!(find("other"), Some(dropped), "{family} cap {cap}");
+                } else {
+                    assert_eq!(find("other"), None, "{family} cap {cap}");
+                }
+                let unknown = if family.ends_with("sockets") { 9 } else { 4 };
+                assert_eq!(find("unknown"), Some(unknown), "{family} cap {cap}");
+                let total: u64 = samples.iter().map(|s| s.2).sum();
+                assert_eq!(total, (1..=300u64).map(value_of).sum::<u64>() + unknown);
+            }
+        }
+    }
+    // The capped exposition is still valid.
+    promtool_check(
+        &exposition(snapshot.clone(), 100, Format::Text),
+        "capped 0.0.4 text",
+    );
+    check_openmetrics(
+        &exposition(snapshot, 100, Format::OpenMetrics),
+        "capped OpenMetrics",
+    );
+}
+
+// ---- HTTP ----
+
+struct Server {
+    addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+async fn start(config: ServerConfig) -> Server {
+    let bound = server::bind_with(config).await.expect("bind");
+    let addr = bound.local_addr();
+    let registry = Arc::new(metrics::registry(source(rich_snapshot()), 100));
+    let ready = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(bound.serve(registry, Arc::clone(&ready), async {
+        let _ = rx.await;
+    }));
+    Server {
+        addr,
+        ready,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn localhost() -> ServerConfig {
+    ServerConfig::new("127.0.0.1:0".parse().unwrap())
+}
+
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// Sends `request` on a new connection and reads the reply until the server closes it.
+async fn exchange(addr: SocketAddr, request: &str) -> io::Result<Reply> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let raw = String::from_utf8(raw).expect("utf-8 reply");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(Reply {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+async fn request(addr: SocketAddr, method: &str, path: &str, extra: &str) -> Reply {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{extra}Connection: close\r\n\r\n");
+    exchange(addr, &req).await.expect("request")
+}
+
+/// A normal scrape, which must be answered within a second with 200 and the metrics.
+async fn scrape_ok(addr: SocketAddr, after: &str) {
+    let start = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(1), request(addr, "GET", "/metrics", ""))
+        .await
+        .unwrap_or_else(|_| panic!("scrape not answered within 1 s after {after}"));
+    assert_eq!(reply.status, 200, "after {after}: {}", reply.head);
+    assert!(
+        reply
+            .head
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{}",
+        reply.head
+    );
+    assert!(
+        reply
+            .body
+            .contains("tracer_tcp_closes_total{kind=\"passive\"} 11"),
+        "after {after}: {}",
+        reply.body
+    );
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_scrapes_despite_bad_clients() {
+    let srv = start(localhost()).await;
+    let addr = srv.addr;
+    scrape_ok(addr, "nothing").await;
+
+    // A client that connects and sends nothing stays connected for the rest of the test.
+    let idle = TcpStream::connect(addr).await.unwrap();
+    scrape_ok(addr, "an idle client connected").await;
+
+    // A half-sent request head.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    scrape_ok(addr, "a half-sent request").await;
+
+    // A 1 MiB header: refused (431) or the connection is closed, never served.
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    match tokio::time::timeout(Duration::from_secs(5), exchange(addr, &big)).await {
+        Ok(Ok(reply)) => assert!(
+            reply.status == 431 || reply.status == 0,
+            "1 MiB header answered {}",
+            reply.head
+        ),
+        Ok(Err(e)) => assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "{e}"
+        ),
+        Err(_) => panic!("1 MiB header: connection neither answered nor closed in 5 s"),
+    }
+    scrape_ok(addr, "a 1 MiB header").await;
+
+    let r = request(addr, "GET", "/nope", "").await;
+    assert_eq!(r.status, 404, "{}", r.head);
+    scrape_ok(addr, "a 404").await;
+
+    let r = request(addr, "POST", "/metrics", "Content-Length: 0\r\n").await;
+    assert_eq!(r.status, 405, "{}", r.head);
+    assert!(
+        r.head.to_ascii_lowercase().contains("allow: get, head"),
+        "{}",
+        r.head
+    );
+    scrape_ok(addr, "a 405").await;
+
+    // Garbage instead of HTTP.
+    let r = exchange(addr, "\x16\x03\x01 not http at all\r\n\r\n").await;
+    if let Ok(r) = r {
+        assert_ne!(r.status, 200);
+    }
+    scrape_ok(addr, "garbage").await;
+
+    // OpenMetrics on request.
+    let r = request(
+        addr,
+        "GET",
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.head
+            .to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{}",
+        r.head
+    );
+    assert!(r.body.ends_with("# EOF\n"));
+
+    // Keep-alive: two scrapes on one connection.
+    let mut ka = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..2 {
+        ka.write_all(b"GET /live HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(1), ka.read(&mut buf))
+            .await
+            .expect("keep-alive reply")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    }
+
+    drop((idle, slow));
+    shutdown(srv).await;
+}
+
+async fn shutdown(mut srv: Server) {
+    srv.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), srv.task)
+        .await
+        .expect("server stops within its grace period")
+        .expect("server task")
+        .expect("serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_the_flag() {
+    let srv = start(localhost()).await;
+    let r = request(srv.addr, "GET", "/ready", "").await;
+    assert_eq!(r.status, 503, "{}", r.head);
+    assert_eq!(request(srv.addr, "GET", "/live", "").await.status, 200);
+    srv.ready.store(true, Ordering::Release);
+    let r = request(srv.addr, "GET", "/ready", "").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(request(srv.addr, "HEAD", "/ready", "").await.status, 200);
+    shutdown(srv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_time_out_and_free_their_slot() {
+    let mut config = localhost();
+    config.header_read_timeout = Duration::from_millis(300);
+    config.max_connections = 2;
+    let srv = start(config).await;
+    // Two idle clients fill every slot; the header timeout frees them.
+    let mut idle1 = TcpStream::connect(srv.addr).await.unwrap();
+    let mut idle2 = TcpStream::connect(srv.addr).await.unwrap();
+    scrape_ok(srv.addr, "every slot held by idle clients").await;
+    let mut buf = [0u8; 256];
+    for idle in [&mut idle1, &mut idle2] {
+        let n = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf))
+            .await
+            .expect("idle client dropped after the header timeout");
+        // Closed (0) or reset; a 408 reply would also do.
+        if let Ok(n) = n {
+            assert!(
+                n == 0 || buf.starts_with(b"HTTP/1.1 408"),
+                "{:?}",
+                &buf[..n]
+            );
+        }
+    }
+
+    // A kept-alive connection that goes quiet is closed too.
+    let mut ka = TcpStream::connect(srv.addr).await.unwrap();
+    ka.write_all(b"GET /live HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let n = ka.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let n = tokio::time::timeout(Duration::from_secs(2), ka.read(&mut buf))
+        .await
+        .expect("quiet kept-alive connection closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    shutdown(srv).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_even_with_clients_connected() {
+    let srv = start(localhost()).await;
+    let addr = srv.addr;
+    let _idle = TcpStream::connect(addr).await.unwrap();
+    scrape_ok(addr, "an idle client connected").await;
+    let start = Instant::now();
+    shutdown(srv).await;
+    assert!(start.elapsed() < Duration::from_secs(4));
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+#[tokio::test]
+async fn address_in_use_is_a_clear_error() {
+    let first = server::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind");
+    let addr = first.local_addr();
+    let err = server::bind(addr).await.expect_err("second bind");
+    let msg = err.to_string();
+    assert!(matches!(err, ServerError::AddrInUse { .. }), "{err:?}");
+    assert!(
+        msg.contains(&addr.to_string()) && msg.contains("already in use"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+}
