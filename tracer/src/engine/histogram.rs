@@ -1,0 +1,232 @@
+//! Fixed log-scale ("1-2-5") histogram of durations, from 1 µs to 1 h plus +Inf.
+//!
+//! Consumes durations in nanoseconds; produces counts, sum, min/max, interpolated quantiles and
+//! cumulative buckets in seconds for a Prometheus exporter. Fixed size, no allocation.
+
+/// Upper bounds (inclusive, ns) of the finite buckets: 1 µs, 2 µs, 5 µs, 10 µs, … 1000 s,
+/// 2000 s, 3600 s. A value `v` falls in the first bucket whose bound is `>= v` (Prometheus `le`
+/// semantics); values above 3600 s fall in the +Inf bucket.
+pub const BOUNDS_NS: [u64; 30] = [
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    50_000,
+    100_000,
+    200_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    5_000_000,
+    10_000_000,
+    20_000_000,
+    50_000_000,
+    100_000_000,
+    200_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    20_000_000_000,
+    50_000_000_000,
+    100_000_000_000,
+    200_000_000_000,
+    500_000_000_000,
+    1_000_000_000_000,
+    2_000_000_000_000,
+    3_600_000_000_000,
+];
+
+/// Number of buckets: the finite ones plus +Inf.
+pub const BUCKETS: usize = BOUNDS_NS.len() + 1;
+
+/// A histogram of durations (ns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Histogram {
+    counts: [u64; BUCKETS],
+    count: u64,
+    sum_ns: u128,
+    min_ns: u64,
+    max_ns: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Histogram {
+    pub const fn new() -> Self {
+        Histogram {
+            counts: [0; BUCKETS],
+            count: 0,
+            sum_ns: 0,
+            min_ns: u64::MAX,
+            max_ns: 0,
+        }
+    }
+
+    /// Index of the bucket holding `ns`.
+    pub fn bucket_index(ns: u64) -> usize {
+        BOUNDS_NS.partition_point(|&b| b < ns)
+    }
+
+    /// Records one duration.
+    pub fn record(&mut self, ns: u64) {
+        self.counts[Self::bucket_index(ns)] += 1;
+        self.count += 1;
+        self.sum_ns += u128::from(ns);
+        self.min_ns = self.min_ns.min(ns);
+        self.max_ns = self.max_ns.max(ns);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Sum of all recorded durations (ns).
+    pub fn sum_ns(&self) -> u128 {
+        self.sum_ns
+    }
+
+    /// Sum of all recorded durations in seconds (for Prometheus `_sum`).
+    pub fn sum_seconds(&self) -> f64 {
+        // u128 → f64 loses precision only beyond 2^53 ns (~104 days of summed time), in the
+        // last digits.
+        self.sum_ns as f64 / 1e9
+    }
+
+    pub fn max_ns(&self) -> Option<u64> {
+        (self.count > 0).then_some(self.max_ns)
+    }
+
+    pub fn min_ns(&self) -> Option<u64> {
+        (self.count > 0).then_some(self.min_ns)
+    }
+
+    /// Raw (non-cumulative) count of bucket `i` (`BOUNDS_NS[i]`, or +Inf for the last).
+    pub fn bucket_count(&self, i: usize) -> u64 {
+        self.counts.get(i).copied().unwrap_or(0)
+    }
+
+    /// `(upper bound in seconds, cumulative count)` for every bucket, +Inf last
+    /// (`f64::INFINITY`, cumulative = [`Histogram::count`]). An exporter that wants bounds from
+    /// 10 µs up filters on the first element.
+    pub fn buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        let mut cum = 0u64;
+        self.counts.iter().enumerate().map(move |(i, &c)| {
+            cum += c;
+            let le = BOUNDS_NS.get(i).map_or(f64::INFINITY, |&b| b as f64 / 1e9);
+            (le, cum)
+        })
+    }
+
+    /// Estimated `q` quantile (0.0..=1.0) in ns: find the bucket where the cumulative count
+    /// reaches `q·count`, interpolate linearly between its bounds (0 below the first; the
+    /// largest value seen stands in for +Inf), then clamp to the smallest and largest values
+    /// seen. `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let q = if q.is_nan() { 0.5 } else { q.clamp(0.0, 1.0) };
+        let rank = q * self.count as f64;
+        let mut cum = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            let prev = cum;
+            cum += c;
+            if (cum as f64) >= rank {
+                let lower = if i == 0 { 0 } else { BOUNDS_NS[i - 1] };
+                let upper = BOUNDS_NS.get(i).copied().unwrap_or(self.max_ns).max(lower);
+                let frac = ((rank - prev as f64) / c as f64).clamp(0.0, 1.0);
+                let est = lower as f64 + (upper - lower) as f64 * frac;
+                // Saturating float → int cast; then clamp into what was actually seen.
+                let est = est as u64;
+                return Some(est.clamp(self.min_ns, self.max_ns));
+            }
+        }
+        Some(self.max_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_1_2_5_and_end_at_an_hour() {
+        assert_eq!(BOUNDS_NS.len(), 30);
+        assert!(BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(BOUNDS_NS[0], 1_000);
+        assert_eq!(BOUNDS_NS[3], 10_000);
+        assert_eq!(*BOUNDS_NS.last().unwrap(), 3_600 * 1_000_000_000);
+    }
+
+    #[test]
+    fn le_semantics() {
+        assert_eq!(Histogram::bucket_index(0), 0);
+        assert_eq!(Histogram::bucket_index(1_000), 0);
+        assert_eq!(Histogram::bucket_index(1_001), 1);
+        assert_eq!(Histogram::bucket_index(3_600_000_000_000), 29);
+        assert_eq!(Histogram::bucket_index(3_600_000_000_001), 30);
+        assert_eq!(Histogram::bucket_index(u64::MAX), 30);
+    }
+
+    #[test]
+    fn quantiles_interpolate_and_clamp() {
+        let mut h = Histogram::new();
+        assert_eq!(h.quantile(0.5), None);
+        for _ in 0..10 {
+            h.record(1_500);
+        }
+        // All in (1µs, 2µs]; clamped to the single value seen.
+        assert_eq!(h.quantile(0.5), Some(1_500));
+        assert_eq!(h.quantile(0.99), Some(1_500));
+
+        let mut h = Histogram::new();
+        for i in 1..=100u64 {
+            h.record(i * 10_000_000); // 10ms .. 1s
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((400_000_000..=600_000_000).contains(&p50), "{p50}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!((900_000_000..=1_000_000_000).contains(&p99), "{p99}");
+        assert_eq!(h.max_ns(), Some(1_000_000_000));
+        assert_eq!(h.count(), 100);
+        assert_eq!(h.sum_ns(), (1..=100u128).sum::<u128>() * 10_000_000);
+    }
+
+    #[test]
+    fn inf_bucket_uses_max() {
+        let mut h = Histogram::new();
+        h.record(10 * 3_600_000_000_000);
+        assert_eq!(h.quantile(0.5), Some(10 * 3_600_000_000_000));
+        let b: Vec<_> = h.buckets().collect();
+        assert_eq!(b.len(), 31);
+        assert_eq!(b[29], (3600.0, 0));
+        assert_eq!(b[30], (f64::INFINITY, 1));
+    }
+
+    #[test]
+    fn buckets_are_cumulative() {
+        let mut h = Histogram::new();
+        h.record(500);
+        h.record(15_000);
+        h.record(15_000);
+        let b: Vec<_> = h.buckets().collect();
+        assert_eq!(b[0], (1e-6, 1));
+        assert_eq!(b[3].1, 1);
+        assert_eq!(b[4], (2e-5, 3));
+        assert_eq!(b[30].1, 3);
+    }
+}

@@ -1,0 +1,315 @@
+//! End-of-run (or on-demand) summary of the engine: counters, close kinds and roles, per-state
+//! dwell quantiles, sockets per state now, CLOSE_WAIT and leaks.
+//!
+//! Produces a [`Summary`], serialised as one JSON object with `"type":"summary"`, or rendered as
+//! a text table for the terminal ([`Summary::render_text`]).
+
+use std::fmt::Write as _;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use super::Engine;
+use crate::event::TcpState;
+use crate::record::{CloseKind, Role};
+
+/// Dwell quantiles of one state (ns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DwellSummary {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+/// A value per close kind; serialised as `{"active": n, …}` with every kind, in
+/// [`CloseKind::ALL`] order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KindCounts(pub [u64; 8]);
+
+impl KindCounts {
+    pub fn get(&self, k: CloseKind) -> u64 {
+        self.0[k as usize]
+    }
+}
+
+impl Serialize for KindCounts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(8))?;
+        for k in CloseKind::ALL {
+            m.serialize_entry(k.name(), &self.get(k))?;
+        }
+        m.end()
+    }
+}
+
+/// A value per role; serialised as `{"client": n, …}` with every role, in [`Role::ALL`] order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RoleCounts(pub [u64; 4]);
+
+impl RoleCounts {
+    pub fn get(&self, r: Role) -> u64 {
+        self.0[r as usize]
+    }
+}
+
+impl Serialize for RoleCounts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(4))?;
+        for r in Role::ALL {
+            m.serialize_entry(r.name(), &self.get(r))?;
+        }
+        m.end()
+    }
+}
+
+/// An optional value per TCP state, indexed by [`TcpState::index`]; serialised as a map from
+/// state name to value, in kernel order, leaving out `None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PerState<T>(pub [Option<T>; 12]);
+
+impl<T: Copy> PerState<T> {
+    pub fn get(&self, st: TcpState) -> Option<T> {
+        self.0[st.index()]
+    }
+}
+
+impl<T: Serialize> Serialize for PerState<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = self.0.iter().filter(|v| v.is_some()).count();
+        let mut m = s.serialize_map(Some(n))?;
+        for (st, v) in TcpState::ALL.iter().zip(&self.0) {
+            if let Some(v) = v {
+                m.serialize_entry(st.name(), v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// What the engine saw. Serialised (JSON) as one object with `"type":"summary"`; times in ns.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Always `"summary"`.
+    #[serde(rename = "type")]
+    pub record_type: &'static str,
+    /// From the first clock reading (event or tick) to `now`.
+    pub duration_ns: u64,
+    pub transitions: u64,
+    pub closes: u64,
+    pub closes_by_kind: KindCounts,
+    pub closes_by_role: RoleCounts,
+    /// Closes handed to a timewait socket.
+    pub closes_time_wait: u64,
+    /// Leak records emitted.
+    pub leaks: u64,
+    /// Dwell quantiles of every state with at least one sample.
+    pub dwell: PerState<DwellSummary>,
+    /// Tracked sockets per state now (states with none left out).
+    pub sockets_now: PerState<u64>,
+    pub close_wait_now: u64,
+    /// In CLOSE_WAIT and reported leaking now.
+    pub leaking_now: u64,
+    pub oldest_close_wait_ns: Option<u64>,
+    pub tracked: u64,
+    pub capacity: u64,
+    pub evicted: u64,
+    pub evicted_leaking: u64,
+    pub recycled: u64,
+    pub seeded: u64,
+    pub first_seen_midlife: u64,
+    pub gaps: u64,
+    pub out_of_order: u64,
+    pub stale_dropped: u64,
+    /// Events the kernel could not deliver (filled in by the app).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_lost: Option<u64>,
+    /// Input lines that could not be used (filled in by replay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_lines: Option<u64>,
+}
+
+impl Engine {
+    /// A summary as of `now_ns` (ages and duration are measured to it).
+    pub fn summary(&self, now_ns: u64) -> Summary {
+        let s = &self.stats;
+        let mut dwell = [None; 12];
+        let mut sockets_now = [None; 12];
+        for st in TcpState::ALL {
+            let h = self.dwell_histogram(st);
+            if let (Some(max_ns), Some(p50), Some(p90), Some(p99)) = (
+                h.max_ns(),
+                h.quantile(0.5),
+                h.quantile(0.9),
+                h.quantile(0.99),
+            ) {
+                dwell[st.index()] = Some(DwellSummary {
+                    count: h.count(),
+                    p50_ns: p50,
+                    p90_ns: p90,
+                    p99_ns: p99,
+                    max_ns,
+                });
+            }
+            let n = self.per_state[st.index()];
+            if n > 0 {
+                sockets_now[st.index()] = Some(n);
+            }
+        }
+        Summary {
+            record_type: "summary",
+            duration_ns: self
+                .start_ns
+                .map_or(0, |start| now_ns.saturating_sub(start)),
+            transitions: s.transitions,
+            closes: s.closes,
+            closes_by_kind: KindCounts(s.closes_by_kind),
+            closes_by_role: RoleCounts(s.closes_by_role),
+            closes_time_wait: s.closes_time_wait,
+            leaks: s.leaks,
+            dwell: PerState(dwell),
+            sockets_now: PerState(sockets_now),
+            close_wait_now: self.close_wait_now(),
+            leaking_now: self.leaking_now(),
+            oldest_close_wait_ns: self.oldest_close_wait_ns(now_ns),
+            tracked: self.tracked() as u64,
+            capacity: self.cfg.capacity as u64,
+            evicted: s.evicted,
+            evicted_leaking: s.evicted_leaking,
+            recycled: s.recycled,
+            seeded: s.seeded,
+            first_seen_midlife: s.first_seen_midlife,
+            gaps: s.gaps,
+            out_of_order: s.out_of_order,
+            stale_dropped: s.stale_dropped,
+            events_lost: None,
+            skipped_lines: None,
+        }
+    }
+}
+
+impl Summary {
+    /// A readable multi-line table for the terminal.
+    pub fn render_text(&self) -> String {
+        let mut o = String::new();
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            o,
+            "summary over {}: {} transitions, {} closes ({} handed to TIME_WAIT), {} CLOSE_WAIT leaks",
+            fmt_ns(self.duration_ns),
+            self.transitions,
+            self.closes,
+            self.closes_time_wait,
+            self.leaks
+        );
+        let kinds: Vec<String> = CloseKind::ALL
+            .iter()
+            .map(|&k| format!("{} {}", k.name(), self.closes_by_kind.get(k)))
+            .collect();
+        let _ = writeln!(o, "closes by kind: {}", kinds.join(", "));
+        let roles: Vec<String> = Role::ALL
+            .iter()
+            .map(|&r| format!("{} {}", r.name(), self.closes_by_role.get(r)))
+            .collect();
+        let _ = writeln!(o, "closes by role: {}", roles.join(", "));
+        if self.dwell.0.iter().any(Option::is_some) {
+            let _ = writeln!(
+                o,
+                "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "dwell", "count", "p50", "p90", "p99", "max"
+            );
+            for st in TcpState::ALL {
+                if let Some(d) = self.dwell.get(st) {
+                    let _ = writeln!(
+                        o,
+                        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                        st.name(),
+                        d.count,
+                        fmt_ns(d.p50_ns),
+                        fmt_ns(d.p90_ns),
+                        fmt_ns(d.p99_ns),
+                        fmt_ns(d.max_ns)
+                    );
+                }
+            }
+        }
+        let now: Vec<String> = TcpState::ALL
+            .iter()
+            .filter_map(|&st| {
+                self.sockets_now
+                    .get(st)
+                    .map(|n| format!("{} {n}", st.name()))
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "now: {} tracked (capacity {}){}{}",
+            self.tracked,
+            self.capacity,
+            if now.is_empty() { "" } else { ": " },
+            now.join(", ")
+        );
+        let _ = write!(
+            o,
+            "CLOSE_WAIT now: {}, leaking {}",
+            self.close_wait_now, self.leaking_now
+        );
+        if let Some(age) = self.oldest_close_wait_ns {
+            let _ = write!(o, ", oldest {}", fmt_ns(age));
+        }
+        o.push('\n');
+        let _ = writeln!(
+            o,
+            "bookkeeping: evicted {} (leaking {}), recycled addresses {}, seeded {}, first seen mid-life {}, gaps {}, out of order {}, stale {}",
+            self.evicted,
+            self.evicted_leaking,
+            self.recycled,
+            self.seeded,
+            self.first_seen_midlife,
+            self.gaps,
+            self.out_of_order,
+            self.stale_dropped
+        );
+        let mut extra = Vec::new();
+        if let Some(n) = self.events_lost {
+            extra.push(format!("events lost {n}"));
+        }
+        if let Some(n) = self.skipped_lines {
+            extra.push(format!("skipped lines {n}"));
+        }
+        if !extra.is_empty() {
+            let _ = writeln!(o, "{}", extra.join(", "));
+        }
+        o
+    }
+}
+
+/// A duration for people: `850ns`, `12.3µs`, `4.56ms`, `1.23s`, `2m03s`, `1h02m`.
+pub fn fmt_ns(ns: u64) -> String {
+    const US: u64 = 1_000;
+    const MS: u64 = 1_000_000;
+    const S: u64 = 1_000_000_000;
+    match ns {
+        n if n < US => format!("{n}ns"),
+        n if n < MS => format!("{:.1}µs", n as f64 / US as f64),
+        n if n < S => format!("{:.2}ms", n as f64 / MS as f64),
+        n if n < 60 * S => format!("{:.2}s", n as f64 / S as f64),
+        n if n < 3_600 * S => format!("{}m{:02}s", n / (60 * S), n / S % 60),
+        n => format!("{}h{:02}m", n / (3_600 * S), n / (60 * S) % 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(fmt_ns(850), "850ns");
+        assert_eq!(fmt_ns(12_300), "12.3µs");
+        assert_eq!(fmt_ns(4_560_000), "4.56ms");
+        assert_eq!(fmt_ns(1_230_000_000), "1.23s");
+        assert_eq!(fmt_ns(123_000_000_000), "2m03s");
+        assert_eq!(fmt_ns(3_720_000_000_000), "1h02m");
+    }
+}
