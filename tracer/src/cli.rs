@@ -36,6 +36,16 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Engine throughput and memory per socket, for `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchEngine {
+        /// Connections in the synthetic stream (10 events each).
+        #[arg(long, default_value_t = 500_000)]
+        connections: u64,
+        /// Sockets tracked at once for the memory measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        sockets: u64,
+    },
 }
 
 /// Options shared by live tracing and replay.
@@ -45,8 +55,8 @@ pub struct CommonArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// What to print: a comma-separated list of transitions, closes, leaks (or all, none).
-    /// Default: all, or only leaks when --metrics-addr runs it as a daemon.
+    /// What to print on stdout: a comma-separated list of transitions, closes, leaks (or all,
+    /// none). Default: all; none with --metrics-addr (a daemon logs each leak on stderr).
     #[arg(long, value_name = "LIST")]
     pub show: Option<String>,
 
@@ -133,18 +143,16 @@ fn common(c: &CommonArgs, daemon: bool) -> Result<(Format, Show), UsageError> {
     let format = if c.json { Format::Json } else { Format::Text };
     let show = match &c.show {
         Some(s) => Show::parse(s).map_err(|e| UsageError(format!("--show: {e}")))?,
-        None if daemon => Show {
-            transitions: false,
-            closes: false,
-            leaks: true,
-        },
+        None if daemon => Show::parse("none").map_err(UsageError)?,
         None => Show::ALL,
     };
     if c.capacity == 0 {
         return Err(UsageError("--capacity must be at least 1".into()));
     }
     if c.close_wait_threshold.is_zero() {
-        return Err(UsageError("--close-wait-threshold must be more than 0".into()));
+        return Err(UsageError(
+            "--close-wait-threshold must be more than 0".into(),
+        ));
     }
     Ok((format, show))
 }
@@ -192,7 +200,11 @@ impl LiveArgs {
 }
 
 pub fn validate_replay(file: &std::path::Path, c: &CommonArgs) -> Result<ReplayConfig, UsageError> {
-    let (format, show) = common(c, false)?;
+    let (format, mut show) = common(c, false)?;
+    if c.show.is_none() {
+        // The recording already holds the transitions; replay's answer is closes and leaks.
+        show.transitions = false;
+    }
     Ok(ReplayConfig {
         file: file.to_path_buf(),
         format,
@@ -233,7 +245,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ns" => 1e-9,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use ns, us, ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ns, us, ms, s, m, h)"
+            ));
+        }
     };
     let secs = value * scale;
     if !secs.is_finite() || secs > 1e9 {

@@ -7,17 +7,17 @@
 //! `app` wires it together.
 
 pub mod app;
+pub mod attribution;
 pub mod bpf;
 pub mod cli;
+pub mod engine;
 pub mod event;
+pub mod metrics;
 pub mod output;
 pub mod record;
-pub mod engine;
 pub mod replay;
-pub mod attribution;
-pub mod sockdiag;
-pub mod metrics;
 pub mod server;
+pub mod sockdiag;
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main_with(cli: cli::Cli) -> i32 {
@@ -27,6 +27,10 @@ pub fn main_with(cli: cli::Cli) -> i32 {
             Ok(cfg) => app::replay(&cfg),
             Err(e) => return usage(&e),
         },
+        Some(cli::Command::BenchEngine {
+            connections,
+            sockets,
+        }) => app::bench_engine(*connections, *sockets),
         None => match cli.live.validate() {
             Ok(cfg) => run_live(cfg),
             Err(e) => return usage(&e),

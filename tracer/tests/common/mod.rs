@@ -80,7 +80,12 @@ impl Traced {
     /// Collects stdout lines until `pred` matches one of the JSON lines or `timeout` passes.
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + timeout;
-        if let Some(v) = self.seen.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| pred(v)) {
+        if let Some(v) = self
+            .seen
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| pred(v))
+        {
             return Some(v);
         }
         loop {
@@ -101,7 +106,7 @@ impl Traced {
     }
 
     /// Sends SIGINT, waits for exit, and returns (exit code, every stdout line parsed as JSON).
-    pub fn stop(mut self) -> (i32, Vec<Value>, String) {
+    pub fn stop(self) -> (i32, Vec<Value>, String) {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.finish()
