@@ -353,7 +353,10 @@ mod tests {
 
     #[test]
     fn comm_truncates_on_char_boundary() {
-        assert_eq!(Comm::new("a-very-long-process-name").as_str(), "a-very-long-pro");
+        assert_eq!(
+            Comm::new("a-very-long-process-name").as_str(),
+            "a-very-long-pro"
+        );
         assert_eq!(Comm::new("ééééééééé").as_str(), "ééééééé");
     }
 }

@@ -40,9 +40,16 @@ fn check_family(bind: &str, family: u64) {
     let (lport, cport, _) = one_connection(bind);
     // The listener's LISTEN→CLOSE is the last event of the scenario.
     let done = t.wait_for(Duration::from_secs(10), |v| {
-        v["type"] == "transition" && v["sport"] == lport && v["old"] == "LISTEN" && v["new"] == "CLOSE"
+        v["type"] == "transition"
+            && v["sport"] == lport
+            && v["old"] == "LISTEN"
+            && v["new"] == "CLOSE"
     });
-    assert!(done.is_some(), "listener close not seen; stderr:\n{}", t.stderr());
+    assert!(
+        done.is_some(),
+        "listener close not seen; stderr:\n{}",
+        t.stderr()
+    );
     std::thread::sleep(Duration::from_millis(300));
     let (code, values, stderr) = t.stop();
     assert_eq!(code, 0, "stderr:\n{stderr}");
@@ -90,16 +97,27 @@ fn check_family(bind: &str, family: u64) {
         ],
         "server sequence"
     );
-    for v in of_type(&values, "transition").filter(|v| v["sk"] == client_sk.as_str() || v["sk"] == server_sk.as_str()) {
+    for v in of_type(&values, "transition")
+        .filter(|v| v["sk"] == client_sk.as_str() || v["sk"] == server_sk.as_str())
+    {
         assert_eq!(v["family"], family, "{v}");
         let first = v["old"] == "CLOSE" || v["old"] == "LISTEN";
         if first {
-            assert!(v["dwell_ns"].is_null(), "first transition has no dwell: {v}");
+            assert!(
+                v["dwell_ns"].is_null(),
+                "first transition has no dwell: {v}"
+            );
         } else {
-            let d = v["dwell_ns"].as_u64().unwrap_or_else(|| panic!("dwell missing: {v}"));
+            let d = v["dwell_ns"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("dwell missing: {v}"));
             assert!(d > 0 && d < 5_000_000_000, "implausible dwell {d}: {v}");
         }
-        assert!(v["task_pid"].as_u64().unwrap() > 0 || v["task_comm"] == "swapper/0" || v["task_comm"].as_str().unwrap().starts_with("swapper"));
+        assert!(
+            v["task_pid"].as_u64().unwrap() > 0
+                || v["task_comm"] == "swapper/0"
+                || v["task_comm"].as_str().unwrap().starts_with("swapper")
+        );
     }
     // The connection lived ≥20 ms in ESTABLISHED on the client.
     let est = of_type(&values, "transition")
@@ -145,7 +163,12 @@ fn text_mode_prints_a_readable_line() {
     drop(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap());
     drop(l);
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(child.wait().unwrap().success());
     assert!(out.starts_with("TIME"), "{out}");
     let line = out

@@ -79,12 +79,13 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
     let tracer = workspace_root().join("target/release/tracer");
     let xtask = std::env::current_exe().context("locating xtask")?;
 
-    let stats_before = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-        .unwrap_or_else(|_| "0".into());
+    let stats_before =
+        fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
         .context("enabling kernel.bpf_stats_enabled (needs root)")?;
     let result = (|| -> Result<Vec<(Setup, Vec<Run>)>> {
-        let mut runs: Vec<(Setup, Vec<Run>)> = Setup::ALL.iter().map(|&s| (s, Vec::new())).collect();
+        let mut runs: Vec<(Setup, Vec<Run>)> =
+            Setup::ALL.iter().map(|&s| (s, Vec::new())).collect();
         for round in 0..rounds {
             // Rotate the order so that no setup always runs first (warm caches, thermal state).
             for k in 0..Setup::ALL.len() {
@@ -100,7 +101,11 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
                     r.cpu_s,
                     r.lost
                 );
-                runs.iter_mut().find(|(s, _)| *s == setup).unwrap().1.push(r);
+                runs.iter_mut()
+                    .find(|(s, _)| *s == setup)
+                    .unwrap()
+                    .1
+                    .push(r);
             }
         }
         Ok(runs)
@@ -134,7 +139,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn print_report(runs: &[(Setup, Vec<Run>)], engine: &str, rounds: usize, seconds: f64, threads: usize) {
+fn print_report(
+    runs: &[(Setup, Vec<Run>)],
+    engine: &str,
+    rounds: usize,
+    seconds: f64,
+    threads: usize,
+) {
     let bare = median(runs[0].1.iter().map(|r| r.rate).collect());
     println!(
         "Workload: {threads} client threads of loopback connect/accept/close in a private network \
@@ -208,12 +219,13 @@ fn one_run(setup: Setup, tracer: &Path, xtask: &Path, seconds: f64, threads: usi
         }
     };
     let before = tool.as_ref().map(|c| sample(c.id()));
-    let out = output(
-        Command::new("unshare")
-            .arg("-n")
-            .arg(xtask)
-            .args(["loadgen", "--threads", &threads.to_string(), "--seconds", &seconds.to_string()]),
-    )?;
+    let out = output(Command::new("unshare").arg("-n").arg(xtask).args([
+        "loadgen",
+        "--threads",
+        &threads.to_string(),
+        "--seconds",
+        &seconds.to_string(),
+    ]))?;
     let rate = json_field(&out, "rate").context("loadgen printed no rate")?;
     let mut run = Run {
         rate,
@@ -292,7 +304,9 @@ fn sample(pid: u32) -> Sample {
     let dir = PathBuf::from(format!("/proc/{pid}/fdinfo"));
     if let Ok(entries) = fs::read_dir(&dir) {
         for e in entries.flatten() {
-            let Ok(text) = fs::read_to_string(e.path()) else { continue };
+            let Ok(text) = fs::read_to_string(e.path()) else {
+                continue;
+            };
             if !text.contains("prog_type:") {
                 continue;
             }
@@ -332,9 +346,8 @@ fn wait_for_prog(pid: u32) -> Result<()> {
     while Instant::now() < deadline {
         let found = fs::read_dir(format!("/proc/{pid}/fdinfo"))
             .map(|d| {
-                d.flatten().any(|e| {
-                    fs::read_to_string(e.path()).is_ok_and(|t| t.contains("prog_type:"))
-                })
+                d.flatten()
+                    .any(|e| fs::read_to_string(e.path()).is_ok_and(|t| t.contains("prog_type:")))
             })
             .unwrap_or(false);
         if found {

@@ -22,7 +22,11 @@ impl LoadResult {
 }
 
 /// Runs `threads` connect/close loops for `duration` or until `max_connections`.
-pub fn run(threads: usize, duration: Duration, max_connections: u64) -> std::io::Result<LoadResult> {
+pub fn run(
+    threads: usize,
+    duration: Duration,
+    max_connections: u64,
+) -> std::io::Result<LoadResult> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let addr: SocketAddr = listener.local_addr()?;
     // std listens with a backlog of 128; a full accept queue drops SYNs and stalls a client

@@ -96,7 +96,14 @@ fn real_main() -> Result<()> {
             }
             if let Err(e) = cargo(
                 &tools,
-                &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
             ) {
                 failures.push(e);
             }
@@ -118,7 +125,11 @@ fn real_main() -> Result<()> {
             seconds,
             max_connections,
         } => {
-            if Command::new("ip").args(["link", "set", "lo", "up"]).status().is_err() {
+            if Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .is_err()
+            {
                 eprintln!("xtask: could not bring lo up");
             }
             let r = loadgen::run(threads, Duration::from_secs_f64(seconds), max_connections)?;
@@ -248,7 +259,8 @@ fn ensure_bpf_linker() -> Result<Tools> {
         "sysroot",
     ]))?;
     let sysroot = PathBuf::from(sysroot.trim());
-    let version = output(Command::new("rustc").args([format!("+{EBPF_TOOLCHAIN}").as_str(), "-vV"]))?;
+    let version =
+        output(Command::new("rustc").args([format!("+{EBPF_TOOLCHAIN}").as_str(), "-vV"]))?;
     let major = version
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -280,12 +292,15 @@ fn ensure_bpf_linker() -> Result<Tools> {
     let bin_dir = prefix.join("bpf-linker/bin");
     let stamp = prefix.join("stamp");
     let want = format!("{lib_name} bpf-linker {BPF_LINKER_VERSION}\n");
-    if bin_dir.join("bpf-linker").is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(&want)
+    if bin_dir.join("bpf-linker").is_file()
+        && fs::read_to_string(&stamp).ok().as_deref() == Some(&want)
     {
         return Ok(Tools { bin_dir });
     }
 
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {lib_name} (about two minutes, once)");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {lib_name} (about two minutes, once)"
+    );
     let llvm = prefix.join("llvm");
     let llvm_lib = llvm.join("lib");
     fs::create_dir_all(&llvm_lib).with_context(|| format!("creating {}", llvm_lib.display()))?;
