@@ -546,7 +546,11 @@ impl Engine {
         e.set_endpoints(t);
         e.first_ns = t.ts_ns;
         e.since_ns = t.ts_ns;
-        e.path.push(t.old);
+        // A birth's old state (CLOSE, or the listener's LISTEN for a child) is not a state
+        // this socket was in: its path starts at the new state.
+        if !birth {
+            e.path.push(t.old);
+        }
         e.path.push(t.new);
         if birth {
             e.flags |= flag::BORN_TRACED;
@@ -660,8 +664,9 @@ impl Engine {
     fn adopt_birth(&mut self, i: u32, t: &Transition) {
         self.stats.late_births += 1;
         let e = self.table.get_mut(i);
+        // The birth's old state (CLOSE or LISTEN) was never this socket's: the path already
+        // starts at the birth's new state.
         let mut path = crate::record::StatePath::default();
-        path.push(t.old);
         for s in e.path.iter() {
             path.push(s);
         }
