@@ -116,7 +116,7 @@ fn path(c: &CloseRecord) -> Vec<TcpState> {
     c.states.iter().collect()
 }
 
-// Paths start at the birth's new state: CLOSE (or the listener's LISTEN) was never this socket's.
+// Input sequences, births included; a close record's path leaves out the birth's old state.
 const CLIENT_ACTIVE: &[TcpState] = &[Close, SynSent, Established, FinWait1, FinWait2, Close];
 const SERVER_PASSIVE: &[TcpState] = &[Listen, SynRecv, Established, CloseWait, LastAck, Close];
 
@@ -199,10 +199,7 @@ fn simultaneous_close_both_sides_with_cross_socket_reorder() {
         assert_eq!(c.kind, CloseKind::Simultaneous);
         assert!(c.time_wait);
     }
-    assert_eq!(
-        path(&c10),
-        [SynSent, Established, FinWait1, Closing, Close]
-    );
+    assert_eq!(path(&c10), [SynSent, Established, FinWait1, Closing, Close]);
     assert_eq!(h.e.stats().gaps, 0);
     assert_eq!(h.e.stats().out_of_order, 0);
 }

@@ -105,6 +105,38 @@ impl Traced {
         }
     }
 
+    /// Waits until at least `n` JSON lines match `pred`; returns how many matched.
+    pub fn wait_for_n(
+        &mut self,
+        timeout: Duration,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> usize {
+        let deadline = Instant::now() + timeout;
+        let count = |seen: &[String]| {
+            seen.iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| pred(v))
+                .count()
+        };
+        let mut got = count(&self.seen);
+        while got < n {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if serde_json::from_str::<Value>(&line).is_ok_and(|v| pred(&v)) {
+                        got += 1;
+                    }
+                    self.seen.push(line);
+                }
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
     /// Sends SIGINT, waits for exit, and returns (exit code, every stdout line parsed as JSON).
     pub fn stop(self) -> (i32, Vec<Value>, String) {
         // SAFETY: plain kill(2) on our own child.
