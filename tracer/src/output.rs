@@ -149,10 +149,10 @@ impl<W: Write> Output<W> {
                     WallTime(t.ts_ns, self.realtime_offset_ns),
                     t.task_pid,
                     t.task_comm,
-                    EndpointFmt(t.saddr, t.sport).to_string(),
-                    EndpointFmt(t.daddr, t.dport).to_string(),
-                    Arrow(t.old.name(), t.new.name()).to_string(),
-                    OptDuration(t.dwell_ns).to_string(),
+                    Pad(EndpointFmt(t.saddr, t.sport)),
+                    Pad(EndpointFmt(t.daddr, t.dport)),
+                    Pad(Arrow(t.old.name(), t.new.name())),
+                    Pad(OptDuration(t.dwell_ns)),
                 );
                 if let Some(o) = owner
                     && o.pid != t.task_pid
@@ -429,22 +429,66 @@ pub struct Dur(pub u64);
 impl std::fmt::Display for Dur {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ns = self.0;
-        let s = if ns < 1_000 {
-            format!("{ns}ns")
+        let mut b = StackStr::new();
+        let _ = if ns < 1_000 {
+            write!(b, "{ns}ns")
         } else if ns < 1_000_000 {
-            format!("{:.1}µs", ns as f64 / 1e3)
+            write!(b, "{:.1}µs", ns as f64 / 1e3)
         } else if ns < 1_000_000_000 {
-            format!("{:.2}ms", ns as f64 / 1e6)
+            write!(b, "{:.2}ms", ns as f64 / 1e6)
         } else if ns < 60_000_000_000 {
-            format!("{:.2}s", ns as f64 / 1e9)
+            write!(b, "{:.2}s", ns as f64 / 1e9)
         } else if ns < 3_600_000_000_000 {
             let s = ns / 1_000_000_000;
-            format!("{}m{:02}s", s / 60, s % 60)
+            write!(b, "{}m{:02}s", s / 60, s % 60)
         } else {
             let m = ns / 60_000_000_000;
-            format!("{}h{:02}m", m / 60, m % 60)
+            write!(b, "{}h{:02}m", m / 60, m % 60)
         };
-        f.pad(&s)
+        f.pad(b.as_str())
+    }
+}
+
+/// A small string on the stack, for formatting a column before padding it (no allocation).
+struct StackStr {
+    buf: [u8; 80],
+    len: usize,
+}
+
+impl StackStr {
+    fn new() -> Self {
+        Self {
+            buf: [0; 80],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever copied in (see `write_str`), so this is valid UTF-8.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for StackStr {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Formats the inner value first, then applies the caller's width and alignment to it.
+struct Pad<T>(T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Pad<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut b = StackStr::new();
+        write!(b, "{}", self.0)?;
+        f.pad(b.as_str())
     }
 }
 
