@@ -113,11 +113,18 @@ fn tuple_of(t: &Transition) -> FourTuple {
 }
 
 /// Live tracing until a signal, `--duration`, or the end of `--pid`'s process.
-pub async fn live(cfg: LiveConfig) -> anyhow::Result<()> {
-    if let Some(pid) = cfg.pid
-        && !attribution::process_exists(pid)
-    {
-        anyhow::bail!("no process with pid {pid}");
+pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
+    if let Some(pid) = cfg.pid {
+        if !attribution::process_exists(pid) {
+            anyhow::bail!("no process with pid {pid}");
+        }
+        // A thread id names its process: sockets belong to the whole thread group.
+        if let Some(tgid) = tgid_of(pid)
+            && tgid != pid
+        {
+            eprintln!("tracer: {pid} is a thread of process {tgid}; following process {tgid}");
+            cfg.pid = Some(tgid);
+        }
     }
     // Bind the metrics port before anything is loaded, so a busy port is reported first.
     let bound = match cfg.metrics_addr {
@@ -314,7 +321,8 @@ fn baseline(
     let sockets = diag
         .dump(StateMask::ALL)
         .context("reading existing TCP sockets (sock_diag)")?;
-    let index = attribution::scan_inodes(None);
+    // With --pid only that process's fd table is read.
+    let index = attribution::scan_inodes(pid);
     let found = attribution::owners_of_baseline(&sockets, &index);
     let now = output::clock_ns(libc::CLOCK_MONOTONIC);
     sh.engine.tick(now, out);
@@ -394,16 +402,15 @@ fn on_transition<W: Write>(
 ) -> anyhow::Result<()> {
     sh.reader.events += 1;
     sh.transitions[t.old.index()][t.new.index()] += 1;
-    if !ctx.owners.baseline.is_empty() && sh.engine.state_of(t.sk).is_none() {
-        // A socket of the startup baseline, seen by its kernel address for the first time.
-        if let Some(key) = ctx.owners.baseline.remove(&tuple_of(t)) {
-            if crate::engine::classify::is_birth(t.old, t.new) {
-                // A new socket on the same 4-tuple: the baseline one is gone.
-                sh.engine.forget(key);
-            } else {
-                sh.engine.rekey(key, t.sk);
-            }
-        }
+    // A socket of the startup baseline, seen by its kernel address for the first time. Births
+    // are new sockets: the program is attached before the baseline is read, so a baseline
+    // socket's own close is always seen before its 4-tuple can be born again.
+    if !ctx.owners.baseline.is_empty()
+        && !crate::engine::classify::is_birth(t.old, t.new)
+        && sh.engine.state_of(t.sk).is_none()
+        && let Some(key) = ctx.owners.baseline.remove(&tuple_of(t))
+    {
+        sh.engine.rekey(key, t.sk);
     }
     let revealed = ctx.owners.revealed_by(t);
     ctx.owners.track_listener(t, revealed);
@@ -577,6 +584,17 @@ fn snapshot(sh: &Shared, now_ns: u64, threshold_ns: u64) -> MetricsSnapshot {
         bpf_run_time_ns: sh.program.map(|p| p.run_time.as_nanos() as u64),
         bpf_run_count: sh.program.map(|p| p.run_count),
     }
+}
+
+/// The thread-group id of a task, from /proc/PID/status.
+fn tgid_of(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// TIME_WAIT sockets of the host, from /proc/net/sockstat (`TCP: … tw N`).

@@ -84,7 +84,8 @@ fn real_main() -> Result<()> {
         }
         Cmd::Test { args } => {
             let tools = setup(SetupLevel::Test)?;
-            let mut a = vec!["test", "--workspace", "--all-targets"];
+            // The default members: the eBPF crate only builds for the BPF target.
+            let mut a = vec!["test", "--all-targets"];
             a.extend(args.iter().map(String::as_str));
             cargo(&tools, &a)
         }
@@ -94,17 +95,7 @@ fn real_main() -> Result<()> {
             if let Err(e) = cargo(&tools, &["fmt", "--all", "--", "--check"]) {
                 failures.push(e);
             }
-            if let Err(e) = cargo(
-                &tools,
-                &[
-                    "clippy",
-                    "--workspace",
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ],
-            ) {
+            if let Err(e) = cargo(&tools, &["clippy", "--all-targets", "--", "-D", "warnings"]) {
                 failures.push(e);
             }
             if failures.is_empty() {
