@@ -30,6 +30,10 @@ pub struct ReaderStats {
     pub events: u64,
     /// Records that could not be decoded (should stay 0; counted, never silent).
     pub undecodable: u64,
+    /// Times the kernel woke the reader (ring buffer past its wakeup threshold).
+    pub wakeups: u64,
+    /// Drains run by the reader's own timer.
+    pub timer_drains: u64,
 }
 
 /// What the reader shares with the metrics endpoint. Locked once per drained batch and once
@@ -236,10 +240,12 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
+                lock(&shared).reader.wakeups += 1;
                 drain(guard.get_inner_mut(), &shared, &mut ctx, &mut out)?;
                 guard.clear_ready();
             }
             _ = drain_timer.tick() => {
+                lock(&shared).reader.timer_drains += 1;
                 drain(ring.get_mut(), &shared, &mut ctx, &mut out)?;
                 {
                     let now = output::clock_ns(libc::CLOCK_MONOTONIC);
@@ -511,8 +517,14 @@ fn report_lost(c: &KernelCounters, reported: &mut u64) {
 
 fn exit_line(stats: &ReaderStats, c: &KernelCounters) {
     eprintln!(
-        "tracer: {} events, {} lost, {} undecodable, {} sockets without dwell tracking (kernel table full), {} filtered in the kernel",
-        stats.events, c.ring_full, stats.undecodable, c.socket_table_full, c.filtered
+        "tracer: {} events, {} lost, {} undecodable, {} sockets without dwell tracking (kernel table full), {} filtered in the kernel; read in {} kernel wakeups and {} timer drains",
+        stats.events,
+        c.ring_full,
+        stats.undecodable,
+        c.socket_table_full,
+        c.filtered,
+        stats.wakeups,
+        stats.timer_drains
     );
 }
 
