@@ -10,7 +10,7 @@ use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use tracer_common::{
-    COUNTERS_MAP, CONFIG_GLOBAL, Config, Counter, EVENTS_MAP, FILTER_PIDS_MAP, FILTER_PORTS_MAP,
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, Counter, EVENTS_MAP, FILTER_PIDS_MAP, FILTER_PORTS_MAP,
     SOCKETS_MAP,
 };
 
@@ -31,7 +31,9 @@ pub enum BpfError {
     )]
     Permission { missing: String },
     /// The verifier rejected the program.
-    #[error("the kernel's verifier rejected the eBPF program ({last}); run with TRACER_LOG=debug for its log")]
+    #[error(
+        "the kernel's verifier rejected the eBPF program ({last}); run with TRACER_LOG=debug for its log"
+    )]
     Verifier { last: String },
     /// The kernel has no such tracepoint.
     #[error(
@@ -252,11 +254,14 @@ fn check_privileges() -> Result<(), BpfError> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let Some(eff) = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    }) else {
+    let Some(eff) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+    else {
         return Ok(()); // cannot tell; let the kernel decide
     };
     let has = |cap: u32| eff & (1u64 << cap) != 0;
