@@ -119,8 +119,8 @@ fn tuple_of(t: &Transition) -> FourTuple {
 /// Live tracing until a signal, `--duration`, or the end of `--pid`'s process.
 pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     if let Some(pid) = cfg.pid {
-        if !attribution::process_exists(pid) {
-            anyhow::bail!("no process with pid {pid}");
+        if !attribution::process_alive(pid) {
+            anyhow::bail!("no running process with pid {pid}");
         }
         // A thread id names its process: sockets belong to the whole thread group.
         if let Some(tgid) = tgid_of(pid)
@@ -208,6 +208,12 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         }))
     });
 
+    // Installed before tracing is announced, and kept for the whole run: a signal that arrives
+    // while another branch of the loop is ready is then still pending at the next iteration.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     eprintln!("tracer: tracing TCP state changes (sock:inet_sock_set_state); Ctrl-C to stop");
     ready.store(true, Ordering::Release);
     let daemon = cfg.metrics_addr.is_some();
@@ -231,8 +237,6 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(deadline);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     let mut lost_reported = 0u64;
     let mut last_program_read = Instant::now();
 
@@ -260,7 +264,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
                     report_lost(&sh.kernel, &mut lost_reported);
                 }
                 if let Some(pid) = cfg.pid
-                    && !attribution::process_exists(pid)
+                    && !attribution::process_alive(pid)
                 {
                     // The kernel closes what the process held ~1 ms after it exits.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -268,7 +272,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
                 }
             }
             _ = &mut deadline => break "duration reached".to_owned(),
-            _ = tokio::signal::ctrl_c() => break "interrupted".to_owned(),
+            _ = sigint.recv() => break "interrupted".to_owned(),
             _ = sigterm.recv() => break "terminated".to_owned(),
         }
         out.flush().context("writing output")?;
@@ -446,8 +450,17 @@ fn emit<W: Write>(sh: &mut Shared, ctx: &mut Ctx<'_>, out: &mut Output<W>) -> an
     }
     let mut held: Option<HashMap<u32, u64>> = None;
     let now = sh.engine.clock_ns();
-    // Taken out (capacity kept) so the loop can use the rest of `ctx`.
+    // Taken out (capacity kept) so the loops can use the rest of `ctx`.
     let mut records = std::mem::take(ctx.records);
+    // Owners of all leaks first, so the per-owner counts below see every confirmed holder.
+    for rec in records.iter_mut() {
+        if let Record::Leak(l) = rec
+            && let Some(o) = confirm_owner(ctx, l)
+        {
+            l.owner = Some(o);
+            sh.engine.set_owner(l.id.sk, o);
+        }
+    }
     for rec in records.drain(..) {
         match rec {
             Record::Close(c) => {
@@ -455,13 +468,7 @@ fn emit<W: Write>(sh: &mut Shared, ctx: &mut Ctx<'_>, out: &mut Output<W>) -> an
                     out.close(&c).context("writing output")?;
                 }
             }
-            Record::Leak(mut l) => {
-                // The owner a leak names must be the process holding the socket now: confirm it
-                // through the socket's inode (fds can be passed, listeners shared).
-                if let Some(o) = confirm_owner(ctx, &l) {
-                    l.owner = Some(o);
-                    sh.engine.set_owner(l.id.sk, o);
-                }
+            Record::Leak(l) => {
                 if ctx.pid.is_some_and(|p| l.owner.is_none_or(|o| o.pid != p)) {
                     continue;
                 }
@@ -497,6 +504,8 @@ fn emit<W: Write>(sh: &mut Shared, ctx: &mut Ctx<'_>, out: &mut Output<W>) -> an
     Ok(())
 }
 
+/// The owner a leak names must be the process holding the socket now: confirmed through the
+/// socket's inode (fds can be passed, listeners shared, children forked).
 fn confirm_owner(ctx: &mut Ctx<'_>, l: &LeakRecord) -> Option<Owner> {
     if l.owner.is_some_and(|o| o.source == OwnerSource::Inode) {
         return l.owner;

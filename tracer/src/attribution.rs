@@ -256,6 +256,18 @@ impl ProcFs {
     pub fn exists(&self, pid: u32) -> bool {
         self.pid_path(pid).exists()
     }
+
+    /// Whether the process still runs: it exists and is not a zombie (exited, not yet reaped)
+    /// or dead. A zombie holds no file descriptors.
+    pub fn alive(&self, pid: u32) -> bool {
+        let Ok(stat) = std::fs::read_to_string(self.pid_path(pid).join("stat")) else {
+            return false;
+        };
+        // The state follows the parenthesised comm, which may itself contain ')'.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| !matches!(state, "Z" | "X" | "x"))
+    }
 }
 
 /// `a\0b\0c\0` → `a b c`, lossy UTF-8, capped at [`CMDLINE_MAX`] bytes plus `…`.
@@ -298,6 +310,11 @@ pub fn process_cmdline(pid: u32) -> Option<String> {
 /// Whether `/proc/PID` exists.
 pub fn process_exists(pid: u32) -> bool {
     ProcFs::default().exists(pid)
+}
+
+/// Whether `pid` still runs (exists and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    ProcFs::default().alive(pid)
 }
 
 /// Attributes the startup baseline in one pass over a fresh [`InodeIndex`]: one entry per
