@@ -194,3 +194,427 @@ pub fn states(v: &Value) -> (String, String) {
         v["new"].as_str().unwrap().to_owned(),
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers of the attribution and daemon tests: raw (non-JSON) output, signals, the metrics
+// address, fixture processes (tests/fixtures/leaky.py), a minimal HTTP client, and running the
+// tracer to its exit.
+
+impl Traced {
+    /// Collects stdout lines until one satisfies `pred` (raw text, for the table format).
+    pub fn wait_for_line(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return Some(l.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = pred(&line);
+                    self.seen.push(line.clone());
+                    if hit {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for exit, and returns (exit code, every stdout line parsed as
+    /// JSON, stderr). Like [`Traced::stop`], with the signal a service manager sends.
+    pub fn terminate(self) -> (i32, Vec<Value>, String) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.finish()
+    }
+
+    /// Sends `signal`, waits (up to 60 s) for the exit, and returns (exit code, raw stdout
+    /// lines, stderr).
+    pub fn signal_and_finish_raw(self, signal: i32) -> (i32, Vec<String>, String) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.finish_raw()
+    }
+
+    /// Waits (up to 60 s) for the tracer to exit on its own; returns (exit code, raw stdout
+    /// lines, stderr). Unlike [`Traced::finish`], lines need not be JSON.
+    pub fn finish_raw(mut self) -> (i32, Vec<String>, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tracer did not exit; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let seen = std::mem::take(&mut self.seen);
+        (status.code().unwrap_or(-1), seen, self.stderr())
+    }
+
+    /// Whether the tracer has exited (it is reaped if so).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
+
+    /// The metrics address from `tracer: serving metrics on http://ADDR/metrics` (printed on
+    /// stderr before the tracing line [`Traced::start`] waits for).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let err = self.stderr();
+        err.lines()
+            .find_map(|l| {
+                l.split_once("serving metrics on http://")
+                    .and_then(|(_, rest)| rest.strip_suffix("/metrics"))
+            })
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("no `serving metrics on http://ADDR/metrics` line in:\n{err}")
+            })
+    }
+}
+
+/// The Python interpreter's own path (not a version manager's shim, so a fixture's pid is the
+/// interpreter's).
+fn python() -> &'static str {
+    static PY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PY.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run python3 (needed by the fixtures): {e}"));
+        assert!(out.status.success(), "python3 failed: {out:?}");
+        let p = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(!p.is_empty(), "python3 has no sys.executable");
+        p
+    })
+}
+
+/// Path of `tests/fixtures/NAME`.
+pub fn fixture_path(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A process running `tests/fixtures/leaky.py`, killed and reaped when dropped. Its stdout
+/// lines are collected in the background.
+pub struct Fixture {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    /// Every stdout line read so far.
+    pub seen: Vec<String>,
+    /// The pid the fixture reported (`ready PORT PID`), 0 for modes that report none.
+    pub pid: u32,
+    /// The port of its listener (`serve`), 0 otherwise.
+    pub port: u16,
+}
+
+impl Fixture {
+    /// Runs `leaky.py ARGS` and, for `serve`, waits for its `ready PORT PID` line.
+    pub fn spawn(args: &[&str]) -> Fixture {
+        let mut child = Command::new(python())
+            .arg(fixture_path("leaky.py"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning leaky.py");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut f = Fixture {
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+            pid: 0,
+            port: 0,
+        };
+        if args.first() == Some(&"serve") {
+            let ready = f.expect("ready ", Duration::from_secs(10));
+            let mut w = ready.split_whitespace().skip(1);
+            f.port = w.next().and_then(|p| p.parse().ok()).expect("port");
+            f.pid = w.next().and_then(|p| p.parse().ok()).expect("pid");
+            assert_eq!(f.pid, f.child.id(), "the fixture's pid is its process's");
+        }
+        f
+    }
+
+    /// `leaky.py serve NAME EXTRA…`: a server with comm NAME that never closes what it accepts.
+    pub fn serve(name: &str, extra: &[&str]) -> Fixture {
+        let mut args = vec!["serve", name];
+        args.extend_from_slice(extra);
+        Fixture::spawn(&args)
+    }
+
+    /// Sends one command line on its stdin.
+    pub fn send(&mut self, command: &str) {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        writeln!(stdin, "{command}").expect("writing to the fixture");
+        stdin.flush().unwrap();
+    }
+
+    /// Closes its stdin (a `serve` fixture exits on it).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Reads stdout lines until one starts with `prefix`; panics after `timeout`.
+    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+            let l = l.clone();
+            self.seen.retain(|s| *s != l);
+            return l;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "fixture: no line starting with {prefix:?} within {timeout:?}; seen {:?}",
+                        self.seen
+                    )
+                });
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "fixture: no line starting with {prefix:?} within {timeout:?} (exit {:?}); seen {:?}",
+                    self.child.try_wait().ok().flatten(),
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Every line read so far plus those pending now.
+    pub fn drain_lines(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+
+    /// Waits (up to `timeout`) for the process to exit and reaps it; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the process has ended (exited, zombie or reaped), without reaping it.
+    pub fn has_ended(&self) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) {
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+            Err(_) => true,
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Loopback clients of `port` that this (test) process holds.
+pub fn connect_clients(port: u16, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|_| {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
+        })
+        .collect()
+}
+
+/// Runs `tracer ARGS` to its exit (killed after `timeout`); returns (exit code, stdout, stderr,
+/// how long it ran).
+pub fn run_tracer(args: &[&str], timeout: Duration) -> (i32, String, String, Duration) {
+    use std::io::Read as _;
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning tracer");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tracer {args:?} did not exit within {timeout:?}; stderr:\n{}",
+                err_t.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let ran = start.elapsed();
+    (
+        status.code().unwrap_or(-1),
+        out_t.join().unwrap(),
+        err_t.join().unwrap(),
+        ran,
+    )
+}
+
+/// An HTTP response, as read by [`http_request`].
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request (`Connection: close`) with `std::net`; the whole exchange must finish
+/// within `timeout`. `extra_headers` are full lines without CRLF.
+pub fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &[&str],
+    timeout: Duration,
+) -> std::io::Result<HttpReply> {
+    use std::io::{Read as _, Write as _};
+    let deadline = Instant::now() + timeout;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in extra_headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP exchange timed out")
+            })?;
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    parse_http_reply(&raw).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not an HTTP response: {:?}", String::from_utf8_lossy(&raw)),
+        )
+    })
+}
+
+/// Parses a complete HTTP/1.x response (Content-Length, chunked, or until close).
+pub fn parse_http_reply(raw: &[u8]) -> Option<HttpReply> {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let mut parts = status_line.splitn(3, ' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let status = parts.next()?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[head_end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        let mut body = Vec::new();
+        let mut r = rest;
+        loop {
+            let eol = r.windows(2).position(|w| w == b"\r\n")?;
+            let size_str = std::str::from_utf8(&r[..eol]).ok()?;
+            let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+            r = &r[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(r.get(..size)?);
+            r = r.get(size + 2..)?;
+        }
+        body
+    } else if let Some(len) = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        rest.get(..len)?.to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Some(HttpReply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
