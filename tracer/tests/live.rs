@@ -9,11 +9,27 @@ use std::time::Duration;
 
 use common::{Traced, of_type, on_ports, states};
 
-fn transitions_of(values: &[serde_json::Value], sk: &str) -> Vec<(String, String)> {
-    of_type(values, "transition")
-        .filter(|v| v["sk"] == sk)
-        .map(states)
-        .collect()
+/// The transitions of one socket life: the kernel recycles socket addresses, so take the
+/// events of `sk` from the birth at or before the anchor event (index into `values`) to the
+/// first CLOSE after it.
+fn life_of(values: &[serde_json::Value], sk: &str, anchor: usize) -> Vec<(String, String)> {
+    let same = |v: &serde_json::Value| v["type"] == "transition" && v["sk"] == sk;
+    let birth = |v: &serde_json::Value| {
+        (v["old"] == "CLOSE" && v["new"] != "CLOSE")
+            || (v["old"] == "LISTEN" && v["new"] == "SYN_RECV")
+    };
+    let start = (0..=anchor)
+        .rev()
+        .find(|&i| same(&values[i]) && birth(&values[i]))
+        .expect("birth of the socket");
+    let mut life = Vec::new();
+    for v in values[start..].iter().filter(|v| same(v)) {
+        life.push(states(v));
+        if v["new"] == "CLOSE" {
+            break;
+        }
+    }
+    life
 }
 
 fn one_connection(bind: &str) -> (u16, u16, u16) {
@@ -58,23 +74,30 @@ fn check_family(bind: &str, family: u64) {
         .filter(|v| on_ports(v, lport, cport))
         .cloned()
         .collect();
-    let client_sk = mine
+    let client_at = values
         .iter()
-        .find(|v| v["sport"] == cport && v["new"] == "ESTABLISHED")
-        .expect("client ESTABLISHED")["sk"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let server_sk = mine
+        .position(|v| {
+            v["type"] == "transition"
+                && v["sport"] == cport
+                && v["dport"] == lport
+                && v["new"] == "ESTABLISHED"
+        })
+        .expect("client ESTABLISHED");
+    let server_at = values
         .iter()
-        .find(|v| v["sport"] == lport && v["old"] == "LISTEN" && v["new"] == "SYN_RECV")
-        .expect("server child LISTEN→SYN_RECV")["sk"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .position(|v| {
+            v["type"] == "transition"
+                && v["sport"] == lport
+                && v["dport"] == cport
+                && v["old"] == "LISTEN"
+                && v["new"] == "SYN_RECV"
+        })
+        .expect("server child LISTEN→SYN_RECV");
+    let client_sk = values[client_at]["sk"].as_str().unwrap().to_owned();
+    let server_sk = values[server_at]["sk"].as_str().unwrap().to_owned();
     let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
     // The client's CLOSE→SYN_SENT has sport 0: it is matched by socket address, not by port.
-    let client_all = transitions_of(&values, &client_sk);
+    let client_all = life_of(&values, &client_sk, client_at);
     assert_eq!(
         client_all,
         vec![
@@ -87,7 +110,7 @@ fn check_family(bind: &str, family: u64) {
         "client sequence"
     );
     assert_eq!(
-        transitions_of(&values, &server_sk),
+        life_of(&values, &server_sk, server_at),
         vec![
             s("LISTEN", "SYN_RECV"),
             s("SYN_RECV", "ESTABLISHED"),
@@ -97,9 +120,8 @@ fn check_family(bind: &str, family: u64) {
         ],
         "server sequence"
     );
-    for v in of_type(&values, "transition")
-        .filter(|v| v["sk"] == client_sk.as_str() || v["sk"] == server_sk.as_str())
-    {
+    // Every event on this connection's ports (the client's CLOSE→SYN_SENT has port 0).
+    for v in &mine {
         assert_eq!(v["family"], family, "{v}");
         let first = v["old"] == "CLOSE" || v["old"] == "LISTEN";
         if first {
@@ -120,8 +142,9 @@ fn check_family(bind: &str, family: u64) {
         );
     }
     // The connection lived ≥20 ms in ESTABLISHED on the client.
-    let est = of_type(&values, "transition")
-        .find(|v| v["sk"] == client_sk.as_str() && v["old"] == "ESTABLISHED")
+    let est = mine
+        .iter()
+        .find(|v| v["sport"] == cport && v["old"] == "ESTABLISHED")
         .unwrap();
     assert!(est["dwell_ns"].as_u64().unwrap() >= 20_000_000, "{est}");
     // Addresses: loopback in the family's own form.
