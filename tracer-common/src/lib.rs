@@ -99,6 +99,12 @@ pub const CONFIG_GLOBAL: &str = "CONFIG";
 
 /// Load-time configuration of the eBPF program, set as a read-only global before loading so
 /// that the verifier sees it as a constant and prunes the branches it disables.
+///
+/// The `sk_*` and `task_*` fields are used only by the `tp_btf` program, which has no
+/// tracepoint record and reads the kernel structs itself: they are byte offsets found in the
+/// running kernel's BTF by the loader (zero for the classic tracepoint program).
+///
+/// Layout: 56 bytes, `u32`s only, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -107,12 +113,37 @@ pub struct Config {
     /// Ring-buffer fill level (bytes) at which the program wakes the reader; below it, events
     /// are submitted without a wakeup and the reader drains on its own timer.
     pub wakeup_bytes: u32,
+    /// `struct tcp_sock` → `sk.__sk_common.skc_family` (u16).
+    pub sk_family: u32,
+    /// `struct tcp_sock` → `inet_sock.inet_sport` (__be16), what the tracepoint reports as sport.
+    pub sk_sport: u32,
+    /// `struct tcp_sock` → `sk.__sk_common.skc_dport` (__be16).
+    pub sk_dport: u32,
+    /// `struct tcp_sock` → `inet_sock.inet_saddr` (__be32).
+    pub sk_saddr: u32,
+    /// `struct tcp_sock` → `sk.__sk_common.skc_daddr` (__be32).
+    pub sk_daddr: u32,
+    /// `struct tcp_sock` → `sk.__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub sk_saddr_v6: u32,
+    /// `struct tcp_sock` → `sk.__sk_common.skc_v6_daddr` (16 bytes).
+    pub sk_daddr_v6: u32,
+    /// Non-zero when the kernel has the IPv6 fields (CONFIG_IPV6).
+    pub sk_has_v6: u32,
+    /// `struct task_struct` → `pid` (thread id, i32).
+    pub task_pid: u32,
+    /// `struct task_struct` → `tgid` (i32).
+    pub task_tgid: u32,
+    /// `struct task_struct` → `comm` (16 bytes); 0: call `bpf_get_current_comm` instead.
+    pub task_comm: u32,
+    /// Non-zero: keep the per-socket table and report each transition's dwell. Zero: skip the
+    /// table (its cost), report no dwell, and leave dwell to userspace (timestamp differences).
+    pub dwell: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
 
 #[cfg(feature = "user")]
-// SAFETY: `repr(C)`, two `u32`s, no padding.
+// SAFETY: `repr(C)`, only `u32`s, no padding (size asserted above).
 unsafe impl aya::Pod for Config {}
 
 /// Indices into the per-CPU [`COUNTERS_MAP`]. The numeric values are part of the ABI.
@@ -127,7 +158,9 @@ pub enum Counter {
     SocketTableFull = 2,
     /// Transitions dropped by the in-kernel filter.
     Filtered = 3,
+    /// Events submitted to the ring buffer.
+    Submitted = 4,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTERS: u32 = 4;
+pub const COUNTERS: u32 = 5;

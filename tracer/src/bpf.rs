@@ -1,20 +1,36 @@
-//! The only module that touches aya: loads the embedded eBPF object, attaches it to the
-//! tracepoint `sock:inet_sock_set_state`, and hands out the ring buffer, the kernel counters,
-//! the in-kernel filter maps and the program's own run-time statistics.
+//! The only module that touches aya: loads one of the two embedded eBPF objects, attaches it to
+//! the kernel event `sock:inet_sock_set_state`, and hands out the ring buffer, the kernel
+//! counters, the in-kernel filter maps and the program's own run-time statistics.
+//!
+//! Two programs produce the same `TcpEvent`s:
+//! - `tp_btf` (BTF tracepoint; object `tracer-btf`), preferred: the kernel calls it with
+//!   `(sk, oldstate, newstate)` and fills no tracepoint record; it reads the socket and task
+//!   fields itself at offsets found in `/sys/kernel/btf/vmlinux` by [`btf`]. No tracefs needed.
+//! - the classic tracepoint (object `tracer`), the fallback where the kernel has no BTF (or the
+//!   BTF lacks a field): reads the kernel-filled record, whose layout is checked against the
+//!   tracefs format file.
+//!
+//! [`AttachMode`] picks one; [`Tracer::attach_kind`] says which is in use.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
+use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use tracer_common::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, Counter, EVENTS_MAP, FILTER_PIDS_MAP, FILTER_PORTS_MAP,
     SOCKETS_MAP,
 };
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+#[path = "btf.rs"]
+pub mod btf;
+
+/// The classic-tracepoint program.
+static OBJECT_TRACEPOINT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+/// The BTF-tracepoint program.
+static OBJECT_BTF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-btf"));
 
 const CATEGORY: &str = "sock";
 const TRACEPOINT: &str = "inet_sock_set_state";
@@ -62,7 +78,47 @@ pub enum BpfError {
     /// A map the program should have is missing or has the wrong type.
     #[error("eBPF map {name} is missing or has an unexpected type: {detail}")]
     Map { name: &'static str, detail: String },
+    /// The BTF tracepoint cannot be used: the kernel publishes no BTF, or its BTF lacks a field
+    /// the program reads (or has it with an unexpected size or alignment).
+    #[error("the BTF tracepoint is unavailable: {detail}")]
+    NoBtf { detail: String },
+    /// `TRACER_ATTACH` holds something other than `auto`, `tp_btf` or `tracepoint`.
+    #[error("TRACER_ATTACH={value}: expected auto, tp_btf or tracepoint")]
+    AttachEnv { value: String },
 }
+
+/// Which kernel hook delivers the events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// The BTF tracepoint where the kernel supports it, else the classic tracepoint.
+    /// The environment variable `TRACER_ATTACH` (`auto`, `tp_btf`, `tracepoint`) overrides
+    /// this choice, for comparisons and as an escape hatch.
+    #[default]
+    Auto,
+    /// Only the BTF tracepoint (`tp_btf`); fail if it cannot be used.
+    BtfTracepoint,
+    /// Only the classic tracepoint (needs tracefs for the layout check).
+    Tracepoint,
+}
+
+impl AttachMode {
+    /// Parses `auto`, `tp_btf` (or `btf`) and `tracepoint` (or `tp`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(Self::Auto),
+            "tp_btf" | "btf" | "btf_tracepoint" => Some(Self::BtfTracepoint),
+            "tracepoint" | "tp" => Some(Self::Tracepoint),
+            _ => None,
+        }
+    }
+}
+
+/// Environment variable that overrides [`AttachMode::Auto`].
+pub const ATTACH_ENV: &str = "TRACER_ATTACH";
+
+/// The hook in use, as [`Tracer::attach_kind`] names it.
+const KIND_BTF: &str = "tp_btf";
+const KIND_TRACEPOINT: &str = "tracepoint";
 
 /// Load-time options.
 #[derive(Clone, Copy, Debug)]
@@ -75,6 +131,12 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Capacity of the kernel's per-socket table.
     pub socket_table: u32,
+    /// Which hook to attach to.
+    pub attach: AttachMode,
+    /// Measure each transition's dwell in the kernel (per-socket table). Off, the program skips
+    /// the table (about a third of its per-event cost), events carry no dwell, and userspace
+    /// falls back to timestamp differences; the table then shrinks to one entry.
+    pub kernel_dwell: bool,
 }
 
 impl Default for LoadOptions {
@@ -84,6 +146,8 @@ impl Default for LoadOptions {
             wakeup_bytes: 256 * 1024,
             ring_bytes: tracer_common::EVENTS_RING_BYTES,
             socket_table: tracer_common::SOCKETS_MAP_ENTRIES,
+            attach: AttachMode::Auto,
+            kernel_dwell: true,
         }
     }
 }
@@ -92,6 +156,7 @@ impl Default for LoadOptions {
 pub struct Tracer {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    kind: &'static str,
     _stats: Option<OwnedFd>,
 }
 
@@ -106,6 +171,8 @@ pub struct KernelCounters {
     pub socket_table_full: u64,
     /// Transitions dropped by the in-kernel filter.
     pub filtered: u64,
+    /// Events submitted to the ring buffer.
+    pub submitted: u64,
 }
 
 /// The program's own cost, from the kernel's BPF statistics.
@@ -116,30 +183,106 @@ pub struct ProgramStats {
 }
 
 impl Tracer {
-    /// Loads the embedded object with `opts` and attaches it.
+    /// Loads the program `opts.attach` selects and attaches it. With [`AttachMode::Auto`] (and
+    /// no `TRACER_ATTACH`), the BTF tracepoint is tried first and any failure other than a
+    /// missing privilege falls back to the classic tracepoint.
     pub fn load(opts: &LoadOptions) -> Result<Self, BpfError> {
         check_privileges()?;
         raise_memlock();
+        let mode = match (opts.attach, std::env::var(ATTACH_ENV)) {
+            (AttachMode::Auto, Ok(v)) => {
+                AttachMode::parse(&v).ok_or(BpfError::AttachEnv { value: v })?
+            }
+            (mode, _) => mode,
+        };
+        match mode {
+            AttachMode::Tracepoint => Self::load_tracepoint(opts),
+            AttachMode::BtfTracepoint => Self::load_btf(opts),
+            AttachMode::Auto => match Self::load_btf(opts) {
+                Ok(t) => Ok(t),
+                Err(e @ BpfError::Permission { .. }) => Err(e),
+                Err(e) => {
+                    if matches!(e, BpfError::NoBtf { .. }) {
+                        tracing::info!("{e}; using the classic tracepoint");
+                    } else {
+                        tracing::warn!("{e}; using the classic tracepoint");
+                    }
+                    Self::load_tracepoint(opts)
+                }
+            },
+        }
+    }
+
+    /// The classic tracepoint: the kernel fills the record, the program copies it.
+    fn load_tracepoint(opts: &LoadOptions) -> Result<Self, BpfError> {
         check_layout()?;
         let config = Config {
             filter: u32::from(opts.filter),
             wakeup_bytes: opts.wakeup_bytes,
+            dwell: u32::from(opts.kernel_dwell),
+            ..Config::default()
         };
-        let mut ebpf = EbpfLoader::new()
-            .override_global(CONFIG_GLOBAL, &config, true)
-            .map_max_entries(EVENTS_MAP, opts.ring_bytes)
-            .map_max_entries(SOCKETS_MAP, opts.socket_table)
-            .load(OBJECT)
+        let mut loader = EbpfLoader::new();
+        configure(&mut loader, opts, &config);
+        let mut ebpf = loader
+            .load(OBJECT_TRACEPOINT)
             .map_err(|e| classify_load_error(&e))?;
-        let program: &mut TracePoint = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| BpfError::Load(format!("program {PROGRAM} not in the object")))?
-            .try_into()
-            .map_err(|e| BpfError::Load(format!("{e}")))?;
+        let program: &mut TracePoint = program_mut(&mut ebpf)?;
         program.load().map_err(|e| classify_load_error(&e))?;
         program
             .attach(CATEGORY, TRACEPOINT)
             .map_err(|e| BpfError::Attach(error_chain(&e)))?;
+        // The loader holds aya's parse of the kernel's BTF: free it before trimming.
+        drop(loader);
+        Self::finish(ebpf, KIND_TRACEPOINT)
+    }
+
+    /// The BTF tracepoint: offsets from the kernel's BTF, no tracefs.
+    fn load_btf(opts: &LoadOptions) -> Result<Self, BpfError> {
+        if !Path::new(btf::VMLINUX).exists() {
+            return Err(BpfError::NoBtf {
+                detail: format!("{} does not exist", btf::VMLINUX),
+            });
+        }
+        // `EbpfLoader::new` parses the kernel's BTF with aya (~20 MB at its peak). The object
+        // needs no relocation against it (Rust emits no CO-RE relocations; the offsets go in
+        // `config`), so that copy is dropped at once; aya needs the kernel's BTF only to find
+        // the tracepoint's type id, parsed again below after the object is loaded and dropped
+        // right after. Each parse (aya's and ours) is released before the next begins, so that
+        // they never add up.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        release_parse_memory();
+        let ours = btf::Btf::from_sys().map_err(|e| BpfError::NoBtf {
+            detail: e.to_string(),
+        })?;
+        let mut config = btf_config(&ours)?;
+        drop(ours);
+        release_parse_memory();
+        config.filter = u32::from(opts.filter);
+        config.wakeup_bytes = opts.wakeup_bytes;
+        config.dwell = u32::from(opts.kernel_dwell);
+        configure(&mut loader, opts, &config);
+        let mut ebpf = loader
+            .load(OBJECT_BTF)
+            .map_err(|e| classify_load_error(&e))?;
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| BpfError::NoBtf {
+            detail: format!("parsing {}: {e}", btf::VMLINUX),
+        })?;
+        let program: &mut BtfTracePoint = program_mut(&mut ebpf)?;
+        program
+            .load(TRACEPOINT, &kernel_btf)
+            .map_err(|e| classify_load_error(&e))?;
+        drop(kernel_btf);
+        program
+            .attach()
+            .map_err(|e| BpfError::Attach(error_chain(&e)))?;
+        drop(loader);
+        Self::finish(ebpf, KIND_BTF)
+    }
+
+    fn finish(mut ebpf: Ebpf, kind: &'static str) -> Result<Self, BpfError> {
+        release_parse_memory();
         let counters = ebpf
             .take_map(COUNTERS_MAP)
             .ok_or(BpfError::Map {
@@ -154,8 +297,14 @@ impl Tracer {
         Ok(Self {
             ebpf,
             counters,
+            kind,
             _stats: None,
         })
+    }
+
+    /// Which hook delivers the events: `"tp_btf"` or `"tracepoint"`.
+    pub fn attach_kind(&self) -> &'static str {
+        self.kind
     }
 
     /// Takes the ring buffer (once).
@@ -186,6 +335,7 @@ impl Tracer {
             ring_full: sum(Counter::RingFull),
             socket_table_full: sum(Counter::SocketTableFull),
             filtered: sum(Counter::Filtered),
+            submitted: sum(Counter::Submitted),
         }
     }
 
@@ -201,8 +351,7 @@ impl Tracer {
     /// The program's cumulative run time and run count (zero unless stats are enabled by
     /// [`Tracer::enable_stats`] or `sysctl kernel.bpf_stats_enabled=1`).
     pub fn program_stats(&self) -> Option<ProgramStats> {
-        let program: &TracePoint = self.ebpf.program(PROGRAM)?.try_into().ok()?;
-        let info = program.info().ok()?;
+        let info = self.ebpf.program(PROGRAM)?.info().ok()?;
         Some(ProgramStats {
             run_time: info.run_time(),
             run_count: info.run_count(),
@@ -241,6 +390,145 @@ impl Tracer {
             detail: e.to_string(),
         })
     }
+}
+
+/// Parsing the kernel's BTF (ours and aya's) takes tens of MB in many small allocations that
+/// glibc keeps after they are freed; hand them back so that the daemon's footprint is its own.
+fn release_parse_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Applies the options and the [`Config`] to an object loader.
+fn configure<'a>(loader: &mut EbpfLoader<'a>, opts: &LoadOptions, config: &'a Config) {
+    loader
+        .override_global(CONFIG_GLOBAL, config, true)
+        .map_max_entries(EVENTS_MAP, opts.ring_bytes)
+        .map_max_entries(
+            SOCKETS_MAP,
+            if opts.kernel_dwell {
+                opts.socket_table
+            } else {
+                1
+            },
+        );
+}
+
+/// The object's one program, as the expected program type.
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf) -> Result<&'a mut P, BpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(PROGRAM)
+        .ok_or_else(|| BpfError::Load(format!("program {PROGRAM} not in the object")))?
+        .try_into()
+        .map_err(|e| BpfError::Load(format!("{e}")))
+}
+
+/// A member the `tp_btf` program reads: the `Config` field it goes to, where it is, and the
+/// size and alignment the program's loads assume.
+struct Field {
+    ty: &'static str,
+    path: &'static str,
+    size: u32,
+    align: u32,
+}
+
+const fn field(ty: &'static str, path: &'static str, size: u32, align: u32) -> Field {
+    Field {
+        ty,
+        path,
+        size,
+        align,
+    }
+}
+
+/// The program gets a `struct tcp_sock *` (from `bpf_skc_to_tcp_sock`), so every socket offset
+/// is taken from there: `struct sock` and `struct inet_sock` sit at offset 0 inside it today,
+/// but the program does not rely on that.
+const SK_FAMILY: Field = field(
+    "tcp_sock",
+    "inet_conn.icsk_inet.sk.__sk_common.skc_family",
+    2,
+    2,
+);
+/// What the tracepoint reports as sport: `inet_sport`, not `skc_num` (which is zeroed when the
+/// port is released on the way to CLOSE, before the tracepoint fires).
+const SK_SPORT: Field = field("tcp_sock", "inet_conn.icsk_inet.inet_sport", 2, 2);
+const SK_DPORT: Field = field(
+    "tcp_sock",
+    "inet_conn.icsk_inet.sk.__sk_common.skc_dport",
+    2,
+    2,
+);
+/// What the tracepoint reports as the v4 saddr: `inet_saddr` (not `skc_rcv_saddr`).
+const SK_SADDR: Field = field("tcp_sock", "inet_conn.icsk_inet.inet_saddr", 4, 4);
+const SK_DADDR: Field = field(
+    "tcp_sock",
+    "inet_conn.icsk_inet.sk.__sk_common.skc_daddr",
+    4,
+    4,
+);
+/// Absent from kernels built without CONFIG_IPV6 (then AF_INET6 sockets cannot exist).
+const SK_SADDR_V6: Field = field(
+    "tcp_sock",
+    "inet_conn.icsk_inet.sk.__sk_common.skc_v6_rcv_saddr",
+    16,
+    4,
+);
+const SK_DADDR_V6: Field = field(
+    "tcp_sock",
+    "inet_conn.icsk_inet.sk.__sk_common.skc_v6_daddr",
+    16,
+    4,
+);
+const TASK_PID: Field = field("task_struct", "pid", 4, 4);
+const TASK_TGID: Field = field("task_struct", "tgid", 4, 4);
+/// Read as two 8-byte loads when 8-aligned; otherwise the program calls
+/// `bpf_get_current_comm` (offset 0 tells it to).
+const TASK_COMM: Field = field("task_struct", "comm", 16, 1);
+
+/// Finds every offset the `tp_btf` program needs and checks each field's size and alignment.
+fn btf_config(btf: &btf::Btf) -> Result<Config, BpfError> {
+    let find = |f: &Field| -> Result<u32, BpfError> {
+        let m = btf.member(f.ty, f.path).map_err(|e| BpfError::NoBtf {
+            detail: e.to_string(),
+        })?;
+        let off = m.byte_offset().ok_or_else(|| BpfError::NoBtf {
+            detail: format!("{}.{} is a bitfield", f.ty, f.path),
+        })?;
+        if m.size != Some(f.size) || !off.is_multiple_of(f.align) {
+            return Err(BpfError::NoBtf {
+                detail: format!(
+                    "{}.{} has size {:?} at offset {off}, expected size {} aligned to {}",
+                    f.ty, f.path, m.size, f.size, f.align
+                ),
+            });
+        }
+        Ok(off)
+    };
+    let (sk_saddr_v6, sk_daddr_v6, sk_has_v6) = match (find(&SK_SADDR_V6), find(&SK_DADDR_V6)) {
+        (Ok(s), Ok(d)) => (s, d, 1),
+        _ => (0, 0, 0),
+    };
+    let comm = find(&TASK_COMM)?;
+    Ok(Config {
+        sk_family: find(&SK_FAMILY)?,
+        sk_sport: find(&SK_SPORT)?,
+        sk_dport: find(&SK_DPORT)?,
+        sk_saddr: find(&SK_SADDR)?,
+        sk_daddr: find(&SK_DADDR)?,
+        sk_saddr_v6,
+        sk_daddr_v6,
+        sk_has_v6,
+        task_pid: find(&TASK_PID)?,
+        task_tgid: find(&TASK_TGID)?,
+        task_comm: if comm.is_multiple_of(8) { comm } else { 0 },
+        ..Config::default()
+    })
 }
 
 /// Raw fd of a ring buffer, for readiness polling by the caller.
@@ -465,6 +753,20 @@ format:
 \tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
 \tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
 ";
+
+    #[test]
+    fn attach_modes_parse() {
+        assert_eq!(AttachMode::parse("auto"), Some(AttachMode::Auto));
+        assert_eq!(AttachMode::parse(""), Some(AttachMode::Auto));
+        assert_eq!(AttachMode::parse("TP_BTF"), Some(AttachMode::BtfTracepoint));
+        assert_eq!(AttachMode::parse(" btf "), Some(AttachMode::BtfTracepoint));
+        assert_eq!(
+            AttachMode::parse("tracepoint"),
+            Some(AttachMode::Tracepoint)
+        );
+        assert_eq!(AttachMode::parse("tp"), Some(AttachMode::Tracepoint));
+        assert_eq!(AttachMode::parse("kprobe"), None);
+    }
 
     #[test]
     fn accepts_this_kernels_layout() {

@@ -1,0 +1,183 @@
+//! What both programs share: the load-time [`Config`], the ring buffer, the per-CPU counters,
+//! the in-kernel `--pid` filter, and the event write (reserve → fill → submit, waking the reader
+//! only past `wakeup_bytes`). Each program's crate root includes this module once, so each
+//! object file gets its own copy of the maps.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    COUNTERS, Config, Counter, EVENTS_RING_BYTES, FILTER_PIDS_ENTRIES, FILTER_PORTS_ENTRIES,
+    FILTER_SOCKS_ENTRIES, FLAG_DWELL_KNOWN, FLAG_DWELL_TABLE_FULL, SOCKETS_MAP_ENTRIES, TCP_CLOSE,
+    TcpEvent,
+};
+
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config {
+    filter: 0,
+    wakeup_bytes: 256 * 1024,
+    sk_family: 0,
+    sk_sport: 0,
+    sk_dport: 0,
+    sk_saddr: 0,
+    sk_daddr: 0,
+    sk_saddr_v6: 0,
+    sk_daddr_v6: 0,
+    sk_has_v6: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    task_comm: 0,
+    dwell: 1,
+};
+
+/// Reads one field of the loader-set [`Config`]. One load per field, not a copy of the
+/// struct: the verifier then knows each value as a constant (the global lives in a frozen
+/// read-only map), prunes the branches it disables, and accepts it as a fixed offset into a
+/// BTF-typed kernel pointer.
+macro_rules! config {
+    ($field:ident) => {
+        // SAFETY: a plain read of a static; `read_volatile` keeps the compiler from folding the
+        // default value, so the value the loader wrote is used.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::common::CONFIG.$field)) }
+    };
+}
+pub(crate) use config;
+
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// skaddr → ktime of the socket's last transition.
+#[map(name = "SOCKETS")]
+static SOCKETS: HashMap<u64, u64> = HashMap::with_max_entries(SOCKETS_MAP_ENTRIES, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+/// tgid → 1: processes whose sockets pass the filter.
+#[map(name = "FILTER_PIDS")]
+static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_PIDS_ENTRIES, 0);
+
+/// local port → 1: listeners and pre-existing sockets of the filtered processes.
+#[map(name = "FILTER_PORTS")]
+static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(FILTER_PORTS_ENTRIES, 0);
+
+/// skaddr → 1: sockets seen in a filtered process's own context.
+#[map(name = "FILTER_SOCKS")]
+static FILTER_SOCKS: HashMap<u64, u8> = HashMap::with_max_entries(FILTER_SOCKS_ENTRIES, 0);
+
+/// Adds one to a per-CPU counter and returns its new value on this CPU (0 if the slot is
+/// missing, which cannot happen for an index below `COUNTERS`). The per-CPU array lookup is
+/// inlined by the verifier: no helper call.
+#[inline(always)]
+pub fn count(counter: Counter) -> u64 {
+    match COUNTERS_MAP.get_ptr_mut(counter as u32) {
+        Some(slot) => {
+            // SAFETY: per-CPU slot; nothing else runs on this CPU while the program does.
+            unsafe {
+                *slot += 1;
+                *slot
+            }
+        }
+        None => 0,
+    }
+}
+
+/// Time the socket spent in `oldstate`, from the per-socket table, and the `FLAG_*` bits that
+/// say whether it is known; records `now` as the start of `newstate` (forgets the socket when
+/// it reaches CLOSE). Returns `(dwell_ns, flags)`; `(0, 0)` without touching the table when the
+/// loader turned kernel dwell tracking off.
+#[inline(always)]
+pub fn track_dwell(sk: u64, now: u64, oldstate: u8, newstate: u8) -> (u64, u32) {
+    if config!(dwell) == 0 {
+        return (0, 0);
+    }
+    if let Some(last) = SOCKETS.get_ptr_mut(sk) {
+        // SAFETY: pointer into the map value; racing updates of one socket are serialised by
+        // the socket lock in the kernel paths that change state.
+        let dwell_ns = unsafe {
+            let dwell_ns = now.saturating_sub(*last);
+            // A self-transition (close() after shutdown() while still in FIN_WAIT1 re-sets
+            // FIN_WAIT1) does not start a new state: keep the state's start time.
+            if oldstate != newstate {
+                *last = now;
+            }
+            dwell_ns
+        };
+        if newstate == TCP_CLOSE {
+            let _ = SOCKETS.remove(sk);
+        }
+        (dwell_ns, FLAG_DWELL_KNOWN)
+    } else if newstate != TCP_CLOSE && SOCKETS.insert(sk, now, 0).is_err() {
+        count(Counter::SocketTableFull);
+        (0, FLAG_DWELL_TABLE_FULL)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Asking the ring buffer for its fill level is a helper call that touches the consumer's
+/// cache line; do it on every this-many-th event of a CPU only. The threshold is coarse
+/// (hundreds of KiB), so the reader is woken at most a few KiB late.
+const WAKE_CHECK_EVERY: u64 = 32;
+
+/// Reserves one event, fills it with `write`, and submits it.
+#[inline(always)]
+pub fn emit(write: impl FnOnce(&mut core::mem::MaybeUninit<TcpEvent>)) {
+    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
+        count(Counter::RingFull);
+        return;
+    };
+    write(&mut entry);
+    let submitted = count(Counter::Submitted);
+    // Wake the reader only when enough has piled up; below that it drains on its own timer, so
+    // a burst costs one wakeup per `wakeup_bytes`, not one per event.
+    let wake = if submitted.is_multiple_of(WAKE_CHECK_EVERY)
+        && EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(config!(wakeup_bytes))
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wake.into());
+}
+
+/// In-kernel filter for `--pid`: a socket passes when the task on CPU is a filtered process
+/// (and then the socket is remembered, and a new listener's port too), when it was remembered
+/// before, or when its local port belongs to a filtered listener or pre-existing socket.
+#[inline(always)]
+pub fn passes_filter(sk: u64, tgid: u32, sport: u16, newstate: u8) -> bool {
+    const TCP_LISTEN: u8 = 10;
+    // SAFETY: lookups return pointers into map values that we only test for presence.
+    if unsafe { FILTER_PIDS.get(tgid) }.is_some() {
+        if newstate == TCP_CLOSE {
+            let _ = FILTER_SOCKS.remove(sk);
+        } else {
+            let _ = FILTER_SOCKS.insert(sk, 1, 0);
+            if newstate == TCP_LISTEN {
+                let _ = FILTER_PORTS.insert(sport, 1, 0);
+            }
+        }
+        return true;
+    }
+    // SAFETY: as above.
+    if unsafe { FILTER_SOCKS.get(sk) }.is_some() {
+        if newstate == TCP_CLOSE {
+            let _ = FILTER_SOCKS.remove(sk);
+        }
+        return true;
+    }
+    // SAFETY: as above.
+    unsafe { FILTER_PORTS.get(sport) }.is_some()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
