@@ -252,16 +252,12 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
                 lock(&shared).reader.timer_drains += 1;
                 drain(ring.get_mut(), &shared, &mut ctx, &mut out)?;
                 {
-                    let now = output::clock_ns(libc::CLOCK_MONOTONIC);
                     let mut sh = lock(&shared);
-                    sh.engine.tick(now, ctx.records);
-                    emit(&mut sh, &mut ctx, &mut out)?;
-                    sh.kernel = tracer.counters();
+                    clock_tick(&mut sh, &mut ctx, &mut out, &tracer, &mut lost_reported)?;
                     if daemon && last_program_read.elapsed() >= Duration::from_secs(1) {
                         sh.program = tracer.program_stats();
                         last_program_read = Instant::now();
                     }
-                    report_lost(&sh.kernel, &mut lost_reported);
                 }
                 if let Some(pid) = cfg.pid
                     && !attribution::process_alive(pid)
@@ -284,12 +280,8 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
     }
     drain(ring.get_mut(), &shared, &mut ctx, &mut out)?;
-    let now = output::clock_ns(libc::CLOCK_MONOTONIC);
     let mut sh = lock(&shared);
-    sh.engine.tick(now, ctx.records);
-    emit(&mut sh, &mut ctx, &mut out)?;
-    sh.kernel = tracer.counters();
-    report_lost(&sh.kernel, &mut lost_reported);
+    let now = clock_tick(&mut sh, &mut ctx, &mut out, &tracer, &mut lost_reported)?;
     eprintln!("tracer: stopping: {reason}");
     let mut summary = sh.engine.summary(now);
     summary.events_lost = Some(sh.kernel.ring_full);
@@ -306,6 +298,23 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A clock reading for the engine (leak timers), its records written out, and the kernel
+/// counters refreshed (lost events reported). Returns the time used.
+fn clock_tick<W: Write>(
+    sh: &mut Shared,
+    ctx: &mut Ctx<'_>,
+    out: &mut Output<W>,
+    tracer: &Tracer,
+    lost_reported: &mut u64,
+) -> anyhow::Result<u64> {
+    let now = output::clock_ns(libc::CLOCK_MONOTONIC);
+    sh.engine.tick(now, ctx.records);
+    emit(sh, ctx, out)?;
+    sh.kernel = tracer.counters();
+    report_lost(&sh.kernel, lost_reported);
+    Ok(now)
 }
 
 /// Per-run state the record handling needs.
