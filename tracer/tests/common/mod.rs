@@ -144,29 +144,14 @@ impl Traced {
         self.finish()
     }
 
-    /// Waits (up to 60 s) for the tracer to exit on its own.
-    pub fn finish(mut self) -> (i32, Vec<Value>, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("tracer did not exit; stderr:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(line);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        let values = self
-            .seen
+    /// Waits (up to 60 s) for the tracer to exit on its own; every stdout line must be JSON.
+    pub fn finish(self) -> (i32, Vec<Value>, String) {
+        let (code, lines, stderr) = self.finish_raw();
+        let values = lines
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
             .collect();
-        (status.code().unwrap_or(-1), values, self.stderr())
+        (code, values, stderr)
     }
 }
 
