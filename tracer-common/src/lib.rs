@@ -40,9 +40,16 @@ pub struct TcpEvent {
     /// `comm` of the task on CPU, NUL-padded.
     pub comm: [u8; 16],
     /// `FLAG_*` bits.
-    pub flags: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    pub flags: u16,
+    /// The socket's pending error (`sk->sk_err`) when the transition ran, 0 when none or not
+    /// read. Set by the kernel before a reset or a timeout takes the socket to CLOSE
+    /// (ECONNRESET, EPIPE, ECONNREFUSED, ETIMEDOUT, ECONNABORTED…); a close this side starts
+    /// (close(), SO_LINGER 0, a listener dropping its queue) leaves it 0.
+    pub sk_err: u16,
+    /// Inode number of the socket's network namespace (`sk->__sk_common.skc_net->ns.inum`,
+    /// what `readlink /proc/PID/ns/net` shows as `net:[N]`); 0 when the program could not read
+    /// it (classic tracepoint on a kernel without BTF).
+    pub netns: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<TcpEvent>() == 96);
@@ -54,9 +61,9 @@ const _: () = assert!(core::mem::align_of::<TcpEvent>() == 8);
 unsafe impl aya::Pod for TcpEvent {}
 
 /// `dwell_ns` holds the time spent in the old state.
-pub const FLAG_DWELL_KNOWN: u32 = 1;
+pub const FLAG_DWELL_KNOWN: u16 = 1;
 /// The kernel's per-socket table was full, so this socket's dwell could not be tracked.
-pub const FLAG_DWELL_TABLE_FULL: u32 = 2;
+pub const FLAG_DWELL_TABLE_FULL: u16 = 2;
 
 /// `AF_INET` from the kernel's socket.h.
 pub const AF_INET: u16 = 2;
@@ -83,8 +90,16 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 
 /// Name of the set of thread-group ids whose sockets pass the in-kernel filter.
 pub const FILTER_PIDS_MAP: &str = "FILTER_PIDS";
-/// Name of the set of local ports whose sockets pass the in-kernel filter.
+/// Name of the set of (network namespace, local port) keys whose sockets pass the in-kernel
+/// filter; keys are made by [`filter_port_key`].
 pub const FILTER_PORTS_MAP: &str = "FILTER_PORTS";
+/// Key of [`FILTER_PORTS_MAP`]: a local port in one network namespace (ports repeat across
+/// namespaces, so a port alone would let other containers' sockets through).
+#[inline(always)]
+pub const fn filter_port_key(netns: u32, port: u16) -> u64 {
+    ((netns as u64) << 32) | port as u64
+}
+
 /// Name of the set of socket addresses already known to belong to a filtered process.
 pub const FILTER_SOCKS_MAP: &str = "FILTER_SOCKS";
 /// Capacity of [`FILTER_PIDS_MAP`].
@@ -104,7 +119,7 @@ pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// tracepoint record and reads the kernel structs itself: they are byte offsets found in the
 /// running kernel's BTF by the loader (zero for the classic tracepoint program).
 ///
-/// Layout: 56 bytes, `u32`s only, no padding.
+/// Layout: 76 bytes, `u32`s only, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -138,9 +153,23 @@ pub struct Config {
     /// Non-zero: keep the per-socket table and report each transition's dwell. Zero: skip the
     /// table (its cost), report no dwell, and leave dwell to userspace (timestamp differences).
     pub dwell: u32,
+    /// Non-zero when the socket offsets below are valid (both programs use them: `tp_btf`
+    /// with direct loads, the classic tracepoint through `bpf_probe_read_kernel` from the
+    /// record's `skaddr`).
+    pub sk_has_net: u32,
+    /// `struct sock` (= start of `struct tcp_sock`) → `__sk_common.skc_net.net` (pointer).
+    pub sk_net: u32,
+    /// `struct net` → `ns.inum` (u32).
+    pub net_inum: u32,
+    /// `struct sock` → `sk_err` (int).
+    pub sk_err: u32,
+    /// Non-zero: `tp_btf` reads the current task through `bpf_get_current_task_btf` (5.11+);
+    /// zero: it calls `bpf_get_current_pid_tgid` and `bpf_get_current_comm` (5.10). The
+    /// branch not taken is pruned by the verifier, so 5.10 never sees the newer helper.
+    pub task_btf: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 76);
 
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)`, only `u32`s, no padding (size asserted above).

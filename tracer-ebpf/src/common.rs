@@ -11,7 +11,7 @@ use aya_ebpf::{
 use tracer_common::{
     COUNTERS, Config, Counter, EVENTS_RING_BYTES, FILTER_PIDS_ENTRIES, FILTER_PORTS_ENTRIES,
     FILTER_SOCKS_ENTRIES, FLAG_DWELL_KNOWN, FLAG_DWELL_TABLE_FULL, SOCKETS_MAP_ENTRIES, TCP_CLOSE,
-    TcpEvent,
+    TcpEvent, filter_port_key,
 };
 
 #[unsafe(no_mangle)]
@@ -30,6 +30,11 @@ pub static CONFIG: Config = Config {
     task_tgid: 0,
     task_comm: 0,
     dwell: 1,
+    sk_has_net: 0,
+    sk_net: 0,
+    net_inum: 0,
+    sk_err: 0,
+    task_btf: 1,
 };
 
 /// Reads one field of the loader-set [`Config`]. One load per field, not a copy of the
@@ -59,9 +64,10 @@ static COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 
 #[map(name = "FILTER_PIDS")]
 static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_PIDS_ENTRIES, 0);
 
-/// local port → 1: listeners and pre-existing sockets of the filtered processes.
+/// (netns, local port) → 1: listeners and pre-existing sockets of the filtered processes
+/// (`filter_port_key`).
 #[map(name = "FILTER_PORTS")]
-static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(FILTER_PORTS_ENTRIES, 0);
+static FILTER_PORTS: HashMap<u64, u8> = HashMap::with_max_entries(FILTER_PORTS_ENTRIES, 0);
 
 /// skaddr → 1: sockets seen in a filtered process's own context.
 #[map(name = "FILTER_SOCKS")]
@@ -89,7 +95,7 @@ pub fn count(counter: Counter) -> u64 {
 /// it reaches CLOSE). Returns `(dwell_ns, flags)`; `(0, 0)` without touching the table when the
 /// loader turned kernel dwell tracking off.
 #[inline(always)]
-pub fn track_dwell(sk: u64, now: u64, oldstate: u8, newstate: u8) -> (u64, u32) {
+pub fn track_dwell(sk: u64, now: u64, oldstate: u8, newstate: u8) -> (u64, u16) {
     if config!(dwell) == 0 {
         return (0, 0);
     }
@@ -145,9 +151,10 @@ pub fn emit(write: impl FnOnce(&mut core::mem::MaybeUninit<TcpEvent>)) {
 
 /// In-kernel filter for `--pid`: a socket passes when the task on CPU is a filtered process
 /// (and then the socket is remembered, and a new listener's port too), when it was remembered
-/// before, or when its local port belongs to a filtered listener or pre-existing socket.
+/// before, or when its local port in its network namespace belongs to a filtered listener or
+/// pre-existing socket.
 #[inline(always)]
-pub fn passes_filter(sk: u64, tgid: u32, sport: u16, newstate: u8) -> bool {
+pub fn passes_filter(sk: u64, tgid: u32, netns: u32, sport: u16, newstate: u8) -> bool {
     const TCP_LISTEN: u8 = 10;
     // SAFETY: lookups return pointers into map values that we only test for presence.
     if unsafe { FILTER_PIDS.get(tgid) }.is_some() {
@@ -156,7 +163,7 @@ pub fn passes_filter(sk: u64, tgid: u32, sport: u16, newstate: u8) -> bool {
         } else {
             let _ = FILTER_SOCKS.insert(sk, 1, 0);
             if newstate == TCP_LISTEN {
-                let _ = FILTER_PORTS.insert(sport, 1, 0);
+                let _ = FILTER_PORTS.insert(filter_port_key(netns, sport), 1, 0);
             }
         }
         return true;
@@ -169,7 +176,7 @@ pub fn passes_filter(sk: u64, tgid: u32, sport: u16, newstate: u8) -> bool {
         return true;
     }
     // SAFETY: as above.
-    unsafe { FILTER_PORTS.get(sport) }.is_some()
+    unsafe { FILTER_PORTS.get(filter_port_key(netns, sport)) }.is_some()
 }
 
 #[cfg(not(test))]

@@ -13,7 +13,9 @@ mod common;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -67,8 +69,9 @@ fn handle(args: *const InetSockSetState) {
     let sport = ctx_read!(args, sport);
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    let netns = netns_of(sk);
 
-    if config!(filter) != 0 && !passes_filter(sk, tgid, sport, newstate) {
+    if config!(filter) != 0 && !passes_filter(sk, tgid, netns, sport, newstate) {
         count(Counter::Filtered);
         return;
     }
@@ -107,9 +110,42 @@ fn handle(args: *const InetSockSetState) {
             newstate,
             comm: bpf_get_current_comm().unwrap_or_default(),
             flags,
-            _pad: 0,
+            sk_err: sk_err_of(sk) as u16,
+            netns,
         });
     });
+}
+
+/// The record has no namespace: read `sk->__sk_common.skc_net.net->ns.inum` from the socket
+/// address with `bpf_probe_read_kernel`, at offsets the loader found in the kernel's BTF.
+/// 0 when it has none (`sk_has_net` unset) or a read fails.
+#[inline(always)]
+fn netns_of(sk: u64) -> u32 {
+    if config!(sk_has_net) == 0 {
+        return 0;
+    }
+    let (sk_net, net_inum) = (u64::from(config!(sk_net)), u64::from(config!(net_inum)));
+    // SAFETY: probe reads of kernel memory; a bad address makes the helper fail, not fault.
+    unsafe {
+        let Ok(net) = bpf_probe_read_kernel((sk + sk_net) as *const u64) else {
+            return 0;
+        };
+        if net == 0 {
+            return 0;
+        }
+        bpf_probe_read_kernel((net + net_inum) as *const u32).unwrap_or(0)
+    }
+}
+
+/// `sk->sk_err`, read like [`netns_of`]; 0 when unknown.
+#[inline(always)]
+fn sk_err_of(sk: u64) -> i32 {
+    if config!(sk_has_net) == 0 {
+        return 0;
+    }
+    let off = u64::from(config!(sk_err));
+    // SAFETY: as in `netns_of`.
+    unsafe { bpf_probe_read_kernel((sk + off) as *const i32) }.unwrap_or(0)
 }
 
 #[inline(always)]

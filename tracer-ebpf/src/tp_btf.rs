@@ -19,7 +19,7 @@ use core::ptr::read_volatile;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_get_current_task_btf, bpf_skc_to_tcp_sock},
     },
     macros::btf_tracepoint,
@@ -83,17 +83,65 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// The task on CPU: `(task, tgid, tid)`. With `task_btf` (5.11+) read from the BTF-typed task;
+/// otherwise (5.10, where `bpf_get_current_task_btf` does not exist) through
+/// `bpf_get_current_pid_tgid`, and `task` is NULL.
+#[inline(always)]
+fn current_task() -> (*const u8, u32, u32) {
+    if config!(task_btf) != 0 {
+        // SAFETY: helper without arguments; never NULL in a tracing program.
+        let task = unsafe { bpf_get_current_task_btf() }
+            .cast::<u8>()
+            .cast_const();
+        (
+            task,
+            load(task, config!(task_tgid)),
+            load(task, config!(task_pid)),
+        )
+    } else {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        (core::ptr::null(), (pid_tgid >> 32) as u32, pid_tgid as u32)
+    }
+}
+
+/// The comm of the current task (`task` from [`current_task`], NULL without `task_btf`).
+#[inline(always)]
+fn current_comm(task: *const u8) -> [u8; 16] {
+    let comm_off = config!(task_comm);
+    if config!(task_btf) != 0 && comm_off != 0 {
+        let lo: u64 = load(task, comm_off);
+        let hi: u64 = load(task, comm_off + 8);
+        let mut c = [0u8; 16];
+        c[..8].copy_from_slice(&lo.to_ne_bytes());
+        c[8..].copy_from_slice(&hi.to_ne_bytes());
+        c
+    } else {
+        bpf_get_current_comm().unwrap_or_default()
+    }
+}
+
+/// Inode number of the socket's network namespace: `sk->__sk_common.skc_net.net->ns.inum`,
+/// two dependent loads (the first yields a BTF-typed `struct net *`).
+#[inline(always)]
+fn netns_of(tp: *const u8) -> u32 {
+    if config!(sk_has_net) == 0 {
+        return 0;
+    }
+    let net: *const u8 = load(tp, config!(sk_net));
+    if net.is_null() {
+        return 0;
+    }
+    load(net, config!(net_inum))
+}
+
 #[inline(always)]
 fn handle(skaddr: u64, tp: *const u8, oldstate: u8, newstate: u8) {
     count(Counter::Seen);
-    // SAFETY: helper without arguments; never NULL in a tracing program.
-    let task = unsafe { bpf_get_current_task_btf() }
-        .cast::<u8>()
-        .cast_const();
-    let tgid: u32 = load(task, config!(task_tgid));
+    let (task, tgid, tid) = current_task();
     let sport = u16::from_be(load(tp, config!(sk_sport)));
+    let netns = netns_of(tp);
 
-    if config!(filter) != 0 && !passes_filter(skaddr, tgid, sport, newstate) {
+    if config!(filter) != 0 && !passes_filter(skaddr, tgid, netns, sport, newstate) {
         count(Counter::Filtered);
         return;
     }
@@ -120,16 +168,10 @@ fn handle(skaddr: u64, tp: *const u8, oldstate: u8, newstate: u8) {
         } else {
             ([0; 16], [0; 16])
         };
-        let comm_off = config!(task_comm);
-        let comm = if comm_off != 0 {
-            let lo: u64 = load(task, comm_off);
-            let hi: u64 = load(task, comm_off + 8);
-            let mut c = [0u8; 16];
-            c[..8].copy_from_slice(&lo.to_ne_bytes());
-            c[8..].copy_from_slice(&hi.to_ne_bytes());
-            c
+        let sk_err: i32 = if config!(sk_has_net) != 0 {
+            load(tp, config!(sk_err))
         } else {
-            bpf_get_current_comm().unwrap_or_default()
+            0
         };
         entry.write(TcpEvent {
             ts_ns: now,
@@ -138,15 +180,16 @@ fn handle(skaddr: u64, tp: *const u8, oldstate: u8, newstate: u8) {
             saddr,
             daddr,
             tgid,
-            tid: load(task, config!(task_pid)),
+            tid,
             sport,
             dport: u16::from_be(load(tp, config!(sk_dport))),
             family,
             oldstate,
             newstate,
-            comm,
+            comm: current_comm(task),
             flags,
-            _pad: 0,
+            sk_err: sk_err as u16,
+            netns,
         });
     });
 }

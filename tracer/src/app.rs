@@ -1,8 +1,8 @@
-//! Wiring: configuration → kernel program → ring-buffer reader → engine → output and metrics;
-//! owner attribution, the startup baseline, `--pid`, signals, `--duration`, the exit summary,
-//! and offline replay.
+//! Wiring of the streaming tracer and the daemon: configuration → kernel program →
+//! ring-buffer reader → [`Pipeline`] → output and metrics; the startup baseline, `--pid`,
+//! signals, `--duration`, the exit summary; and the replay front-end. The per-event path itself
+//! lives in `pipeline`: this module is loops and sinks.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,23 +13,19 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use crate::attribution::{self, Attributor, AttributorConfig};
+use crate::attribution;
 use crate::bpf::{KernelCounters, LoadOptions, ProgramStats, Tracer};
 use crate::cli::{LiveConfig, ReplayConfig};
-use crate::engine::{Engine, EngineConfig, Seed};
+use crate::engine::{Engine, EngineConfig};
 use crate::event::{self, Comm, TcpState, Transition};
-use crate::metrics::{self, HistogramSnapshot, MetricsSnapshot, OwnerCloseWait};
-use crate::output::{self, Format, LeakContext, Output};
-use crate::record::{CloseKind, LeakRecord, Owner, OwnerSource, Record, SocketId};
-use crate::sockdiag::{FourTuple, SockDiag, StateMask};
+use crate::metrics::{self, MetricsSnapshot};
+use crate::output::{self, Format, Output, RecordContext};
+use crate::pipeline::{Pipeline, PipelineConfig, Sink};
+use crate::record::{CloseRecord, LeakRecord, Owner};
 
-/// Counts kept by the reader.
+/// Counts kept by the reader loop (the path counts events itself).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReaderStats {
-    /// Records decoded from the ring buffer.
-    pub events: u64,
-    /// Records that could not be decoded (should stay 0; counted, never silent).
-    pub undecodable: u64,
     /// Times the kernel woke the reader (ring buffer past its wakeup threshold).
     pub wakeups: u64,
     /// Drains run by the reader's own timer.
@@ -39,10 +35,8 @@ pub struct ReaderStats {
 /// What the reader shares with the metrics endpoint. Locked once per drained batch and once
 /// per scrape; never per event.
 struct Shared {
-    engine: Engine,
+    path: Pipeline,
     reader: ReaderStats,
-    /// Transitions per (from, to), by `TcpState::index`.
-    transitions: [[u64; 12]; 12],
     kernel: KernelCounters,
     program: Option<ProgramStats>,
 }
@@ -51,69 +45,37 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Who owns what: listener owners for accepted sockets, and the sockets of the startup baseline
-/// (known by 4-tuple only until their first traced event names their kernel address).
-#[derive(Default)]
-struct Owners {
-    /// Local port → owner of the listener(s) on it.
-    listeners: HashMap<u16, Owner>,
-    /// Baseline sockets by 4-tuple → the placeholder key the engine knows them by.
-    baseline: HashMap<FourTuple, u64>,
+/// The streaming and daemon front-ends' sink: the output, plus one structured warning per
+/// leak in daemon mode (for the journal).
+struct LiveSink<W: Write> {
+    out: Output<W>,
+    daemon: bool,
 }
 
-impl Owners {
-    /// The owner a transition reveals by running in the owner's own context, or by being a
-    /// child of a listener whose owner is known.
-    fn revealed_by(&self, t: &Transition) -> Option<Owner> {
-        use TcpState::*;
-        let context = matches!(
-            (t.old, t.new),
-            (Close, SynSent) | (Close, Listen) | (Established, FinWait1) | (CloseWait, LastAck)
-        );
-        if context && t.task_pid != 0 {
-            return Some(Owner {
-                pid: t.task_pid,
-                comm: t.task_comm,
-                source: OwnerSource::Context,
-            });
-        }
-        if (t.old, t.new) == (Listen, SynRecv) {
-            return self.listeners.get(&t.sport).map(|o| Owner {
-                source: if o.source == OwnerSource::Shared {
-                    OwnerSource::Shared
-                } else {
-                    OwnerSource::Listener
-                },
-                ..*o
-            });
-        }
-        None
+impl<W: Write> Sink for LiveSink<W> {
+    fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()> {
+        self.out.transition(t, owner)
     }
 
-    fn track_listener(&mut self, t: &Transition, owner: Option<Owner>) {
-        match (t.old, t.new) {
-            (TcpState::Close, TcpState::Listen) => {
-                if let Some(o) = owner {
-                    self.listeners.insert(t.sport, o);
-                }
-            }
-            (TcpState::Listen, TcpState::Close) => {
-                self.listeners.remove(&t.sport);
-            }
-            _ => {}
-        }
+    fn close(&mut self, c: &CloseRecord, cx: &RecordContext) -> io::Result<()> {
+        self.out.close(c, cx)
     }
-}
 
-fn tuple_of(t: &Transition) -> FourTuple {
-    FourTuple {
-        family: t.family,
-        saddr: t.saddr,
-        sport: t.sport,
-        daddr: t.daddr,
-        dport: t.dport,
+    fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()> {
+        if self.daemon {
+            tracing::warn!(
+                pid = l.owner.map(|o| o.pid),
+                comm = %l.owner.map(|o| o.comm).unwrap_or_default(),
+                container = cx.cgroup.as_ref().and_then(|c| c.container_id).map(|id| id.short().to_owned()),
+                netns = l.id.netns,
+                local = %event::EndpointFmt(l.id.saddr, l.id.sport),
+                peer = %event::EndpointFmt(l.id.daddr, l.id.dport),
+                age = %output::Dur(l.age_ns),
+                "CLOSE_WAIT leak: the peer closed, the owner has not"
+            );
+        }
+        self.out.leak(l, cx)
     }
-    .normalized()
 }
 
 /// Live tracing until a signal, `--duration`, or the end of `--pid`'s process.
@@ -156,38 +118,52 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {e}"))?;
 
-    let threshold_ns = cfg.close_wait_threshold.as_nanos() as u64;
-    let shared = Arc::new(Mutex::new(Shared {
-        engine: Engine::new(EngineConfig {
+    let path = Pipeline::live(PipelineConfig {
+        engine: EngineConfig {
             capacity: cfg.capacity,
-            close_wait_threshold_ns: threshold_ns,
-        }),
+            close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
+        },
+        pid: cfg.pid,
+    })
+    .context("opening sock_diag")?;
+    let own_netns = path.own_netns();
+    let shared = Arc::new(Mutex::new(Shared {
+        path,
         reader: ReaderStats::default(),
-        transitions: [[0; 12]; 12],
         kernel: KernelCounters::default(),
         program: None,
     }));
-    let mut owners = Owners::default();
-    let mut attributor = Attributor::new(AttributorConfig::default());
-    let mut diag = SockDiag::open().context("opening sock_diag")?;
 
-    let stdout = io::stdout().lock();
-    let mut out = Output::new(stdout, cfg.format, cfg.show, output::realtime_offset_ns());
-    let mut records = Vec::with_capacity(256);
+    let daemon = cfg.metrics_addr.is_some();
+    let mut sink = LiveSink {
+        out: Output::new(
+            io::stdout().lock(),
+            cfg.format,
+            cfg.show,
+            output::realtime_offset_ns(),
+        )
+        .with_own_netns(own_netns),
+        daemon,
+    };
 
     // Attached first, then the baseline: a socket that changes state in between is seen by
     // both, and the traced state wins.
     if cfg.baseline {
-        let seeded = baseline(
-            &mut lock(&shared),
-            &mut owners,
-            &mut attributor,
-            &mut diag,
-            &mut tracer,
-            cfg.pid,
-            &mut records,
-        )?;
-        tracing::debug!("startup baseline: {seeded} sockets");
+        let now = output::clock_ns(libc::CLOCK_MONOTONIC);
+        let report = lock(&shared)
+            .path
+            .baseline(now)
+            .context("reading existing TCP sockets (sock_diag)")?;
+        for (netns, port) in &report.pid_ports {
+            tracer.filter_port(*netns, *port)?;
+        }
+        tracing::debug!(
+            "startup baseline: {} sockets in {} network namespaces ({} unreadable) in {:?}",
+            report.seeded,
+            report.namespaces,
+            report.namespaces_failed,
+            report.elapsed
+        );
     }
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -198,7 +174,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
             let shared = shared.clone();
             move || {
                 let now = output::clock_ns(libc::CLOCK_MONOTONIC);
-                snapshot(&lock(&shared), now, threshold_ns)
+                snapshot(&mut lock(&shared), now)
             }
         };
         let registry = Arc::new(metrics::registry(Arc::new(source), cfg.max_process_series));
@@ -216,17 +192,8 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         .context("installing the SIGTERM handler")?;
     eprintln!("tracer: tracing TCP state changes (sock:inet_sock_set_state); Ctrl-C to stop");
     ready.store(true, Ordering::Release);
-    let daemon = cfg.metrics_addr.is_some();
-    let mut ctx = Ctx {
-        owners: &mut owners,
-        attributor: &mut attributor,
-        diag: &mut diag,
-        pid: cfg.pid,
-        records: &mut records,
-        daemon,
-    };
     // Leaks found in the baseline are reported first.
-    emit(&mut lock(&shared), &mut ctx, &mut out)?;
+    clock_tick(&mut lock(&shared), &mut sink, &tracer, &mut 0)?;
 
     let mut drain_timer = tokio::time::interval(cfg.drain_interval);
     drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -245,15 +212,15 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 lock(&shared).reader.wakeups += 1;
-                drain(guard.get_inner_mut(), &shared, &mut ctx, &mut out)?;
+                drain(guard.get_inner_mut(), &shared, &mut sink)?;
                 guard.clear_ready();
             }
             _ = drain_timer.tick() => {
                 lock(&shared).reader.timer_drains += 1;
-                drain(ring.get_mut(), &shared, &mut ctx, &mut out)?;
+                drain(ring.get_mut(), &shared, &mut sink)?;
                 {
                     let mut sh = lock(&shared);
-                    clock_tick(&mut sh, &mut ctx, &mut out, &tracer, &mut lost_reported)?;
+                    clock_tick(&mut sh, &mut sink, &tracer, &mut lost_reported)?;
                     if daemon && last_program_read.elapsed() >= Duration::from_secs(1) {
                         sh.program = tracer.program_stats();
                         last_program_read = Instant::now();
@@ -271,7 +238,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
             _ = sigint.recv() => break "interrupted".to_owned(),
             _ = sigterm.recv() => break "terminated".to_owned(),
         }
-        out.flush().context("writing output")?;
+        sink.out.flush().context("writing output")?;
     };
     ready.store(false, Ordering::Release);
     // Stop serving first: a scrape in flight needs the lock taken below.
@@ -279,15 +246,15 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         let _ = stop_tx.send(());
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
     }
-    drain(ring.get_mut(), &shared, &mut ctx, &mut out)?;
+    drain(ring.get_mut(), &shared, &mut sink)?;
     let mut sh = lock(&shared);
-    let now = clock_tick(&mut sh, &mut ctx, &mut out, &tracer, &mut lost_reported)?;
+    let now = clock_tick(&mut sh, &mut sink, &tracer, &mut lost_reported)?;
     eprintln!("tracer: stopping: {reason}");
-    let mut summary = sh.engine.summary(now);
+    let mut summary = sh.path.summary(now);
     summary.events_lost = Some(sh.kernel.ring_full);
-    write_summary(&mut out, &summary)?;
-    out.flush().context("writing output")?;
-    exit_line(&sh.reader, &sh.kernel);
+    write_summary(&mut sink.out, &summary)?;
+    sink.out.flush().context("writing output")?;
+    exit_line(&sh);
     if let Some(p) = tracer.program_stats()
         && p.run_count > 0
     {
@@ -300,226 +267,33 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A clock reading for the engine (leak timers), its records written out, and the kernel
+/// A clock reading for the path (leak timers), its records written out, and the kernel
 /// counters refreshed (lost events reported). Returns the time used.
-fn clock_tick<W: Write>(
+fn clock_tick(
     sh: &mut Shared,
-    ctx: &mut Ctx<'_>,
-    out: &mut Output<W>,
+    sink: &mut impl Sink,
     tracer: &Tracer,
     lost_reported: &mut u64,
 ) -> anyhow::Result<u64> {
     let now = output::clock_ns(libc::CLOCK_MONOTONIC);
-    sh.engine.tick(now, ctx.records);
-    emit(sh, ctx, out)?;
+    sh.path.tick(now, sink).context("writing output")?;
     sh.kernel = tracer.counters();
     report_lost(&sh.kernel, lost_reported);
     Ok(now)
 }
 
-/// Per-run state the record handling needs.
-struct Ctx<'a> {
-    owners: &'a mut Owners,
-    attributor: &'a mut Attributor,
-    diag: &'a mut SockDiag,
-    pid: Option<u32>,
-    records: &'a mut Vec<Record>,
-    daemon: bool,
-}
-
-/// Seeds the engine with the sockets that exist now (sock_diag), with their owners.
-fn baseline(
-    sh: &mut Shared,
-    owners: &mut Owners,
-    attributor: &mut Attributor,
-    diag: &mut SockDiag,
-    tracer: &mut Tracer,
-    pid: Option<u32>,
-    out: &mut Vec<Record>,
-) -> anyhow::Result<usize> {
-    let sockets = diag
-        .dump(StateMask::ALL)
-        .context("reading existing TCP sockets (sock_diag)")?;
-    // With --pid only that process's fd table is read.
-    let index = attribution::scan_inodes(pid);
-    let found = attribution::owners_of_baseline(&sockets, &index);
-    let now = output::clock_ns(libc::CLOCK_MONOTONIC);
-    sh.engine.tick(now, out);
-    let mut seeded = 0;
-    for (s, owner) in sockets.iter().zip(found) {
-        if pid.is_some() && owner.map(|o| o.pid) != pid {
-            continue;
-        }
-        if matches!(s.state, TcpState::TimeWait | TcpState::Close) {
-            continue;
-        }
-        // The engine keys sockets by kernel address, which sock_diag does not give; the cookie
-        // stands in (never a kernel address) until the socket's first traced event.
-        let key = s.cookie & !(1 << 63);
-        owners.baseline.insert(s.tuple().normalized(), key);
-        if s.state == TcpState::Listen
-            && let Some(o) = owner
-        {
-            owners.listeners.insert(s.sport, o);
-        }
-        if pid.is_some() {
-            tracer.filter_port(s.sport)?;
-        }
-        let since = s
-            .close_wait_since_estimate_ms()
-            .map(|ms| now.saturating_sub(u64::from(ms) * 1_000_000));
-        sh.engine.seed(
-            &Seed {
-                id: SocketId {
-                    sk: key,
-                    family: s.family,
-                    saddr: s.saddr,
-                    sport: s.sport,
-                    daddr: s.daddr,
-                    dport: s.dport,
-                },
-                state: s.state,
-                owner,
-                state_since_ns: since,
-            },
-            out,
-        );
-        seeded += 1;
-    }
-    attributor.adopt_index(index, Instant::now());
-    Ok(seeded)
-}
-
-/// Drains everything the ring buffer holds. Each item is decoded (copied out) at once; the
-/// borrow of ring memory never outlives the loop body.
-fn drain<W: Write>(
+/// Drains everything the ring buffer holds. Each item goes down the path at once; the borrow
+/// of ring memory never outlives the loop body.
+fn drain(
     ring: &mut RingBuf<MapData>,
     shared: &Mutex<Shared>,
-    ctx: &mut Ctx<'_>,
-    out: &mut Output<W>,
+    sink: &mut impl Sink,
 ) -> anyhow::Result<()> {
     let mut sh = lock(shared);
     while let Some(item) = ring.next() {
-        let t = event::decode(&item);
-        drop(item);
-        match t {
-            Ok(t) => on_transition(&mut sh, ctx, &t, out)?,
-            Err(e) => {
-                sh.reader.undecodable += 1;
-                tracing::warn!("undecodable event: {e}");
-            }
-        }
+        sh.path.on_bytes(&item, sink).context("writing output")?;
     }
     Ok(())
-}
-
-fn on_transition<W: Write>(
-    sh: &mut Shared,
-    ctx: &mut Ctx<'_>,
-    t: &Transition,
-    out: &mut Output<W>,
-) -> anyhow::Result<()> {
-    sh.reader.events += 1;
-    sh.transitions[t.old.index()][t.new.index()] += 1;
-    // A socket of the startup baseline, seen by its kernel address for the first time. Births
-    // are new sockets: the program is attached before the baseline is read, so a baseline
-    // socket's own close is always seen before its 4-tuple can be born again.
-    if !ctx.owners.baseline.is_empty()
-        && !crate::engine::classify::is_birth(t.old, t.new)
-        && sh.engine.state_of(t.sk).is_none()
-        && let Some(key) = ctx.owners.baseline.remove(&tuple_of(t))
-    {
-        sh.engine.rekey(key, t.sk);
-    }
-    let revealed = ctx.owners.revealed_by(t);
-    ctx.owners.track_listener(t, revealed);
-    if let Some(o) = revealed {
-        sh.engine.set_owner(t.sk, o);
-    }
-    sh.engine.on_transition(t, ctx.records);
-    if let Some(o) = revealed {
-        // A socket born by this transition exists in the engine only now.
-        sh.engine.set_owner(t.sk, o);
-    }
-    let owner = sh.engine.owner(t.sk).or(revealed);
-    if ctx.pid.is_none_or(|p| owner.is_some_and(|o| o.pid == p)) {
-        out.transition(t, owner.as_ref())
-            .context("writing output")?;
-    }
-    if !ctx.records.is_empty() {
-        emit(sh, ctx, out)?;
-    }
-    Ok(())
-}
-
-/// Writes out the records the engine produced, naming leak owners precisely first.
-fn emit<W: Write>(sh: &mut Shared, ctx: &mut Ctx<'_>, out: &mut Output<W>) -> anyhow::Result<()> {
-    if ctx.records.is_empty() {
-        return Ok(());
-    }
-    let mut held: Option<HashMap<u32, u64>> = None;
-    let now = sh.engine.clock_ns();
-    // Taken out (capacity kept) so the loops can use the rest of `ctx`.
-    let mut records = std::mem::take(ctx.records);
-    // Owners of all leaks first, so the per-owner counts below see every confirmed holder.
-    for rec in records.iter_mut() {
-        if let Record::Leak(l) = rec
-            && let Some(o) = confirm_owner(ctx, l)
-        {
-            l.owner = Some(o);
-            sh.engine.set_owner(l.id.sk, o);
-        }
-    }
-    for rec in records.drain(..) {
-        match rec {
-            Record::Close(c) => {
-                if ctx.pid.is_none_or(|p| c.owner.is_some_and(|o| o.pid == p)) {
-                    out.close(&c).context("writing output")?;
-                }
-            }
-            Record::Leak(l) => {
-                if ctx.pid.is_some_and(|p| l.owner.is_none_or(|o| o.pid != p)) {
-                    continue;
-                }
-                let counts = held.get_or_insert_with(|| {
-                    sh.engine
-                        .close_wait_by_owner(now)
-                        .into_iter()
-                        .filter_map(|o| Some((o.owner?.pid, o.close_wait)))
-                        .fold(HashMap::new(), |mut m, (p, n)| {
-                            *m.entry(p).or_insert(0) += n;
-                            m
-                        })
-                });
-                let lc = LeakContext {
-                    cmdline: l.owner.and_then(|o| attribution::process_cmdline(o.pid)),
-                    close_wait_held: l.owner.and_then(|o| counts.get(&o.pid).copied()),
-                };
-                if ctx.daemon {
-                    tracing::warn!(
-                        pid = l.owner.map(|o| o.pid),
-                        comm = %l.owner.map(|o| o.comm).unwrap_or_default(),
-                        local = %event::EndpointFmt(l.id.saddr, l.id.sport),
-                        peer = %event::EndpointFmt(l.id.daddr, l.id.dport),
-                        age = %output::Dur(l.age_ns),
-                        "CLOSE_WAIT leak: the peer closed, the owner has not"
-                    );
-                }
-                out.leak(&l, &lc).context("writing output")?;
-            }
-        }
-    }
-    *ctx.records = records;
-    Ok(())
-}
-
-/// The owner a leak names must be the process holding the socket now: confirmed through the
-/// socket's inode (fds can be passed, listeners shared, children forked).
-fn confirm_owner(ctx: &mut Ctx<'_>, l: &LeakRecord) -> Option<Owner> {
-    if l.owner.is_some_and(|o| o.source == OwnerSource::Inode) {
-        return l.owner;
-    }
-    ctx.attributor.resolve(ctx.diag, &l.id, Instant::now())
 }
 
 fn report_lost(c: &KernelCounters, reported: &mut u64) {
@@ -533,17 +307,26 @@ fn report_lost(c: &KernelCounters, reported: &mut u64) {
     }
 }
 
-fn exit_line(stats: &ReaderStats, c: &KernelCounters) {
+fn exit_line(sh: &Shared) {
+    let (c, counts, r) = (&sh.kernel, sh.path.counts(), &sh.reader);
     eprintln!(
         "tracer: {} events, {} lost, {} undecodable, {} sockets without dwell tracking (kernel table full), {} filtered in the kernel; read in {} kernel wakeups and {} timer drains",
-        stats.events,
+        counts.events,
         c.ring_full,
-        stats.undecodable,
+        counts.undecodable,
         c.socket_table_full,
         c.filtered,
-        stats.wakeups,
-        stats.timer_drains
+        r.wakeups,
+        r.timer_drains
     );
+    if let Some(ns) = sh.path.netns_stats()
+        && (ns.enter_failed > 0 || ns.unreachable > 0)
+    {
+        eprintln!(
+            "tracer: network namespaces: {} entered, {} could not be entered, {} questions about namespaces no process leads to (owners there unconfirmed)",
+            ns.entered, ns.enter_failed, ns.unreachable
+        );
+    }
 }
 
 fn write_summary<W: Write>(
@@ -560,60 +343,16 @@ fn write_summary<W: Write>(
     Ok(())
 }
 
-/// The metrics view of the shared state, taken at scrape time.
-fn snapshot(sh: &Shared, now_ns: u64, threshold_ns: u64) -> MetricsSnapshot {
-    let e = &sh.engine;
-    let mut sockets = e.sockets_per_state();
-    // The tracepoint never shows TIME_WAIT (a separate timewait socket runs it); the kernel
-    // counts those sockets in /proc/net/sockstat.
-    if let Some(tw) = time_wait_count() {
-        sockets[TcpState::TimeWait.index()] = tw;
-    }
-    MetricsSnapshot {
-        transitions: sh.transitions,
-        dwell: TcpState::ALL
-            .into_iter()
-            .map(|st| {
-                let h = e.dwell_histogram(st);
-                (
-                    st,
-                    HistogramSnapshot {
-                        buckets: h.buckets().filter(|(le, _)| le.is_finite()).collect(),
-                        count: h.count(),
-                        sum_seconds: h.sum_seconds(),
-                    },
-                )
-            })
-            .collect(),
-        closes: CloseKind::ALL
-            .into_iter()
-            .map(|k| (k, e.stats().closes_of(k)))
-            .collect(),
-        sockets,
-        close_wait: e
-            .close_wait_by_owner(now_ns)
-            .into_iter()
-            .map(|o| OwnerCloseWait {
-                pid: o.owner.map(|k| k.pid),
-                comm: o.owner.map(|k| k.comm),
-                sockets: o.close_wait,
-                leaking: o.leaking,
-            })
-            .collect(),
-        close_wait_oldest_seconds: e.oldest_close_wait_ns(now_ns).map(|ns| ns as f64 / 1e9),
-        leak_threshold_seconds: Some(threshold_ns as f64 / 1e9),
-        leaks_detected_total: e.stats().leaks,
-        events_total: sh.reader.events,
-        events_lost_total: sh.kernel.ring_full,
-        events_malformed_total: sh.reader.undecodable,
-        tracked_sockets: e.tracked() as u64,
-        evictions_total: e.stats().evicted + e.stats().evicted_leaking,
-        bpf_transitions_seen_total: Some(sh.kernel.seen),
-        bpf_filtered_total: Some(sh.kernel.filtered),
-        bpf_socket_table_full_total: Some(sh.kernel.socket_table_full),
-        bpf_run_time_ns: sh.program.map(|p| p.run_time.as_nanos() as u64),
-        bpf_run_count: sh.program.map(|p| p.run_count),
-    }
+/// The metrics view: the path's, plus the kernel's and the reader's counters.
+fn snapshot(sh: &mut Shared, now_ns: u64) -> MetricsSnapshot {
+    let mut m = sh.path.metrics(now_ns);
+    m.events_lost_total = sh.kernel.ring_full;
+    m.bpf_transitions_seen_total = Some(sh.kernel.seen);
+    m.bpf_filtered_total = Some(sh.kernel.filtered);
+    m.bpf_socket_table_full_total = Some(sh.kernel.socket_table_full);
+    m.bpf_run_time_ns = sh.program.map(|p| p.run_time.as_nanos() as u64);
+    m.bpf_run_count = sh.program.map(|p| p.run_count);
+    m
 }
 
 /// The thread-group id of a task, from /proc/PID/status.
@@ -627,20 +366,7 @@ fn tgid_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// TIME_WAIT sockets of the host, from /proc/net/sockstat (`TCP: … tw N`).
-fn time_wait_count() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
-    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
-    let mut it = line.split_whitespace();
-    while let Some(w) = it.next() {
-        if w == "tw" {
-            return it.next()?.parse().ok();
-        }
-    }
-    None
-}
-
-/// Offline replay of a recording made with `tracer --json`.
+/// Offline replay of a recording made with `tracer --json`, through the same path.
 pub fn replay(cfg: &ReplayConfig) -> anyhow::Result<()> {
     let input: Box<dyn io::BufRead> = if cfg.file.as_os_str() == "-" {
         Box::new(io::BufReader::new(io::stdin().lock()))
@@ -649,34 +375,24 @@ pub fn replay(cfg: &ReplayConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open {}", cfg.file.display()))?;
         Box::new(io::BufReader::with_capacity(1 << 16, f))
     };
-    let mut engine = Engine::new(EngineConfig {
-        capacity: cfg.capacity,
-        close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
-    });
-    let stdout = io::stdout().lock();
-    let mut out = Output::new(stdout, cfg.format, cfg.show, 0);
-    let mut write_err: Option<io::Error> = None;
-    let stats = crate::replay::replay(
-        input,
-        &mut engine,
-        |rec| {
-            let r = match rec {
-                Record::Close(c) => out.close(c),
-                Record::Leak(l) => out.leak(l, &LeakContext::default()),
-            };
-            if let Err(e) = r
-                && write_err.is_none()
-            {
-                write_err = Some(e);
-            }
+    let mut path = Pipeline::offline(PipelineConfig {
+        engine: EngineConfig {
+            capacity: cfg.capacity,
+            close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
         },
-        |line, err| eprintln!("tracer: {}: line {line}: {err}", cfg.file.display()),
-    )
-    .with_context(|| format!("reading {}", cfg.file.display()))?;
-    if let Some(e) = write_err {
-        return Err(e).context("writing output");
-    }
-    let mut summary = engine.summary(engine.clock_ns());
+        pid: None,
+    });
+    let mut out = Output::new(io::stdout().lock(), cfg.format, cfg.show, 0);
+    let stats = crate::replay::replay(input, &mut path, &mut out, |line, err| {
+        eprintln!("tracer: {}: line {line}: {err}", cfg.file.display());
+    })
+    .map_err(|e| match e {
+        crate::replay::ReplayError::Read(e) => {
+            anyhow::Error::new(e).context(format!("reading {}", cfg.file.display()))
+        }
+        crate::replay::ReplayError::Write(e) => anyhow::Error::new(e).context("writing output"),
+    })?;
+    let mut summary = path.summary(path.engine().clock_ns());
     summary.skipped_lines = Some(stats.skipped);
     write_summary(&mut out, &summary)?;
     out.flush().context("writing output")?;
@@ -723,6 +439,8 @@ pub fn bench_engine(connections: u64, sockets: u64) -> anyhow::Result<()> {
             new: TcpState::SynSent,
             dwell_ns: None,
             dwell_table_full: false,
+            netns: 0,
+            sk_err: 0,
             task_pid: 1,
             task_tid: 1,
             task_comm: comm,

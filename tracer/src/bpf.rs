@@ -216,11 +216,27 @@ impl Tracer {
     /// The classic tracepoint: the kernel fills the record, the program copies it.
     fn load_tracepoint(opts: &LoadOptions) -> Result<Self, BpfError> {
         check_layout()?;
+        // The record has no namespace or error field: with the kernel's BTF the program reads
+        // them from the socket; without it they are reported as 0 (unknown).
+        let net = match btf::Btf::from_sys() {
+            Ok(b) => {
+                let c = net_config(&b);
+                drop(b);
+                release_parse_memory();
+                c
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "no kernel BTF ({e}): network namespaces and socket errors will not be reported"
+                );
+                Config::default()
+            }
+        };
         let config = Config {
             filter: u32::from(opts.filter),
             wakeup_bytes: opts.wakeup_bytes,
             dwell: u32::from(opts.kernel_dwell),
-            ..Config::default()
+            ..net
         };
         let mut loader = EbpfLoader::new();
         configure(&mut loader, opts, &config);
@@ -367,11 +383,12 @@ impl Tracer {
         })
     }
 
-    /// Adds a local port to the in-kernel filter (listeners and pre-existing sockets of a
-    /// filtered process).
-    pub fn filter_port(&mut self, port: u16) -> Result<(), BpfError> {
-        let mut map: HashMap<_, u16, u8> = self.filter_map(FILTER_PORTS_MAP)?;
-        map.insert(port, 1, 0).map_err(|e| BpfError::Map {
+    /// Adds a local port of one network namespace to the in-kernel filter (listeners and
+    /// pre-existing sockets of a filtered process).
+    pub fn filter_port(&mut self, netns: u32, port: u16) -> Result<(), BpfError> {
+        let mut map: HashMap<_, u64, u8> = self.filter_map(FILTER_PORTS_MAP)?;
+        let key = tracer_common::filter_port_key(netns, port);
+        map.insert(key, 1, 0).map_err(|e| BpfError::Map {
             name: FILTER_PORTS_MAP,
             detail: e.to_string(),
         })
@@ -485,31 +502,71 @@ const SK_DADDR_V6: Field = field(
     16,
     4,
 );
+/// The socket's network namespace: the `struct net *` in `possible_net_t`, then the namespace's
+/// inode number. Absent without CONFIG_NET_NS (one namespace: the program then reports 0).
+const SK_NET: Field = field("sock", "__sk_common.skc_net.net", 8, 8);
+const NET_INUM: Field = field("net", "ns.inum", 4, 4);
+const SK_ERR: Field = field("sock", "sk_err", 4, 4);
+/// The helper `tp_btf` uses to read the current task (5.11+); older kernels lack it, and the
+/// program then uses `bpf_get_current_pid_tgid` and `bpf_get_current_comm`.
+const TASK_BTF_HELPER: &str = "BPF_FUNC_get_current_task_btf";
 const TASK_PID: Field = field("task_struct", "pid", 4, 4);
 const TASK_TGID: Field = field("task_struct", "tgid", 4, 4);
 /// Read as two 8-byte loads when 8-aligned; otherwise the program calls
 /// `bpf_get_current_comm` (offset 0 tells it to).
 const TASK_COMM: Field = field("task_struct", "comm", 16, 1);
 
+/// Looks a [`Field`] up and checks its size and alignment.
+fn find_field(btf: &btf::Btf, f: &Field) -> Result<u32, BpfError> {
+    let m = btf.member(f.ty, f.path).map_err(|e| BpfError::NoBtf {
+        detail: e.to_string(),
+    })?;
+    let off = m.byte_offset().ok_or_else(|| BpfError::NoBtf {
+        detail: format!("{}.{} is a bitfield", f.ty, f.path),
+    })?;
+    if m.size != Some(f.size) || !off.is_multiple_of(f.align) {
+        return Err(BpfError::NoBtf {
+            detail: format!(
+                "{}.{} has size {:?} at offset {off}, expected size {} aligned to {}",
+                f.ty, f.path, m.size, f.size, f.align
+            ),
+        });
+    }
+    Ok(off)
+}
+
+/// The offsets both programs use to read the socket's network namespace and pending error
+/// (`sk_has_net` and the three offsets), or a config without them when the kernel's BTF
+/// lacks one (a kernel without CONFIG_NET_NS has a single namespace).
+fn net_config(btf: &btf::Btf) -> Config {
+    match (
+        find_field(btf, &SK_NET),
+        find_field(btf, &NET_INUM),
+        find_field(btf, &SK_ERR),
+    ) {
+        (Ok(sk_net), Ok(net_inum), Ok(sk_err)) => Config {
+            sk_has_net: 1,
+            sk_net,
+            net_inum,
+            sk_err,
+            ..Config::default()
+        },
+        (a, b, c) => {
+            let why = [a.err(), b.err(), c.err()]
+                .into_iter()
+                .flatten()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!("network namespaces and socket errors will not be reported: {why}");
+            Config::default()
+        }
+    }
+}
+
 /// Finds every offset the `tp_btf` program needs and checks each field's size and alignment.
 fn btf_config(btf: &btf::Btf) -> Result<Config, BpfError> {
-    let find = |f: &Field| -> Result<u32, BpfError> {
-        let m = btf.member(f.ty, f.path).map_err(|e| BpfError::NoBtf {
-            detail: e.to_string(),
-        })?;
-        let off = m.byte_offset().ok_or_else(|| BpfError::NoBtf {
-            detail: format!("{}.{} is a bitfield", f.ty, f.path),
-        })?;
-        if m.size != Some(f.size) || !off.is_multiple_of(f.align) {
-            return Err(BpfError::NoBtf {
-                detail: format!(
-                    "{}.{} has size {:?} at offset {off}, expected size {} aligned to {}",
-                    f.ty, f.path, m.size, f.size, f.align
-                ),
-            });
-        }
-        Ok(off)
-    };
+    let find = |f: &Field| find_field(btf, f);
     let (sk_saddr_v6, sk_daddr_v6, sk_has_v6) = match (find(&SK_SADDR_V6), find(&SK_DADDR_V6)) {
         (Ok(s), Ok(d)) => (s, d, 1),
         _ => (0, 0, 0),
@@ -527,7 +584,8 @@ fn btf_config(btf: &btf::Btf) -> Result<Config, BpfError> {
         task_pid: find(&TASK_PID)?,
         task_tgid: find(&TASK_TGID)?,
         task_comm: if comm.is_multiple_of(8) { comm } else { 0 },
-        ..Config::default()
+        task_btf: u32::from(btf.has_enumerator(TASK_BTF_HELPER)),
+        ..net_config(btf)
     })
 }
 

@@ -363,6 +363,23 @@ impl Btf {
         Err(BtfError::NoType { name: name.into() })
     }
 
+    /// Whether some enum of the BTF has an enumerator named `name` (e.g.
+    /// `BPF_FUNC_get_current_task_btf` in `enum bpf_func_id`: the kernel knows that helper).
+    pub fn has_enumerator(&self, name: &str) -> bool {
+        self.types.iter().skip(1).any(|t| {
+            let width = match t.kind() {
+                kind::ENUM => 8,
+                kind::ENUM64 => 12,
+                _ => return false,
+            };
+            (0..usize::from(t.vlen())).any(|i| {
+                u32_at(&self.blob, t.extra() + width * i, "enum")
+                    .and_then(|off| self.name(off))
+                    .is_ok_and(|n| n == name)
+            })
+        })
+    }
+
     /// Locates `path` (`member` or `member.member…`) in the struct or union `ty`. Members of
     /// anonymous structs and unions are found as if they were direct members; offsets are from
     /// the start of `ty`.

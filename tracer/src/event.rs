@@ -156,6 +156,11 @@ pub struct Transition {
     pub dwell_ns: Option<u64>,
     /// The kernel's per-socket table was full when this socket was first seen.
     pub dwell_table_full: bool,
+    /// Inode number of the socket's network namespace (`net:[N]`); 0 when unknown (classic
+    /// tracepoint without kernel BTF, or a recording made before namespaces were reported).
+    pub netns: u32,
+    /// The socket's pending error (errno) when the transition ran; 0 when none or unknown.
+    pub sk_err: u16,
     /// Task on CPU when the transition ran (thread-group id). Often NOT the socket's owner.
     pub task_pid: u32,
     /// Thread id of the task on CPU.
@@ -218,6 +223,8 @@ pub fn from_raw(ev: &TcpEvent) -> Result<Transition, DecodeError> {
         new: state(ev.newstate)?,
         dwell_ns: (ev.flags & FLAG_DWELL_KNOWN != 0).then_some(ev.dwell_ns),
         dwell_table_full: ev.flags & FLAG_DWELL_TABLE_FULL != 0,
+        netns: ev.netns,
+        sk_err: ev.sk_err,
         task_pid: ev.tgid,
         task_tid: ev.tid,
         task_comm: Comm(ev.comm),
@@ -277,7 +284,8 @@ mod tests {
             newstate: 8,
             comm,
             flags: FLAG_DWELL_KNOWN,
-            _pad: 0,
+            sk_err: 0,
+            netns: 4026531840,
         }
     }
 

@@ -3,17 +3,23 @@
 //! Layers, kernel to user: `bpf` (the only module that touches aya: load, attach, ring buffer,
 //! kernel counters) → `event` (bytes → [`event::Transition`]) → `engine` (pure state machine:
 //! transitions and ticks in, [`record::Record`]s out) → `output` (text, JSON Lines) and
-//! `metrics`/`server` (Prometheus). `attribution` names the process that holds a socket;
-//! `app` wires it together.
+//! `metrics`/`server` (Prometheus). `attribution` names the process that holds a socket,
+//! `netns` reaches each network namespace's sock_diag, `container` names the owner's cgroup
+//! and container. `pipeline` is the per-event path (decode → owners → engine → records →
+//! attribution) that every front-end drives; `app` (stream, daemon) and `replay` are loops and
+//! sinks around it.
 
 pub mod app;
 pub mod attribution;
 pub mod bpf;
 pub mod cli;
+pub mod container;
 pub mod engine;
 pub mod event;
 pub mod metrics;
+pub mod netns;
 pub mod output;
+pub mod pipeline;
 pub mod record;
 pub mod replay;
 pub mod server;

@@ -23,6 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::container::ContainerId;
 use crate::event::{Comm, TcpState};
 use crate::record::CloseKind;
 
@@ -95,6 +96,8 @@ pub struct OwnerCloseWait {
     /// `None`: the owner of these sockets is not known.
     pub pid: Option<u32>,
     pub comm: Option<Comm>,
+    /// The container the process runs in, if any.
+    pub container: Option<ContainerId>,
     /// Sockets in CLOSE_WAIT.
     pub sockets: u64,
     /// Of `sockets`, those in CLOSE_WAIT longer than the leak threshold.
@@ -121,7 +124,8 @@ where
 /// `tracer_tcp_close_wait_leaks`) carry at most `max_process_series` processes, chosen by most
 /// leaking sockets, then most sockets, then lowest pid; the rest are summed under
 /// `pid="other",comm="other"`. Unattributed sockets are always their own series,
-/// `pid="unknown",comm="unknown"`, outside the cap. So each family has at most
+/// `pid="unknown",comm="unknown"`, outside the cap. The `container` label is the owner's
+/// 12-character container id, empty outside containers and on the aggregate series. So each family has at most
 /// `max_process_series + 2` series.
 pub fn registry(source: Arc<dyn SnapshotSource>, max_process_series: usize) -> Registry {
     let mut registry = Registry::with_prefix(PREFIX);
@@ -331,6 +335,21 @@ struct KindLabels {
 struct ProcessLabels {
     pid: PidLabel,
     comm: CommLabel,
+    container: ContainerLabel,
+}
+
+/// The `container` label: the 12-character container id, or empty (no container, or an
+/// aggregate series).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ContainerLabel(Option<ContainerId>);
+
+impl EncodeLabelValue for ContainerLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        match &self.0 {
+            Some(id) => encoder.write_str(id.short()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The `pid` label: a process id, or one of the two aggregate series.
@@ -393,6 +412,7 @@ fn write_escaped(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
 struct ProcessSeries {
     pid: PidLabel,
     comm: CommLabel,
+    container: ContainerLabel,
     sockets: u64,
     leaking: u64,
 }
@@ -425,11 +445,15 @@ fn process_series(owners: &[OwnerCloseWait], cap: usize) -> (Vec<ProcessSeries>,
                 if s.comm == CommLabel::Unknown {
                     s.comm = comm;
                 }
+                if s.container.0.is_none() {
+                    s.container = ContainerLabel(owner.container);
+                }
             }
             Entry::Vacant(e) => {
                 e.insert(ProcessSeries {
                     pid: PidLabel::Pid(pid),
                     comm,
+                    container: ContainerLabel(owner.container),
                     sockets: owner.sockets,
                     leaking: owner.leaking,
                 });
@@ -459,6 +483,7 @@ fn process_series(owners: &[OwnerCloseWait], cap: usize) -> (Vec<ProcessSeries>,
         series.push(ProcessSeries {
             pid: PidLabel::Other,
             comm: CommLabel::Other,
+            container: ContainerLabel(None),
             sockets: other.0,
             leaking: other.1,
         });
@@ -467,6 +492,7 @@ fn process_series(owners: &[OwnerCloseWait], cap: usize) -> (Vec<ProcessSeries>,
         series.push(ProcessSeries {
             pid: PidLabel::Unknown,
             comm: CommLabel::Unknown,
+            container: ContainerLabel(None),
             sockets: unknown.0,
             leaking: unknown.1,
         });
@@ -618,6 +644,7 @@ fn encode_snapshot(s: &MetricsSnapshot, cap: usize, enc: &mut DescriptorEncoder)
                 let labels = ProcessLabels {
                     pid: p.pid,
                     comm: p.comm,
+                    container: p.container,
                 };
                 m.encode_family(&labels)?.encode_gauge(&gauge(pick(p)))?;
             }
@@ -732,6 +759,7 @@ mod tests {
         OwnerCloseWait {
             pid: Some(pid),
             comm: Some(Comm::new(comm)),
+            container: None,
             sockets,
             leaking,
         }
@@ -794,7 +822,9 @@ mod tests {
         };
         let text = render(snap, 10, Format::Text);
         assert!(
-            text.contains(r#"tracer_tcp_close_wait_sockets{pid="7",comm="we\"ird\\na\nme"} 1"#),
+            text.contains(
+                r#"tracer_tcp_close_wait_sockets{pid="7",comm="we\"ird\\na\nme",container=""} 1"#
+            ),
             "{text}"
         );
     }
@@ -806,6 +836,7 @@ mod tests {
         owners.push(OwnerCloseWait {
             pid: None,
             comm: None,
+            container: None,
             sockets: 4,
             leaking: 2,
         });
@@ -839,6 +870,7 @@ mod tests {
             OwnerCloseWait {
                 pid: Some(5),
                 comm: None,
+                container: None,
                 sockets: 1,
                 leaking: 0,
             },
@@ -851,6 +883,7 @@ mod tests {
             vec![ProcessSeries {
                 pid: PidLabel::Pid(5),
                 comm: CommLabel::Comm(Comm::new("srv")),
+                container: ContainerLabel(None),
                 sockets: 3,
                 leaking: 1,
             }]
@@ -901,7 +934,15 @@ mod tests {
             )],
             closes: vec![(CloseKind::Passive, 2), (CloseKind::Passive, 1)],
             sockets,
-            close_wait: vec![owner(42, "srv", 2, 1)],
+            close_wait: vec![
+                owner(42, "srv", 2, 1),
+                OwnerCloseWait {
+                    container: ContainerId::parse(
+                        "4f1c2a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a",
+                    ),
+                    ..owner(43, "in-ctr", 1, 0)
+                },
+            ],
             close_wait_oldest_seconds: Some(12.5),
             leak_threshold_seconds: Some(60.0),
             leaks_detected_total: 1,
@@ -927,8 +968,9 @@ mod tests {
             r#"tracer_tcp_closes_total{kind="passive"} 3"#,
             r#"tracer_tcp_closes_total{kind="connect_failed"} 0"#,
             r#"tracer_tcp_sockets{state="CLOSE_WAIT"} 2"#,
-            r#"tracer_tcp_close_wait_sockets{pid="42",comm="srv"} 2"#,
-            r#"tracer_tcp_close_wait_leaks{pid="42",comm="srv"} 1"#,
+            r#"tracer_tcp_close_wait_sockets{pid="42",comm="srv",container=""} 2"#,
+            r#"tracer_tcp_close_wait_leaks{pid="42",comm="srv",container=""} 1"#,
+            r#"tracer_tcp_close_wait_sockets{pid="43",comm="in-ctr",container="4f1c2a9b8d7e"} 1"#,
             "tracer_tcp_close_wait_oldest_seconds 12.5",
             "tracer_bpf_run_time_seconds_total 1.5",
             "tracer_bpf_runs_total 11",

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::IpAddr;
 
+use crate::container::Cgroup;
 use crate::event::{AddrFmt, EndpointFmt, Family, Transition};
 use crate::record::{CloseRecord, LeakRecord, Owner, SocketId};
 
@@ -56,13 +57,16 @@ pub enum Format {
     Json,
 }
 
-/// Extra facts about a leak that the engine does not know (gathered by the app from /proc).
+/// Facts about a record's owner that the engine does not know (gathered from /proc by the
+/// per-event path; empty in replay).
 #[derive(Clone, Debug, Default)]
-pub struct LeakContext {
-    /// Command line of the owning process.
+pub struct RecordContext {
+    /// Command line of the owning process (leaks only).
     pub cmdline: Option<String>,
-    /// CLOSE_WAIT sockets the owner holds now.
+    /// CLOSE_WAIT sockets the owner holds now (leaks only).
     pub close_wait_held: Option<u64>,
+    /// The owner's cgroup v2 path and container.
+    pub cgroup: Option<Cgroup>,
 }
 
 /// Writes records to an underlying writer.
@@ -74,6 +78,9 @@ pub struct Output<W: Write> {
     /// Wall-clock minus monotonic time (ns), to print readable times in text mode.
     realtime_offset_ns: i128,
     header_done: bool,
+    /// The tracer's own network namespace: text output names a socket's namespace only when
+    /// it is another one.
+    own_netns: u32,
 }
 
 impl<W: Write> Output<W> {
@@ -85,7 +92,15 @@ impl<W: Write> Output<W> {
             show,
             realtime_offset_ns,
             header_done: false,
+            own_netns: 0,
         }
+    }
+
+    /// Sets the tracer's own network namespace (see [`Output::transition`]).
+    #[must_use]
+    pub fn with_own_netns(mut self, netns: u32) -> Self {
+        self.own_netns = netns;
+        self
     }
 
     pub fn show(&self) -> Show {
@@ -159,12 +174,13 @@ impl<W: Write> Output<W> {
                 {
                     let _ = write!(b, "  owner {} {}", o.pid, o.comm);
                 }
+                netns_text(b, t.netns, self.own_netns);
                 b.push('\n');
             }
             Format::Json => {
                 let _ = write!(
                     b,
-                    "{{\"type\":\"transition\",\"ts_ns\":{},\"sk\":\"{:#x}\",\"family\":{},\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\"old\":\"{}\",\"new\":\"{}\",\"dwell_ns\":{},\"task_pid\":{},\"task_tid\":{},\"task_comm\":",
+                    "{{\"type\":\"transition\",\"ts_ns\":{},\"sk\":\"{:#x}\",\"family\":{},\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\"old\":\"{}\",\"new\":\"{}\",\"dwell_ns\":{},\"netns\":{},\"sk_err\":{},\"task_pid\":{},\"task_tid\":{},\"task_comm\":",
                     t.ts_ns,
                     t.sk,
                     t.family.number(),
@@ -175,6 +191,8 @@ impl<W: Write> Output<W> {
                     t.old.name(),
                     t.new.name(),
                     OptNum(t.dwell_ns),
+                    t.netns,
+                    t.sk_err,
                     t.task_pid,
                     t.task_tid,
                 );
@@ -187,7 +205,7 @@ impl<W: Write> Output<W> {
     }
 
     /// A close record.
-    pub fn close(&mut self, r: &CloseRecord) -> io::Result<()> {
+    pub fn close(&mut self, r: &CloseRecord, ctx: &RecordContext) -> io::Result<()> {
         if !self.show.closes {
             return Ok(());
         }
@@ -221,6 +239,8 @@ impl<W: Write> Output<W> {
                     b.push_str("  LEAKED");
                 }
                 owner_text(b, r.owner.as_ref());
+                container_text(b, ctx);
+                netns_text(b, r.id.netns, self.own_netns);
                 b.push('\n');
             }
             Format::Json => {
@@ -253,6 +273,7 @@ impl<W: Write> Output<W> {
                     r.leaked
                 );
                 owner_json(b, r.owner.as_ref());
+                container_json(b, ctx);
                 b.push_str("}\n");
             }
         }
@@ -260,7 +281,7 @@ impl<W: Write> Output<W> {
     }
 
     /// A CLOSE_WAIT leak.
-    pub fn leak(&mut self, r: &LeakRecord, ctx: &LeakContext) -> io::Result<()> {
+    pub fn leak(&mut self, r: &LeakRecord, ctx: &RecordContext) -> io::Result<()> {
         if !self.show.leaks {
             return Ok(());
         }
@@ -300,6 +321,8 @@ impl<W: Write> Output<W> {
                         if n == 1 { "" } else { "s" }
                     );
                 }
+                container_text(b, ctx);
+                netns_text(b, r.id.netns, self.own_netns);
                 b.push('\n');
             }
             Format::Json => {
@@ -318,6 +341,7 @@ impl<W: Write> Output<W> {
                     None => b.push_str("null"),
                 }
                 let _ = write!(b, ",\"close_wait_held\":{}", OptNum(ctx.close_wait_held));
+                container_json(b, ctx);
                 b.push_str("}\n");
             }
         }
@@ -340,9 +364,10 @@ fn dwell_pairs(d: &crate::record::Dwell) -> impl Iterator<Item = (&'static str, 
 fn id_json(b: &mut String, ts_ns: u64, id: &SocketId) {
     let _ = write!(
         b,
-        "\"ts_ns\":{},\"sk\":\"{:#x}\",\"family\":{},\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{}",
+        "\"ts_ns\":{},\"sk\":\"{:#x}\",\"netns\":{},\"family\":{},\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{}",
         ts_ns,
         id.sk,
+        id.netns,
         match id.family {
             Family::V4 => 4,
             Family::V6 => 6,
@@ -362,6 +387,35 @@ fn owner_json(b: &mut String, owner: Option<&Owner>) {
             let _ = write!(b, ",\"owner_source\":\"{}\"", o.source.name());
         }
         None => b.push_str(",\"pid\":null,\"comm\":null,\"owner_source\":null"),
+    }
+}
+
+/// `"cgroup"` and `"container_id"` (each null when unknown).
+fn container_json(b: &mut String, ctx: &RecordContext) {
+    b.push_str(",\"cgroup\":");
+    match &ctx.cgroup {
+        Some(cg) => json_str(b, &cg.path),
+        None => b.push_str("null"),
+    }
+    match ctx.cgroup.as_ref().and_then(|c| c.container_id) {
+        Some(id) => {
+            let _ = write!(b, ",\"container_id\":\"{id}\"");
+        }
+        None => b.push_str(",\"container_id\":null"),
+    }
+}
+
+/// `  container ID12` when the owner runs in a container.
+fn container_text(b: &mut String, ctx: &RecordContext) {
+    if let Some(id) = ctx.cgroup.as_ref().and_then(|c| c.container_id) {
+        let _ = write!(b, "  container {}", id.short());
+    }
+}
+
+/// `  netns N` when the socket is in another network namespace than the tracer.
+fn netns_text(b: &mut String, netns: u32, own: u32) {
+    if netns != 0 && netns != own {
+        let _ = write!(b, "  netns {netns}");
     }
 }
 
@@ -570,6 +624,8 @@ mod tests {
             new: TcpState::CloseWait,
             dwell_ns: None,
             dwell_table_full: false,
+            netns: 0,
+            sk_err: 0,
             task_pid: 3,
             task_tid: 4,
             task_comm: Comm::new("a\"b\\c\u{1}"),

@@ -146,6 +146,9 @@ impl AgeSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketId {
     pub sk: u64,
+    /// Inode number of the socket's network namespace (`net:[N]`); 0 when unknown. 4-tuples
+    /// repeat across namespaces: a 4-tuple names a socket only together with this.
+    pub netns: u32,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,

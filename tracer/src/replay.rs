@@ -18,9 +18,9 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use crate::engine::Engine;
 use crate::event::{Comm, Family, TcpState, Transition};
-use crate::record::{Owner, OwnerSource, Record};
+use crate::pipeline::{Pipeline, Sink};
+use crate::record::{Owner, OwnerSource};
 
 /// Counts of one replay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -88,6 +88,11 @@ struct Line<'a> {
     dwell_ns: Option<u64>,
     #[serde(default)]
     dwell_table_full: bool,
+    /// Absent from recordings made before namespaces were reported: 0 (unknown).
+    #[serde(default)]
+    netns: u32,
+    #[serde(default)]
+    sk_err: u16,
     task_pid: u32,
     task_tid: u32,
     #[serde(borrow)]
@@ -151,6 +156,8 @@ pub fn parse_line(line: &[u8]) -> Result<Option<(Transition, Option<Owner>)>, Li
         new: state("new", &l.new)?,
         dwell_ns: l.dwell_ns,
         dwell_table_full: l.dwell_table_full,
+        netns: l.netns,
+        sk_err: l.sk_err,
         task_pid: l.task_pid,
         task_tid: l.task_tid,
         task_comm: Comm::new(&l.task_comm),
@@ -187,23 +194,36 @@ fn parse_sk(s: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// Runs `engine` over a recording. Calls `on_record` for every record the engine emits and
-/// `on_error(line_number, error)` (1-based) for every malformed line; the rest of the input still
-/// runs. An owner named on a transition line is given to the engine (before the transition for
-/// a tracked socket, after it for a new one), so records carry it as they did live. Fails only
-/// on a read error.
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The input could not be read.
+    #[error("read error")]
+    Read(#[source] std::io::Error),
+    /// The sink could not write.
+    #[error("write error")]
+    Write(#[source] std::io::Error),
+}
+
+/// Runs a recording through the per-event path. The sink gets every record (and transition,
+/// if it shows them); `on_error(line_number, error)` (1-based) is called for every malformed
+/// line, and the rest of the input still runs. An owner named on a transition line is given to
+/// the path as a hint, so records carry it as they did live. Fails on a read or write error.
 pub fn replay<R: BufRead>(
     mut input: R,
-    engine: &mut Engine,
-    mut on_record: impl FnMut(&Record),
+    path: &mut Pipeline,
+    sink: &mut impl Sink,
     mut on_error: impl FnMut(u64, &LineError),
-) -> std::io::Result<ReplayStats> {
+) -> Result<ReplayStats, ReplayError> {
     let mut stats = ReplayStats::default();
     let mut buf = Vec::with_capacity(512);
-    let mut out = Vec::with_capacity(16);
     loop {
         buf.clear();
-        if input.read_until(b'\n', &mut buf)? == 0 {
+        if input
+            .read_until(b'\n', &mut buf)
+            .map_err(ReplayError::Read)?
+            == 0
+        {
             break;
         }
         stats.lines += 1;
@@ -220,33 +240,18 @@ pub fn replay<R: BufRead>(
             }
         };
         stats.transitions += 1;
-        // Fire leaks at their exact due times up to this event.
-        out.clear();
-        // The engine fires everything due at or before its clock after every call, so each
-        // `due` here is ahead of the clock and each tick fires at least one leak.
-        while let Some(due) = engine.next_leak_due_ns() {
-            let at = due.max(engine.clock_ns());
+        // Fire leaks at their exact due times up to this event. The engine fires everything
+        // due at or before its clock after every call, so each `due` here is ahead of the
+        // clock and each tick fires at least one leak.
+        while let Some(due) = path.next_leak_due_ns() {
+            let at = due.max(path.engine().clock_ns());
             if at > t.ts_ns {
                 break;
             }
-            engine.tick(at, &mut out);
-            for r in &out {
-                on_record(r);
-            }
-            out.clear();
+            path.tick(at, sink).map_err(ReplayError::Write)?;
         }
-        if let Some(o) = owner {
-            engine.set_owner(t.sk, o);
-        }
-        engine.on_transition(&t, &mut out);
-        if let Some(o) = owner
-            && engine.owner(t.sk).is_none()
-        {
-            engine.set_owner(t.sk, o);
-        }
-        for r in &out {
-            on_record(r);
-        }
+        path.on_transition(&t, owner, sink)
+            .map_err(ReplayError::Write)?;
     }
     Ok(stats)
 }
@@ -254,8 +259,8 @@ pub fn replay<R: BufRead>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::EngineConfig;
-    use crate::record::CloseKind;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::record::{CloseKind, Record};
     use proptest::prelude::*;
 
     const S: u64 = 1_000_000_000;
@@ -267,24 +272,58 @@ mod tests {
     }
 
     fn engine() -> Engine {
-        Engine::new(EngineConfig {
+        Engine::new(config())
+    }
+
+    fn config() -> EngineConfig {
+        EngineConfig {
             capacity: 100,
             close_wait_threshold_ns: 30 * S,
+        }
+    }
+
+    fn path() -> Pipeline {
+        Pipeline::offline(crate::pipeline::PipelineConfig {
+            engine: config(),
+            pid: None,
         })
     }
 
+    /// Collects the records a replay produces.
+    #[derive(Default)]
+    struct Recs(Vec<Record>);
+
+    impl Sink for Recs {
+        fn transition(&mut self, _: &Transition, _: Option<&Owner>) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn close(
+            &mut self,
+            c: &crate::record::CloseRecord,
+            _: &crate::output::RecordContext,
+        ) -> std::io::Result<()> {
+            self.0.push(Record::Close(*c));
+            Ok(())
+        }
+        fn leak(
+            &mut self,
+            l: &crate::record::LeakRecord,
+            _: &crate::output::RecordContext,
+        ) -> std::io::Result<()> {
+            self.0.push(Record::Leak(*l));
+            Ok(())
+        }
+    }
+
     fn run(input: &str) -> (ReplayStats, Vec<Record>, Vec<(u64, String)>) {
-        let mut e = engine();
-        let mut recs = Vec::new();
+        let mut p = path();
+        let mut recs = Recs::default();
         let mut errs = Vec::new();
-        let st = replay(
-            input.as_bytes(),
-            &mut e,
-            |r| recs.push(*r),
-            |n, err| errs.push((n, err.to_string())),
-        )
+        let st = replay(input.as_bytes(), &mut p, &mut recs, |n, err| {
+            errs.push((n, err.to_string()))
+        })
         .unwrap();
-        (st, recs, errs)
+        (st, recs.0, errs)
     }
 
     #[test]
@@ -418,29 +457,28 @@ mod tests {
                 t
             })
             .collect();
-        let mut direct = engine();
-        let mut want = Vec::new();
+        // Replay is the same path as live: its records equal the path's fed directly.
+        let mut direct = path();
+        let mut want = Recs::default();
         for t in &events {
-            direct.on_transition(t, &mut want);
+            direct.on_transition(t, None, &mut want).unwrap();
         }
+        let want = want.0;
         let mut o = Output::new(Vec::new(), Format::Json, Show::ALL, 0);
         for t in &events {
             o.transition(t, None).unwrap();
         }
         let text = o.into_inner();
-        let mut e = engine();
-        let mut got = Vec::new();
-        let st = replay(
-            &text[..],
-            &mut e,
-            |r| got.push(*r),
-            |n, err| panic!("line {n}: {err}"),
-        )
+        let mut p = path();
+        let mut got = Recs::default();
+        let st = replay(&text[..], &mut p, &mut got, |n, err| {
+            panic!("line {n}: {err}")
+        })
         .unwrap();
         assert_eq!(st.transitions, 3000);
         assert_eq!((st.skipped, st.other_lines), (0, 0));
-        assert_eq!(got, want);
-        assert_eq!(e.stats(), direct.stats());
+        assert_eq!(got.0, want);
+        assert_eq!(p.engine().stats(), direct.engine().stats());
     }
 
     #[test]
@@ -486,9 +524,12 @@ mod tests {
     fn invalid_utf8_is_a_line_error() {
         let mut input = line(1, 1, "CLOSE", "SYN_SENT", "").into_bytes();
         input.extend_from_slice(b"\n{\"type\":\"transition\",\"sk\":\"\xff\"}\n");
-        let mut e = engine();
+        let mut p = path();
         let mut errs = Vec::new();
-        let st = replay(&input[..], &mut e, |_| {}, |n, _| errs.push(n)).unwrap();
+        let st = replay(&input[..], &mut p, &mut Recs::default(), |n, _| {
+            errs.push(n)
+        })
+        .unwrap();
         assert_eq!((st.transitions, st.skipped), (1, 1));
         assert_eq!(errs, [2]);
     }
@@ -497,16 +538,16 @@ mod tests {
         #[test]
         fn arbitrary_text_never_panics(s in ".{0,400}") {
             let _ = parse_transition_line(&s);
-            let mut e = engine();
-            let st = replay(s.as_bytes(), &mut e, |_| {}, |_, _| {}).unwrap();
+            let mut p = path();
+            let st = replay(s.as_bytes(), &mut p, &mut Recs::default(), |_, _| {}).unwrap();
             prop_assert_eq!(st.lines, st.transitions + st.other_lines + st.skipped);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = parse_line(&b);
-            let mut e = engine();
-            let st = replay(&b[..], &mut e, |_| {}, |_, _| {}).unwrap();
+            let mut p = path();
+            let st = replay(&b[..], &mut p, &mut Recs::default(), |_, _| {}).unwrap();
             prop_assert_eq!(st.lines, st.transitions + st.other_lines + st.skipped);
         }
 
@@ -519,8 +560,8 @@ mod tests {
         ) {
             let l = line(ts, sk, &old, "CLOSE", "");
             let l = &l[..cut.min(l.len())];
-            let mut e = engine();
-            let _ = replay(l.as_bytes(), &mut e, |_| {}, |_, _| {}).unwrap();
+            let mut p = path();
+            let _ = replay(l.as_bytes(), &mut p, &mut Recs::default(), |_, _| {}).unwrap();
         }
 
         #[test]

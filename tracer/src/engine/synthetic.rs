@@ -163,6 +163,8 @@ impl Iterator for SyntheticStream {
             new,
             dwell_ns,
             dwell_table_full: false,
+            netns: 0,
+            sk_err: 0,
             task_pid: 4242,
             task_tid: 4242,
             task_comm: Comm(*b"synthetic\0\0\0\0\0\0\0"),

@@ -103,6 +103,8 @@ pub(crate) struct Entry {
     pub next: u32,
     /// Ticket of this entry's current CLOSE_WAIT heap item.
     pub cw_ticket: u32,
+    /// Network namespace inode (0: unknown).
+    pub netns: u32,
     pub sport: u16,
     pub dport: u16,
     pub state: TcpState,
@@ -125,6 +127,7 @@ impl Entry {
             prev: NIL,
             next: NIL,
             cw_ticket: 0,
+            netns: 0,
             sport: 0,
             dport: 0,
             state,
@@ -141,6 +144,7 @@ impl Entry {
     /// Copies the endpoints of `t` (the 4-tuple can change during a life: an unbound client's
     /// port appears only after CLOSE→SYN_SENT).
     pub fn set_endpoints(&mut self, t: &Transition) {
+        self.netns = t.netns;
         self.family = t.family;
         self.sport = t.sport;
         self.dport = t.dport;
@@ -150,6 +154,7 @@ impl Entry {
     }
 
     pub fn set_id(&mut self, id: &SocketId) {
+        self.netns = id.netns;
         self.family = id.family;
         self.sport = id.sport;
         self.dport = id.dport;
@@ -161,6 +166,7 @@ impl Entry {
     pub fn id(&self) -> SocketId {
         SocketId {
             sk: self.sk,
+            netns: self.netns,
             family: self.family,
             saddr: load_addr(&self.saddr, self.has(flag::SADDR_V6)),
             sport: self.sport,

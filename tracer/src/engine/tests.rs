@@ -27,6 +27,8 @@ fn tr(ts: u64, sk: u64, old: TcpState, new: TcpState) -> Transition {
         new,
         dwell_ns: None,
         dwell_table_full: false,
+        netns: 0,
+        sk_err: 0,
         task_pid: 1,
         task_tid: 1,
         task_comm: Comm::new("test"),
@@ -359,6 +361,7 @@ fn seeded_close_wait_with_estimate_leaks_as_estimate() {
     h.tick(100 * S);
     let id = SocketId {
         sk: 120,
+        netns: 0,
         family: Family::V6,
         saddr: "::ffff:127.0.0.1".parse().unwrap(),
         sport: 8080,
@@ -411,6 +414,7 @@ fn seeded_close_wait_without_estimate_before_any_clock() {
     let mut h = H::new();
     let id = SocketId {
         sk: 130,
+        netns: 0,
         family: Family::V4,
         saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         sport: 1,
@@ -440,6 +444,7 @@ fn seeded_listener_then_its_birth_event_is_adopted() {
     h.tick(100 * S);
     let id = SocketId {
         sk: 140,
+        netns: 0,
         family: Family::V4,
         saddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         sport: 80,
@@ -491,6 +496,7 @@ fn seed_keyed_by_cookie_is_rekeyed_at_its_first_event() {
     let cookie = 0x1234;
     let id = SocketId {
         sk: cookie,
+        netns: 0,
         family: Family::V4,
         saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
         sport: 8080,
@@ -880,6 +886,7 @@ proptest! {
                 Op::Seed(sk, st, since) => {
                     let id = SocketId {
                         sk: u64::from(sk),
+                        netns: 0,
                         family: Family::V4,
                         saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
                         sport: 1,

@@ -1,0 +1,698 @@
+//! The per-event path, in one place: raw ring-buffer record → [`Transition`] → owners (context,
+//! listener, startup baseline) → [`Engine`] → [`Record`]s → owner confirmation, container
+//! identity and the `--pid` filter → a [`Sink`].
+//!
+//! Every front-end drives this and only this: the streaming tracer and the daemon (app.rs),
+//! `tracer top`, and replay. A front-end is its loop (where events and clock ticks come from)
+//! and its sink (where transitions and records go); it never re-implements a step of the path.
+//!
+//! Network namespaces: the kernel reports each socket's namespace (inode number; 0 when
+//! unknown, then taken as the tracer's own). Everything that names a socket by address is
+//! keyed by namespace too: listener owners by (netns, port), baseline sockets by (netns,
+//! 4-tuple), and sock_diag questions go to a socket made inside that namespace
+//! ([`Namespaces`]). A leak's owner is confirmed only through its own namespace; when that
+//! namespace cannot be reached the owner stays what the trace showed, never another
+//! namespace's answer.
+//!
+//! Cost per event: one decode, a few hash lookups (listener and baseline maps only on the
+//! transitions that use them), the engine's O(1) step, and nothing else unless a record is
+//! produced. No allocation: records go through a reused vector.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::attribution::{self, Attributor, AttributorConfig, ProcFs};
+use crate::container::Containers;
+use crate::engine::{Engine, EngineConfig, Seed, Summary};
+use crate::event::{self, TcpState, Transition};
+use crate::metrics::{HistogramSnapshot, MetricsSnapshot, OwnerCloseWait};
+use crate::netns::{Namespaces, NetnsStats};
+use crate::output::{Output, RecordContext};
+use crate::record::{CloseKind, CloseRecord, LeakRecord, Owner, OwnerSource, Record, SocketId};
+use crate::sockdiag::{DiagSocket, FourTuple, SockDiagError, StateMask};
+
+/// Where a front-end sends what the path produces. Called only for what passes the `--pid`
+/// filter.
+pub trait Sink {
+    /// A transition, with the socket's owner when known.
+    fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()>;
+    /// A socket reached CLOSE.
+    fn close(&mut self, c: &CloseRecord, cx: &RecordContext) -> io::Result<()>;
+    /// A socket's CLOSE_WAIT age crossed the threshold.
+    fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()>;
+}
+
+impl<W: io::Write> Sink for Output<W> {
+    fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()> {
+        Output::transition(self, t, owner)
+    }
+
+    fn close(&mut self, c: &CloseRecord, cx: &RecordContext) -> io::Result<()> {
+        Output::close(self, c, cx)
+    }
+
+    fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()> {
+        Output::leak(self, l, cx)
+    }
+}
+
+/// Counts kept by the path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathCounts {
+    /// Records decoded (or transitions fed).
+    pub events: u64,
+    /// Records that could not be decoded (should stay 0; counted, never silent).
+    pub undecodable: u64,
+    /// Transitions per (from, to), by [`TcpState::index`].
+    pub transitions: [[u64; 12]; 12],
+}
+
+/// What the startup baseline found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BaselineReport {
+    /// Sockets seeded into the engine.
+    pub seeded: usize,
+    /// Network namespaces dumped (the tracer's own included).
+    pub namespaces: usize,
+    /// Namespaces that could not be entered or dumped (counted, never silent).
+    pub namespaces_failed: usize,
+    /// With `--pid`: the (netns, local port) pairs of that process's sockets, for the
+    /// in-kernel filter.
+    pub pid_ports: Vec<(u32, u16)>,
+    /// Wall time the baseline took.
+    pub elapsed: Duration,
+}
+
+/// Configuration of a [`Pipeline`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineConfig {
+    pub engine: EngineConfig,
+    /// `--pid`: only this process's sockets reach the sink.
+    pub pid: Option<u32>,
+}
+
+/// Who owns what, as the trace and the baseline show it.
+#[derive(Default)]
+struct Owners {
+    /// (netns, local port) → owner of the listener(s) on it.
+    listeners: HashMap<(u32, u16), Owner>,
+    /// Baseline sockets by (netns, 4-tuple) → the stand-in key the engine knows them by until
+    /// their first traced event names their kernel address.
+    baseline: HashMap<(u32, FourTuple), u64>,
+}
+
+impl Owners {
+    /// The owner a transition reveals by running in the owner's own context, or by being a
+    /// child of a listener whose owner is known.
+    fn revealed_by(&self, t: &Transition, netns: u32) -> Option<Owner> {
+        use TcpState::*;
+        let context = matches!(
+            (t.old, t.new),
+            (Close, SynSent) | (Close, Listen) | (Established, FinWait1) | (CloseWait, LastAck)
+        );
+        if context && t.task_pid != 0 {
+            return Some(Owner {
+                pid: t.task_pid,
+                comm: t.task_comm,
+                source: OwnerSource::Context,
+            });
+        }
+        if (t.old, t.new) == (Listen, SynRecv) {
+            return self.listeners.get(&(netns, t.sport)).map(|o| Owner {
+                source: if o.source == OwnerSource::Shared {
+                    OwnerSource::Shared
+                } else {
+                    OwnerSource::Listener
+                },
+                ..*o
+            });
+        }
+        None
+    }
+
+    fn track_listener(&mut self, t: &Transition, netns: u32, owner: Option<Owner>) {
+        match (t.old, t.new) {
+            (TcpState::Close, TcpState::Listen) => {
+                if let Some(o) = owner {
+                    self.listeners.insert((netns, t.sport), o);
+                }
+            }
+            (TcpState::Listen, TcpState::Close) => {
+                self.listeners.remove(&(netns, t.sport));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What only a live path has: the host's /proc and sock_diag.
+struct Live {
+    attributor: Attributor,
+    namespaces: Namespaces,
+    containers: Containers,
+    proc: ProcFs,
+}
+
+/// Stand-in keys for baseline sockets: below 2^63, so never a kernel address (those are in the
+/// upper half), and unique across namespaces (sock_diag cookies are per namespace on older
+/// kernels).
+const STAND_IN_BASE: u64 = 0x7000_0000_0000_0000;
+
+/// The per-event path. See the module documentation.
+pub struct Pipeline {
+    engine: Engine,
+    owners: Owners,
+    live: Option<Live>,
+    pid: Option<u32>,
+    records: Vec<Record>,
+    counts: PathCounts,
+    own_netns: u32,
+    next_stand_in: u64,
+}
+
+impl Pipeline {
+    /// A path without /proc or sock_diag (replay, benchmarks): owners come from the trace and
+    /// from hints only; records carry no container.
+    pub fn offline(cfg: PipelineConfig) -> Self {
+        Pipeline {
+            engine: Engine::new(cfg.engine),
+            owners: Owners::default(),
+            live: None,
+            pid: cfg.pid,
+            records: Vec::with_capacity(256),
+            counts: PathCounts::default(),
+            own_netns: 0,
+            next_stand_in: STAND_IN_BASE,
+        }
+    }
+
+    /// A path on the live host: owners are confirmed through sock_diag (in each socket's own
+    /// namespace) and /proc, and records name the owner's cgroup and container.
+    pub fn live(cfg: PipelineConfig) -> Result<Self, SockDiagError> {
+        let namespaces = Namespaces::open()?;
+        let own_netns = namespaces.own();
+        let proc = ProcFs::default();
+        Ok(Pipeline {
+            live: Some(Live {
+                attributor: Attributor::new(AttributorConfig::default()),
+                namespaces,
+                containers: Containers::new(proc.clone(), Duration::from_secs(2), 65_536),
+                proc,
+            }),
+            own_netns,
+            ..Self::offline(cfg)
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn counts(&self) -> &PathCounts {
+        &self.counts
+    }
+
+    /// The tracer's own network namespace (0 offline).
+    pub fn own_netns(&self) -> u32 {
+        self.own_netns
+    }
+
+    /// Namespace bookkeeping counters (live only).
+    pub fn netns_stats(&self) -> Option<NetnsStats> {
+        self.live.as_ref().map(|l| l.namespaces.stats())
+    }
+
+    /// The namespace a socket's 4-tuple lives in: unknown (0) is the tracer's own.
+    fn ns(&self, netns: u32) -> u32 {
+        if netns == 0 { self.own_netns } else { netns }
+    }
+
+    /// One raw ring-buffer record. A record that cannot be decoded is counted and logged.
+    pub fn on_bytes(&mut self, bytes: &[u8], sink: &mut impl Sink) -> io::Result<()> {
+        match event::decode(bytes) {
+            Ok(t) => self.on_transition(&t, None, sink),
+            Err(e) => {
+                self.counts.undecodable += 1;
+                tracing::warn!("undecodable event: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// One transition. `hint` is an owner known from elsewhere (a replayed line names one).
+    pub fn on_transition(
+        &mut self,
+        t: &Transition,
+        hint: Option<Owner>,
+        sink: &mut impl Sink,
+    ) -> io::Result<()> {
+        self.counts.events += 1;
+        self.counts.transitions[t.old.index()][t.new.index()] += 1;
+        let netns = self.ns(t.netns);
+        // A socket of the startup baseline, seen by its kernel address for the first time.
+        // Births are new sockets: the program is attached before the baseline is read, so a
+        // baseline socket's own close is always seen before its 4-tuple can be born again.
+        if !self.owners.baseline.is_empty()
+            && !crate::engine::classify::is_birth(t.old, t.new)
+            && self.engine.state_of(t.sk).is_none()
+            && let Some(key) = self.owners.baseline.remove(&(netns, tuple_of(t)))
+        {
+            self.engine.rekey(key, t.sk);
+        }
+        let revealed = hint.or_else(|| self.owners.revealed_by(t, netns));
+        // Read before the step: a socket that reaches CLOSE leaves the engine with it.
+        let known = self.engine.owner(t.sk);
+        self.owners.track_listener(t, netns, revealed);
+        if let Some(o) = revealed {
+            self.engine.set_owner(t.sk, o);
+        }
+        self.engine.on_transition(t, &mut self.records);
+        if let Some(o) = revealed {
+            // A socket born by this transition exists in the engine only now.
+            self.engine.set_owner(t.sk, o);
+        }
+        let owner = self.engine.owner(t.sk).or(known).or(revealed);
+        if self.passes(owner.as_ref()) {
+            sink.transition(t, owner.as_ref())?;
+        }
+        self.emit(sink)
+    }
+
+    /// A clock reading (kernel monotonic ns): leaks now due are emitted.
+    pub fn tick(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
+        self.engine.tick(now_ns, &mut self.records);
+        self.emit(sink)
+    }
+
+    /// When the next leak is due, if any (replay ticks at exact due times).
+    pub fn next_leak_due_ns(&self) -> Option<u64> {
+        self.engine.next_leak_due_ns()
+    }
+
+    pub fn summary(&self, now_ns: u64) -> Summary {
+        self.engine.summary(now_ns)
+    }
+
+    fn passes(&self, owner: Option<&Owner>) -> bool {
+        self.pid.is_none_or(|p| owner.is_some_and(|o| o.pid == p))
+    }
+
+    /// Seeds the engine with the TCP sockets that exist now in every network namespace that
+    /// has a process in it or a name under /run/netns (sock_diag inside each), with their
+    /// owners from one /proc scan. Call after the program is attached (a socket that changes
+    /// state in between is seen by both; the traced state wins), then [`Pipeline::tick`] to
+    /// emit leaks found. With `--pid`, only that process's sockets are seeded.
+    pub fn baseline(&mut self, now_ns: u64) -> Result<BaselineReport, SockDiagError> {
+        let started = Instant::now();
+        let Some(live) = self.live.as_mut() else {
+            return Ok(BaselineReport::default());
+        };
+        let mut report = BaselineReport::default();
+        let mut sockets: Vec<(u32, DiagSocket)> = Vec::new();
+        let mut buf = Vec::new();
+        for ns in live.namespaces.discover(started) {
+            let Some(diag) = live.namespaces.diag(ns, started) else {
+                report.namespaces_failed += 1;
+                continue;
+            };
+            buf.clear();
+            match diag.dump(StateMask::ALL) {
+                Ok(v) => buf = v,
+                Err(e) if ns == self.own_netns => return Err(e),
+                Err(e) => {
+                    tracing::warn!("network namespace {ns}: reading its TCP sockets: {e}");
+                    report.namespaces_failed += 1;
+                    continue;
+                }
+            }
+            report.namespaces += 1;
+            sockets.extend(buf.drain(..).map(|s| (ns, s)));
+        }
+        // With --pid only that process's fd table is read.
+        let index = attribution::scan_inodes(self.pid);
+        let diag_only: Vec<DiagSocket> = sockets.iter().map(|(_, s)| *s).collect();
+        let found = attribution::owners_of_baseline(&diag_only, &index);
+        drop(diag_only);
+        self.engine.tick(now_ns, &mut self.records);
+        for ((ns, s), owner) in sockets.iter().zip(found) {
+            if self.pid.is_some() && owner.map(|o| o.pid) != self.pid {
+                continue;
+            }
+            if matches!(s.state, TcpState::TimeWait | TcpState::Close) {
+                continue;
+            }
+            // The engine keys sockets by kernel address, which sock_diag does not give; a
+            // stand-in key is used until the socket's first traced event.
+            let key = self.next_stand_in;
+            self.next_stand_in += 1;
+            self.owners
+                .baseline
+                .insert((*ns, s.tuple().normalized()), key);
+            if s.state == TcpState::Listen
+                && let Some(o) = owner
+            {
+                self.owners.listeners.insert((*ns, s.sport), o);
+            }
+            if self.pid.is_some() {
+                report.pid_ports.push((*ns, s.sport));
+            }
+            let since = s
+                .close_wait_since_estimate_ms()
+                .map(|ms| now_ns.saturating_sub(u64::from(ms) * 1_000_000));
+            self.engine.seed(
+                &Seed {
+                    id: SocketId {
+                        sk: key,
+                        netns: *ns,
+                        family: s.family,
+                        saddr: s.saddr,
+                        sport: s.sport,
+                        daddr: s.daddr,
+                        dport: s.dport,
+                    },
+                    state: s.state,
+                    owner,
+                    state_since_ns: since,
+                },
+                &mut self.records,
+            );
+            report.seeded += 1;
+        }
+        if let Some(live) = self.live.as_mut() {
+            live.attributor.adopt_index(index, Instant::now());
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Sends the records the engine produced to the sink: leak owners confirmed first (so
+    /// per-owner counts see every confirmed holder), then each record with its context.
+    fn emit(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        // Taken out (capacity kept) so the loops can use the rest of `self`.
+        let mut records = std::mem::take(&mut self.records);
+        for rec in records.iter_mut() {
+            if let Record::Leak(l) = rec
+                && let Some(o) = self.confirm_owner(l, now)
+            {
+                l.owner = Some(o);
+                self.engine.set_owner(l.id.sk, o);
+            }
+        }
+        let mut held: Option<HashMap<u32, u64>> = None;
+        let clock = self.engine.clock_ns();
+        let mut result = Ok(());
+        for rec in records.drain(..) {
+            if result.is_err() {
+                continue;
+            }
+            result = match rec {
+                Record::Close(c) => {
+                    if !self.passes(c.owner.as_ref()) {
+                        continue;
+                    }
+                    let cx = RecordContext {
+                        cgroup: self.cgroup(c.owner.as_ref(), now, false),
+                        ..RecordContext::default()
+                    };
+                    sink.close(&c, &cx)
+                }
+                Record::Leak(l) => {
+                    if !self.passes(l.owner.as_ref()) {
+                        continue;
+                    }
+                    let counts = held.get_or_insert_with(|| held_by_pid(&self.engine, clock));
+                    let cx = RecordContext {
+                        cmdline: self
+                            .live
+                            .as_ref()
+                            .zip(l.owner)
+                            .and_then(|(live, o)| live.proc.cmdline(o.pid)),
+                        close_wait_held: l.owner.and_then(|o| counts.get(&o.pid).copied()),
+                        cgroup: self.cgroup(l.owner.as_ref(), now, true),
+                    };
+                    sink.leak(&l, &cx)
+                }
+            };
+        }
+        self.records = records;
+        result
+    }
+
+    /// The owner's cgroup: read afresh for a leak, from the short-lived cache otherwise.
+    fn cgroup(
+        &mut self,
+        owner: Option<&Owner>,
+        now: Instant,
+        fresh: bool,
+    ) -> Option<crate::container::Cgroup> {
+        let (live, o) = self.live.as_mut().zip(owner)?;
+        if fresh {
+            live.containers.fresh(o.pid, now)
+        } else {
+            live.containers.get(o.pid, now)
+        }
+    }
+
+    /// The owner a leak names must be the process holding the socket now: confirmed through
+    /// the socket's inode, looked up in the socket's own namespace (fds can be passed,
+    /// listeners shared, children forked; 4-tuples repeat across namespaces).
+    fn confirm_owner(&mut self, l: &LeakRecord, now: Instant) -> Option<Owner> {
+        if l.owner.is_some_and(|o| o.source == OwnerSource::Inode) {
+            return l.owner;
+        }
+        let netns = self.ns(l.id.netns);
+        let live = self.live.as_mut()?;
+        let diag = live.namespaces.diag(netns, now)?;
+        live.attributor.resolve(diag, &l.id, now)
+    }
+
+    /// The metrics view, taken at scrape time. Kernel and reader counters are the caller's.
+    pub fn metrics(&mut self, now_ns: u64) -> MetricsSnapshot {
+        let now = Instant::now();
+        let threshold_ns = self.engine.config().close_wait_threshold_ns;
+        let owners = self.engine.close_wait_by_owner(now_ns);
+        let close_wait = owners
+            .into_iter()
+            .map(|o| {
+                let container = match (self.live.as_mut(), o.owner) {
+                    (Some(live), Some(k)) => {
+                        live.containers.get(k.pid, now).and_then(|c| c.container_id)
+                    }
+                    _ => None,
+                };
+                OwnerCloseWait {
+                    pid: o.owner.map(|k| k.pid),
+                    comm: o.owner.map(|k| k.comm),
+                    container,
+                    sockets: o.close_wait,
+                    leaking: o.leaking,
+                }
+            })
+            .collect();
+        let e = &self.engine;
+        let mut sockets = e.sockets_per_state();
+        // The tracepoint never shows TIME_WAIT (a separate timewait socket runs it); the kernel
+        // counts those sockets in /proc/net/sockstat.
+        if self.live.is_some()
+            && let Some(tw) = time_wait_count()
+        {
+            sockets[TcpState::TimeWait.index()] = tw;
+        }
+        MetricsSnapshot {
+            transitions: self.counts.transitions,
+            dwell: TcpState::ALL
+                .into_iter()
+                .map(|st| {
+                    let h = e.dwell_histogram(st);
+                    (
+                        st,
+                        HistogramSnapshot {
+                            buckets: h.buckets().filter(|(le, _)| le.is_finite()).collect(),
+                            count: h.count(),
+                            sum_seconds: h.sum_seconds(),
+                        },
+                    )
+                })
+                .collect(),
+            closes: CloseKind::ALL
+                .into_iter()
+                .map(|k| (k, e.stats().closes_of(k)))
+                .collect(),
+            sockets,
+            close_wait,
+            close_wait_oldest_seconds: e.oldest_close_wait_ns(now_ns).map(|ns| ns as f64 / 1e9),
+            leak_threshold_seconds: Some(threshold_ns as f64 / 1e9),
+            leaks_detected_total: e.stats().leaks,
+            events_total: self.counts.events,
+            events_malformed_total: self.counts.undecodable,
+            tracked_sockets: e.tracked() as u64,
+            evictions_total: e.stats().evicted + e.stats().evicted_leaking,
+            ..MetricsSnapshot::default()
+        }
+    }
+}
+
+/// CLOSE_WAIT sockets per owning pid now.
+fn held_by_pid(engine: &Engine, now_ns: u64) -> HashMap<u32, u64> {
+    engine
+        .close_wait_by_owner(now_ns)
+        .into_iter()
+        .filter_map(|o| Some((o.owner?.pid, o.close_wait)))
+        .fold(HashMap::new(), |mut m, (p, n)| {
+            *m.entry(p).or_insert(0) += n;
+            m
+        })
+}
+
+fn tuple_of(t: &Transition) -> FourTuple {
+    FourTuple {
+        family: t.family,
+        saddr: t.saddr,
+        sport: t.sport,
+        daddr: t.daddr,
+        dport: t.dport,
+    }
+    .normalized()
+}
+
+/// TIME_WAIT sockets of the host, from /proc/net/sockstat (`TCP: … tw N`).
+fn time_wait_count() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "tw" {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Comm, Family};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[derive(Default)]
+    struct Collect {
+        transitions: Vec<(Transition, Option<Owner>)>,
+        closes: Vec<CloseRecord>,
+        leaks: Vec<LeakRecord>,
+    }
+
+    impl Sink for Collect {
+        fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()> {
+            self.transitions.push((*t, owner.copied()));
+            Ok(())
+        }
+        fn close(&mut self, c: &CloseRecord, _: &RecordContext) -> io::Result<()> {
+            self.closes.push(*c);
+            Ok(())
+        }
+        fn leak(&mut self, l: &LeakRecord, _: &RecordContext) -> io::Result<()> {
+            self.leaks.push(*l);
+            Ok(())
+        }
+    }
+
+    fn tr(ts: u64, sk: u64, netns: u32, old: TcpState, new: TcpState, pid: u32) -> Transition {
+        Transition {
+            ts_ns: ts,
+            sk,
+            family: Family::V4,
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: 8080,
+            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dport: 40000,
+            old,
+            new,
+            dwell_ns: None,
+            dwell_table_full: false,
+            netns,
+            sk_err: 0,
+            task_pid: pid,
+            task_tid: pid,
+            task_comm: Comm::new(&format!("p{pid}")),
+        }
+    }
+
+    /// Two listeners on the same port in two namespaces: each child takes its own
+    /// namespace's listener owner.
+    #[test]
+    fn listener_owners_are_per_namespace() {
+        use TcpState::*;
+        let mut p = Pipeline::offline(PipelineConfig::default());
+        let mut s = Collect::default();
+        p.on_transition(&tr(1, 0xa, 100, Close, Listen, 11), None, &mut s)
+            .unwrap();
+        p.on_transition(&tr(2, 0xb, 200, Close, Listen, 22), None, &mut s)
+            .unwrap();
+        p.on_transition(&tr(3, 0xc, 200, Listen, SynRecv, 0), None, &mut s)
+            .unwrap();
+        p.on_transition(&tr(4, 0xd, 100, Listen, SynRecv, 0), None, &mut s)
+            .unwrap();
+        assert_eq!(p.engine().owner(0xc).unwrap().pid, 22);
+        assert_eq!(p.engine().owner(0xd).unwrap().pid, 11);
+        assert_eq!(p.engine().owner(0xd).unwrap().source, OwnerSource::Listener);
+        // The first listener closes: the other namespace's listener keeps its owner.
+        p.on_transition(&tr(5, 0xa, 100, Listen, Close, 11), None, &mut s)
+            .unwrap();
+        p.on_transition(&tr(6, 0xe, 200, Listen, SynRecv, 0), None, &mut s)
+            .unwrap();
+        p.on_transition(&tr(7, 0xf, 100, Listen, SynRecv, 0), None, &mut s)
+            .unwrap();
+        assert_eq!(p.engine().owner(0xe).unwrap().pid, 22);
+        assert_eq!(p.engine().owner(0xf), None);
+        assert_eq!(p.counts().events, 7);
+    }
+
+    #[test]
+    fn pid_filter_passes_only_its_owner() {
+        use TcpState::*;
+        let mut p = Pipeline::offline(PipelineConfig {
+            pid: Some(11),
+            ..PipelineConfig::default()
+        });
+        let mut s = Collect::default();
+        p.on_transition(&tr(1, 0xa, 1, Close, SynSent, 11), None, &mut s)
+            .unwrap();
+        p.on_transition(&tr(2, 0xb, 1, Close, SynSent, 22), None, &mut s)
+            .unwrap();
+        p.on_transition(&tr(3, 0xa, 1, SynSent, Close, 0), None, &mut s)
+            .unwrap();
+        p.on_transition(&tr(4, 0xb, 1, SynSent, Close, 0), None, &mut s)
+            .unwrap();
+        assert_eq!(s.transitions.len(), 2);
+        assert!(s.transitions.iter().all(|(_, o)| o.unwrap().pid == 11));
+        assert_eq!(s.closes.len(), 1);
+        assert_eq!(s.closes[0].id.sk, 0xa);
+        assert_eq!(s.closes[0].id.netns, 1);
+    }
+
+    #[test]
+    fn hints_name_owners_and_undecodable_bytes_are_counted() {
+        use TcpState::*;
+        let mut p = Pipeline::offline(PipelineConfig::default());
+        let mut s = Collect::default();
+        let hint = Owner {
+            pid: 77,
+            comm: Comm::new("hinted"),
+            source: OwnerSource::Inode,
+        };
+        p.on_transition(
+            &tr(1, 0xa, 1, Established, CloseWait, 0),
+            Some(hint),
+            &mut s,
+        )
+        .unwrap();
+        assert_eq!(p.engine().owner(0xa), Some(hint));
+        p.on_bytes(&[1, 2, 3], &mut s).unwrap();
+        assert_eq!(p.counts().undecodable, 1);
+    }
+}
