@@ -333,3 +333,39 @@ fn text_leak_line_names_container_and_namespace() {
     drop(t);
     drop(f);
 }
+
+/// The startup baseline reads every namespace: 20 namespaces holding 500 sockets each (250
+/// connections to their own listener, both ends held) are all seeded, and the summary says how
+/// many namespaces were read and how long it took.
+#[test]
+fn baseline_reads_twenty_namespaces() {
+    const NAMESPACES: usize = 20;
+    const CONNECTIONS: usize = 250;
+    let mut fixtures: Vec<Fixture> = (0..NAMESPACES)
+        .map(|i| Fixture::spawn_in_new_netns(&["serve", &format!("bl-ns{i:02}")]))
+        .collect();
+    for f in &mut fixtures {
+        let cmd = format!("connect {} {CONNECTIONS}", f.port);
+        f.send(&cmd);
+    }
+    for f in &mut fixtures {
+        f.expect("connected ", Duration::from_secs(30));
+        f.send(&format!("wait {CONNECTIONS}"));
+        f.expect(&format!("have {CONNECTIONS}"), Duration::from_secs(30));
+    }
+    let t = Traced::start(&["--json", "--show", "none"]);
+    let (code, values, stderr) = t.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let summary = of_type(&values, "summary").next().expect("summary");
+    let b = &summary["baseline"];
+    let sockets = b["sockets"].as_u64().unwrap_or(0);
+    let namespaces = b["namespaces"].as_u64().unwrap_or(0);
+    let want = (NAMESPACES * (2 * CONNECTIONS + 1)) as u64;
+    assert!(sockets >= want, "seeded {sockets} < {want}: {summary}");
+    assert!(namespaces > NAMESPACES as u64, "{summary}");
+    assert_eq!(b["namespaces_failed"], 0, "{summary}");
+    eprintln!(
+        "baseline: {sockets} sockets in {namespaces} namespaces in {} µs",
+        b["took_us"]
+    );
+}
