@@ -77,7 +77,8 @@ pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
 
     let mut ui = UiState::default();
     let mut view = View::default();
-    let mut note: Option<String> = None;
+    // `--pid`'s process exited (top keeps showing what is left).
+    let mut exited = false;
     let mut drain_timer = tokio::time::interval(cfg.drain_interval);
     drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut redraw_timer = tokio::time::interval(cfg.refresh);
@@ -88,7 +89,7 @@ pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
     let panic_at_first_redraw = std::env::var_os("TRACER_TOP_TEST_PANIC").is_some();
 
     let result: anyhow::Result<()> = async {
-        screen.draw(&path, &view, &ui, &cfg, note.as_deref())?;
+        screen.draw(&path, &view, &ui, &cfg, exited)?;
         loop {
             tokio::select! {
                 woken = kernel.wakeup() => {
@@ -98,10 +99,9 @@ pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
                 _ = drain_timer.tick() => {
                     kernel.timer_drain(&mut path, &mut sink)?;
                     if let Some(pid) = cfg.pid
-                        && note.is_none()
-                        && !crate::attribution::process_alive(pid)
+                        && !exited
                     {
-                        note = Some(format!("process {pid} exited"));
+                        exited = !crate::attribution::process_alive(pid);
                     }
                 }
                 _ = redraw_timer.tick() => {
@@ -111,10 +111,7 @@ pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
                     let now = kernel.tick(&mut path, &mut sink)?;
                     let snap = snapshot(&mut path, &kernel, now);
                     view = model.update(&snap, &mut sink, |pid| path.container_id(pid));
-                    if note.is_none() || crate::logs::latest().is_some() {
-                        note = note.filter(|n| n.starts_with("process ")).or_else(crate::logs::latest);
-                    }
-                    screen.draw(&path, &view, &ui, &cfg, note.as_deref())?;
+                    screen.draw(&path, &view, &ui, &cfg, exited)?;
                 }
                 key = keys.recv() => {
                     let event = match key {
@@ -129,7 +126,7 @@ pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
                     };
                     match action {
                         Action::Quit => break,
-                        Action::Redraw => screen.draw(&path, &view, &ui, &cfg, note.as_deref())?,
+                        Action::Redraw => screen.draw(&path, &view, &ui, &cfg, exited)?,
                         Action::None => {}
                     }
                 }
@@ -281,19 +278,24 @@ impl Screen {
         view: &View,
         ui: &UiState,
         cfg: &TopConfig,
-        note: Option<&str>,
+        exited: bool,
     ) -> anyhow::Result<()> {
         let sockets = match ui.mode {
             Mode::Sockets { owner } => Some(sockets_of(path, view, owner)),
             _ => None,
         };
         let clock = wall_clock();
+        // The latest log line held while the screen is up; all of them are printed at exit.
+        let note = match cfg.pid {
+            Some(pid) if exited => Some(format!("process {pid} exited")),
+            _ => crate::logs::latest(),
+        };
         let status = Status {
             clock: &clock,
             refresh: cfg.refresh,
             threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
             pid: cfg.pid,
-            note,
+            note: note.as_deref(),
         };
         self.terminal
             .draw(|f| ui::draw(f, view, ui, sockets.as_ref(), &status))

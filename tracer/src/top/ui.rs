@@ -12,7 +12,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Paragraph, Row as TRow, Table, TableState};
+use ratatui::widgets::{Block, Borders, Paragraph, Row as TRow, Table, TableState, Wrap};
 
 use super::model::{Column, DWELL_WINDOW, OwnerId, Row, SPARK_LEN, View};
 use super::state::{Mode, UiState};
@@ -61,7 +61,7 @@ pub fn draw(
             "terminal too small ({}x{}): tracer top needs {MIN_WIDTH}x{MIN_HEIGHT}",
             area.width, area.height
         );
-        f.render_widget(Paragraph::new(msg), area);
+        f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), area);
         return;
     }
     let host_h = if area.height >= 10 { 2 } else { 0 };
