@@ -16,9 +16,9 @@ use crate::bpf::{KernelCounters, ProgramStats};
 use crate::cli::{LiveConfig, ReplayConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{self, Comm, TcpState, Transition};
+use crate::live::{Kernel, KernelOptions};
 use crate::metrics::{self, MetricsSnapshot};
 use crate::output::{self, Format, Output, RecordContext};
-use crate::live::{Kernel, KernelOptions};
 use crate::pipeline::{Pipeline, PipelineConfig, Sink};
 use crate::record::{CloseRecord, LeakRecord, Owner};
 
@@ -200,7 +200,9 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
     }
     let mut sh = lock(&shared);
-    kernel.drain(&mut sh.path, &mut sink).context("writing output")?;
+    kernel
+        .drain(&mut sh.path, &mut sink)
+        .context("writing output")?;
     let now = clock_tick(&mut sh, &mut sink, &mut kernel, &mut lost_reported)?;
     eprintln!("tracer: stopping: {reason}");
     let mut summary = sh.path.summary(now);

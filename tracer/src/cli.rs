@@ -187,7 +187,11 @@ impl TopArgs {
 }
 
 /// Checks shared by every live front-end: `--pid`, `--drain-interval`, `--ring-mib`.
-fn live_limits(pid: Option<u32>, drain_interval: Duration, ring_mib: u32) -> Result<(), UsageError> {
+fn live_limits(
+    pid: Option<u32>,
+    drain_interval: Duration,
+    ring_mib: u32,
+) -> Result<(), UsageError> {
     if pid == Some(0) {
         return Err(UsageError("--pid 0 is not a process".into()));
     }
@@ -384,11 +388,30 @@ mod tests {
         assert_eq!(c.refresh, Duration::from_secs(1));
         assert_eq!(c.close_wait_threshold, Duration::from_secs(30));
         assert!(c.baseline && c.pid.is_none());
-        let c = top(&["--pid", "7", "--close-wait-threshold", "2s", "--refresh", "250ms"]).unwrap();
-        assert_eq!((c.pid, c.close_wait_threshold), (Some(7), Duration::from_secs(2)));
-        assert!(top(&["--refresh", "10ms"]).unwrap_err().contains("--refresh"));
+        let c = top(&[
+            "--pid",
+            "7",
+            "--close-wait-threshold",
+            "2s",
+            "--refresh",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.pid, c.close_wait_threshold),
+            (Some(7), Duration::from_secs(2))
+        );
+        assert!(
+            top(&["--refresh", "10ms"])
+                .unwrap_err()
+                .contains("--refresh")
+        );
         assert!(top(&["--pid", "0"]).unwrap_err().contains("--pid 0"));
-        assert!(top(&["--ring-mib", "3"]).unwrap_err().contains("power of two"));
+        assert!(
+            top(&["--ring-mib", "3"])
+                .unwrap_err()
+                .contains("power of two")
+        );
         // Stream-only options are not top's.
         assert!(top(&["--json"]).is_err());
     }

@@ -93,9 +93,8 @@ impl Kernel {
         let ring = tracer.take_ring()?;
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
         // (which owns the RingBuf) is dropped.
-        let ring =
-            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {e}"))?;
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {e}"))?;
         Ok(Kernel {
             tracer,
             ring,

@@ -131,7 +131,7 @@ mod tests {
         hold();
         for i in 0..HELD_MAX + 3 {
             let mut w = LogWriter.make_writer();
-            write!(w, "\u{1b}[33mWARN\u{1b}[0m line {i}\n").unwrap();
+            writeln!(w, "\u{1b}[33mWARN\u{1b}[0m line {i}").unwrap();
         }
         assert_eq!(
             latest().as_deref(),

@@ -105,7 +105,11 @@ impl Tmux {
 
     /// The terminal is as the shell left it: main screen, cursor shown.
     fn assert_restored(&self) {
-        assert_eq!(self.display("#{alternate_on}"), "0", "still on the alternate screen");
+        assert_eq!(
+            self.display("#{alternate_on}"),
+            "0",
+            "still on the alternate screen"
+        );
         assert_eq!(self.display("#{cursor_flag}"), "1", "cursor still hidden");
     }
 
@@ -201,7 +205,10 @@ fn top_shows_the_leaking_server_sorts_filters_and_quits_cleanly() {
     });
     // Sorted by CLOSE_WAIT, most first: A above B.
     assert!(s.contains("CLOSE_WAIT▼"), "{s}");
-    assert!(line_of(&s, a.pid, &name_a) < line_of(&s, b.pid, &name_b), "{s}");
+    assert!(
+        line_of(&s, a.pid, &name_a) < line_of(&s, b.pid, &name_b),
+        "{s}"
+    );
 
     // `<` twice: sorted by COMM, ascending — B ("ta…") above A ("tz…").
     tmux.type_text("<");
@@ -250,7 +257,10 @@ fn top_shows_the_leaking_server_sorts_filters_and_quits_cleanly() {
     );
     for l in s.lines().filter(|l| l.starts_with(&local)) {
         let cols: Vec<&str> = l.split_whitespace().collect();
-        assert!(cols[1].starts_with("127.0.0.1:"), "remote endpoint in {l:?}");
+        assert!(
+            cols[1].starts_with("127.0.0.1:"),
+            "remote endpoint in {l:?}"
+        );
         assert!(cols[2].ends_with('s'), "an age in {l:?}");
     }
 
@@ -269,7 +279,9 @@ fn top_shows_the_leaking_server_sorts_filters_and_quits_cleanly() {
 
     // q: exit status 0, the terminal as it was, and a shell that still reads lines.
     tmux.type_text("q");
-    tmux.wait("top's exit", |s| s.contains("exit-q=") && s.contains("tty-q-restored"));
+    tmux.wait("top's exit", |s| {
+        s.contains("exit-q=") && s.contains("tty-q-restored")
+    });
     let s = tmux.screen();
     assert!(s.contains("exit-q=0"), "{s}");
     tmux.assert_restored();

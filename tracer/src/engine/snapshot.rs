@@ -102,7 +102,12 @@ mod tests {
             close_wait_threshold_ns: 30 * S,
         });
         let mut out: Vec<Record> = Vec::new();
-        for (sk, at, pid) in [(1u64, S, 10u32), (2, 2 * S, 20), (3, 3 * S, 10), (4, 4 * S, 10)] {
+        for (sk, at, pid) in [
+            (1u64, S, 10u32),
+            (2, 2 * S, 20),
+            (3, 3 * S, 10),
+            (4, 4 * S, 10),
+        ] {
             e.on_transition(&tr(at - S / 2, sk, Listen, SynRecv), &mut out);
             e.set_owner(sk, owner(pid));
             e.on_transition(&tr(at - S / 4, sk, SynRecv, Established), &mut out);
@@ -112,7 +117,10 @@ mod tests {
         e.on_transition(&tr(5 * S, 4, CloseWait, LastAck), &mut out);
         e.tick(32 * S, &mut out);
         let mine = e.close_wait_sockets(32 * S, |o| o.is_some_and(|o| o.pid == 10));
-        let got: Vec<_> = mine.iter().map(|s| (s.id.sk, s.age_ns, s.leaking)).collect();
+        let got: Vec<_> = mine
+            .iter()
+            .map(|s| (s.id.sk, s.age_ns, s.leaking))
+            .collect();
         assert_eq!(got, vec![(1, 31 * S, true), (3, 29 * S, false)]);
         assert_eq!(mine[0].id.sport, 8001);
         assert_eq!(mine[0].owner.map(|o| o.pid), Some(10));

@@ -161,9 +161,7 @@ pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn signal(
-    kind: tokio::signal::unix::SignalKind,
-) -> anyhow::Result<tokio::signal::unix::Signal> {
+fn signal(kind: tokio::signal::unix::SignalKind) -> anyhow::Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(kind).context("installing a signal handler")
 }
 

@@ -445,7 +445,10 @@ pub fn sort_rows(rows: &mut [&Row], by: Column, descending: bool) {
     use std::cmp::Ordering;
     let key = |a: &Row, b: &Row| -> Ordering {
         match by {
-            Column::Pid => a.owner.unwrap_or(u32::MAX).cmp(&b.owner.unwrap_or(u32::MAX)),
+            Column::Pid => a
+                .owner
+                .unwrap_or(u32::MAX)
+                .cmp(&b.owner.unwrap_or(u32::MAX)),
             Column::Comm => a.comm.0.cmp(&b.comm.0),
             Column::Container => {
                 let s = |r: &Row| r.container.map(|c| c.as_str().to_owned());
@@ -461,8 +464,11 @@ pub fn sort_rows(rows: &mut [&Row], by: Column, descending: bool) {
     rows.sort_by(|a, b| {
         let o = key(a, b);
         let o = if descending { o.reverse() } else { o };
-        o.then(b.close_wait.cmp(&a.close_wait))
-            .then(a.owner.unwrap_or(u32::MAX).cmp(&b.owner.unwrap_or(u32::MAX)))
+        o.then(b.close_wait.cmp(&a.close_wait)).then(
+            a.owner
+                .unwrap_or(u32::MAX)
+                .cmp(&b.owner.unwrap_or(u32::MAX)),
+        )
     });
 }
 
@@ -566,7 +572,7 @@ mod tests {
         Model::new(0, 0, 0, &std::array::from_fn(|_| Histogram::new()))
     }
 
-    fn row<'a>(v: &'a View, pid: u32) -> &'a Row {
+    fn row(v: &View, pid: u32) -> &Row {
         v.rows
             .iter()
             .find(|r| r.owner == Some(pid))
@@ -585,10 +591,17 @@ mod tests {
         }
         sink.close(&close(Some(srv), CloseKind::Reset, None), &cx)
             .unwrap();
-        sink.close(&close(Some(owner(20, "cli")), CloseKind::ConnectFailed, None), &cx)
+        sink.close(
+            &close(Some(owner(20, "cli")), CloseKind::ConnectFailed, None),
+            &cx,
+        )
+        .unwrap();
+        sink.close(&close(None, CloseKind::Active, None), &cx)
             .unwrap();
-        sink.close(&close(None, CloseKind::Active, None), &cx).unwrap();
-        let snap = snapshot(2 * S, vec![cw(10, "srv", 3, 1, 40), cw(30, "idle", 2, 0, 5)]);
+        let snap = snapshot(
+            2 * S,
+            vec![cw(10, "srv", 3, 1, 40), cw(30, "idle", 2, 0, 5)],
+        );
         let v = m.update(&snap, &mut sink, |pid| {
             (pid == 10).then(|| ContainerId::parse(&"ab".repeat(32)).unwrap())
         });
@@ -607,7 +620,11 @@ mod tests {
         assert_eq!(unknown.rates[0], 0.5);
 
         // The next interval: rates start again from zero.
-        let v = m.update(&snapshot(3 * S, vec![cw(10, "srv", 3, 3, 41)]), &mut sink, |_| None);
+        let v = m.update(
+            &snapshot(3 * S, vec![cw(10, "srv", 3, 3, 41)]),
+            &mut sink,
+            |_| None,
+        );
         let r = row(&v, 10);
         assert_eq!((r.rates, r.leaking), ([0.0; 5], 3));
         // Its CLOSE_WAIT dwell is kept.
@@ -624,7 +641,10 @@ mod tests {
         );
         assert_eq!(v.rows.len(), 1);
         let r = &v.rows[0];
-        assert_eq!((r.comm.as_str().as_ref(), r.close_wait, r.leaking), ("new", 5, 2));
+        assert_eq!(
+            (r.comm.as_str().as_ref(), r.close_wait, r.leaking),
+            ("new", 5, 2)
+        );
         assert_eq!(r.oldest_ns, Some(9 * S));
     }
 
@@ -649,7 +669,11 @@ mod tests {
             assert_eq!(v.unfollowed, 1);
         }
         // Owner 1 has been idle for LINGER_UPDATES redraws; owner 2 still holds a socket.
-        let v = m.update(&snapshot(t + S, vec![cw(2, "b", 1, 0, 1)]), &mut sink, |_| None);
+        let v = m.update(
+            &snapshot(t + S, vec![cw(2, "b", 1, 0, 1)]),
+            &mut sink,
+            |_| None,
+        );
         assert_eq!(v.rows.len(), 1);
         assert_eq!(v.rows[0].owner, Some(2));
         assert_eq!(sink.followed(), 1);
@@ -727,10 +751,19 @@ mod tests {
     fn sorting_by_each_kind_of_column() {
         let rs = rows();
         let by = |c: Column| pids(&visible(&rs, "", c, c.descending_first()));
-        assert_eq!(by(Column::CloseWait), vec![Some(100), None, Some(300), Some(200)]);
+        assert_eq!(
+            by(Column::CloseWait),
+            vec![Some(100), None, Some(300), Some(200)]
+        );
         assert_eq!(by(Column::Pid), vec![Some(100), Some(200), Some(300), None]);
-        assert_eq!(by(Column::Comm), vec![None, Some(100), Some(300), Some(200)]);
-        assert_eq!(by(Column::Rate(0)), vec![Some(200), Some(300), Some(100), None]);
+        assert_eq!(
+            by(Column::Comm),
+            vec![None, Some(100), Some(300), Some(200)]
+        );
+        assert_eq!(
+            by(Column::Rate(0)),
+            vec![Some(200), Some(300), Some(100), None]
+        );
         // Reversed.
         assert_eq!(
             pids(&visible(&rs, "", Column::CloseWait, false)),

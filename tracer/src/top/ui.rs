@@ -218,7 +218,10 @@ pub fn columns_for(width: u16, containers: bool) -> Vec<Column> {
         used += w;
         keep.push(c);
     }
-    Column::ALL.into_iter().filter(|c| keep.contains(c)).collect()
+    Column::ALL
+        .into_iter()
+        .filter(|c| keep.contains(c))
+        .collect()
 }
 
 fn cell(r: &Row, c: Column) -> String {
@@ -357,11 +360,13 @@ fn draw_dwell(f: &mut Frame, area: Rect, view: &View) {
     let spark_w = usize::from(area.width)
         .saturating_sub(fixed + 9)
         .min(SPARK_LEN);
-    let mut lines = vec![Line::from(format!(
-        "{:<12}{:>7} {:>8} {:>8}  {}",
-        "STATE", "COUNT", "p50", "p99", "p99 history"
-    ))
-    .bold()];
+    let mut lines = vec![
+        Line::from(format!(
+            "{:<12}{:>7} {:>8} {:>8}  {}",
+            "STATE", "COUNT", "p50", "p99", "p99 history"
+        ))
+        .bold(),
+    ];
     for d in &view.dwell {
         let mut spans = vec![Span::from(format!(
             "{:<12}{:>7} {:>8} {:>8}  ",
@@ -537,16 +542,31 @@ mod tests {
         assert!(s.contains("lost 2"), "{s}");
         assert!(s.contains("tracked 30/1000"), "{s}");
         let head = line_with(&s, "PID");
-        for t in ["COMM", "CLOSE_WAIT▼", "LEAKING", "OLDEST", "ACT/s", "REF/s", "P99 CW"] {
+        for t in [
+            "COMM",
+            "CLOSE_WAIT▼",
+            "LEAKING",
+            "OLDEST",
+            "ACT/s",
+            "REF/s",
+            "P99 CW",
+        ] {
             assert!(head.contains(t), "{t} missing in {head:?}");
         }
         assert!(!head.contains("CONTAINER"), "no container known: no column");
         let cols: Vec<&str> = line_with(&s, "leaky-srv").split_whitespace().collect();
-        assert_eq!(&cols[..6], &["4242", "leaky-srv", "7", "7", "42.00s", "1.5"], "{s}");
+        assert_eq!(
+            &cols[..6],
+            &["4242", "leaky-srv", "7", "7", "42.00s", "1.5"],
+            "{s}"
+        );
         // Sorted by CLOSE_WAIT: leaky-srv above nginx.
         assert!(s.find("leaky-srv").unwrap() < s.find("nginx").unwrap());
         let dwell = line_with(&s, "CLOSE_WAIT      ");
-        assert!(dwell.contains("3.00s") && dwell.contains("rising"), "{dwell}");
+        assert!(
+            dwell.contains("3.00s") && dwell.contains("rising"),
+            "{dwell}"
+        );
         assert!(s.contains("sort column"), "{s}");
     }
 
@@ -603,7 +623,10 @@ mod tests {
             ..UiState::default()
         };
         let s = render(100, 20, &view(), &ui, Some(&sv));
-        assert!(s.contains("CLOSE_WAIT sockets of 4242 (leaky-srv): 2, 1 leaking"), "{s}");
+        assert!(
+            s.contains("CLOSE_WAIT sockets of 4242 (leaky-srv): 2, 1 leaking"),
+            "{s}"
+        );
         let l = line_with(&s, "10.0.0.9:50001");
         assert!(l.contains("127.0.0.1:8080") && l.contains("45.00s") && l.contains("yes"));
         assert!(line_with(&s, "10.0.0.9:50002").contains("3.00s"));
