@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::attribution::{self, Attributor, AttributorConfig, ProcFs};
 use crate::container::Containers;
-use crate::engine::{Engine, EngineConfig, Seed, Summary};
+use crate::engine::{BaselineSummary, Engine, EngineConfig, Seed, Summary};
 use crate::event::{self, TcpState, Transition};
 use crate::metrics::{HistogramSnapshot, MetricsSnapshot, OwnerCloseWait};
 use crate::netns::{Namespaces, NetnsStats};
@@ -169,6 +169,7 @@ pub struct Pipeline {
     counts: PathCounts,
     own_netns: u32,
     next_stand_in: u64,
+    baseline: Option<BaselineSummary>,
 }
 
 impl Pipeline {
@@ -184,6 +185,7 @@ impl Pipeline {
             counts: PathCounts::default(),
             own_netns: 0,
             next_stand_in: STAND_IN_BASE,
+            baseline: None,
         }
     }
 
@@ -291,7 +293,10 @@ impl Pipeline {
     }
 
     pub fn summary(&self, now_ns: u64) -> Summary {
-        self.engine.summary(now_ns)
+        Summary {
+            baseline: self.baseline,
+            ..self.engine.summary(now_ns)
+        }
     }
 
     fn passes(&self, owner: Option<&Owner>) -> bool {
@@ -383,6 +388,12 @@ impl Pipeline {
             live.attributor.adopt_index(index, Instant::now());
         }
         report.elapsed = started.elapsed();
+        self.baseline = Some(BaselineSummary {
+            sockets: report.seeded as u64,
+            namespaces: report.namespaces as u64,
+            namespaces_failed: report.namespaces_failed as u64,
+            took_us: report.elapsed.as_micros() as u64,
+        });
         Ok(report)
     }
 

@@ -61,6 +61,7 @@ fn owner(pid: u32, comm: &str, sockets: u64, leaking: u64) -> OwnerCloseWait {
     OwnerCloseWait {
         pid: Some(pid),
         comm: Some(Comm::new(comm)),
+        container: None,
         sockets,
         leaking,
     }
@@ -98,6 +99,7 @@ fn rich_snapshot() -> MetricsSnapshot {
             OwnerCloseWait {
                 pid: None,
                 comm: None,
+                container: None,
                 sockets: 5,
                 leaking: 2,
             },
@@ -456,7 +458,10 @@ fn process_samples(text: &str, family: &str) -> Vec<(String, String, u64)> {
         .filter_map(|l| l.strip_prefix(&prefix))
         .map(|rest| {
             let (pid, rest) = rest.split_once("\",comm=\"").expect("comm label");
-            let (comm, value) = rest.rsplit_once("\"} ").expect("value");
+            let (labels, value) = rest.rsplit_once("\"} ").expect("value");
+            let (comm, _container) = labels
+                .rsplit_once("\",container=\"")
+                .expect("container label");
             (
                 pid.to_owned(),
                 comm.to_owned(),
@@ -475,6 +480,7 @@ fn per_process_series_are_capped() {
     close_wait.push(OwnerCloseWait {
         pid: None,
         comm: None,
+        container: None,
         sockets: 9,
         leaking: 4,
     });

@@ -212,6 +212,7 @@ fn setup(level: SetupLevel) -> Result<Tools> {
     let tools = ensure_bpf_linker()?;
     if level >= SetupLevel::Test {
         ensure_debian_tool("promtool", "prometheus")?;
+        ensure_pip_tool(&tools, "kubernetes-validate", KUBERNETES_VALIDATE)?;
         // tests/top.rs runs `tracer top` in a real terminal.
         ensure_debian_tool("tmux", "tmux")?;
     }
@@ -323,6 +324,42 @@ fn ensure_bpf_linker() -> Result<Tools> {
     )?;
     fs::write(&stamp, want).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(Tools { bin_dir })
+}
+
+/// The Kubernetes manifest validator the tests run on dist/kubernetes (PyPI).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Installs a PyPI package into a virtualenv of the tool cache (once) and links its command
+/// into `tools.bin_dir`, which `cargo` commands run by xtask have first on PATH.
+fn ensure_pip_tool(tools: &Tools, command: &str, requirement: &str) -> Result<()> {
+    let link = tools.bin_dir.join(command);
+    let venv = tools
+        .bin_dir
+        .parent()
+        .and_then(Path::parent)
+        .context("tool cache layout")?
+        .join("venv");
+    let stamp = venv.join("requirements.txt");
+    if link.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(requirement) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing {requirement} (PyPI) into {}",
+        venv.display()
+    );
+    exec(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+        .context("python3 -m venv failed (install python3 and python3-venv)")?;
+    exec(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        requirement,
+    ]))?;
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(venv.join("bin").join(command), &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    fs::write(&stamp, requirement).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
 }
 
 /// Installs a Debian package when the command it provides is missing.

@@ -73,7 +73,7 @@ use crate::record::{AgeSource, CloseKind, CloseRecord, LeakRecord, Owner, Record
 
 pub use histogram::Histogram;
 pub use snapshot::CloseWaitSocket;
-pub use summary::Summary;
+pub use summary::{BaselineSummary, Summary};
 pub use synthetic::{SyntheticStream, synthetic_stream};
 
 use classify::{classify, hands_to_time_wait, is_birth, role_of_first, role_of_state};

@@ -127,6 +127,23 @@ pub struct Summary {
     /// Input lines that could not be used (filled in by replay).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_lines: Option<u64>,
+    /// What the startup baseline read (filled in by the live path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineSummary>,
+}
+
+/// The startup baseline: sockets that existed before tracing began, read with sock_diag in
+/// every network namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BaselineSummary {
+    /// Sockets seeded into the engine.
+    pub sockets: u64,
+    /// Network namespaces read.
+    pub namespaces: u64,
+    /// Network namespaces that could not be entered or read.
+    pub namespaces_failed: u64,
+    /// How long it took (wall clock, µs).
+    pub took_us: u64,
 }
 
 impl Engine {
@@ -184,6 +201,7 @@ impl Engine {
             stale_dropped: s.stale_dropped,
             events_lost: None,
             skipped_lines: None,
+            baseline: None,
         }
     }
 }
@@ -276,6 +294,15 @@ impl Summary {
         }
         if let Some(n) = self.skipped_lines {
             extra.push(format!("skipped lines {n}"));
+        }
+        if let Some(b) = self.baseline {
+            extra.push(format!(
+                "startup baseline {} sockets in {} network namespaces ({} unreadable) in {}",
+                b.sockets,
+                b.namespaces,
+                b.namespaces_failed,
+                fmt_ns(b.took_us.saturating_mul(1_000))
+            ));
         }
         if !extra.is_empty() {
             let _ = writeln!(o, "{}", extra.join(", "));

@@ -308,7 +308,25 @@ pub struct Fixture {
 impl Fixture {
     /// Runs `leaky.py ARGS` and, for `serve`, waits for its `ready PORT PID` line.
     pub fn spawn(args: &[&str]) -> Fixture {
-        let mut child = Command::new(python())
+        Fixture::spawn_cmd(Command::new(python()), args)
+    }
+
+    /// Like [`Fixture::spawn`], in a new network namespace of its own (`unshare --net`, with
+    /// `lo` brought up). `unshare` and `sh` exec, so the fixture's pid is the interpreter's.
+    pub fn spawn_in_new_netns(args: &[&str]) -> Fixture {
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--net",
+            "sh",
+            "-c",
+            r#"ip link set lo up && exec "$0" "$@""#,
+            python(),
+        ]);
+        Fixture::spawn_cmd(cmd, args)
+    }
+
+    fn spawn_cmd(mut cmd: Command, args: &[&str]) -> Fixture {
+        let mut child = cmd
             .arg(fixture_path("leaky.py"))
             .args(args)
             .stdin(Stdio::piped())
