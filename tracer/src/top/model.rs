@@ -210,7 +210,7 @@ pub struct DwellLine {
     pub p99_ns: Option<u64>,
     /// p99 per redraw interval, oldest first (`None`: no sample in that interval).
     pub history: Vec<Option<u64>>,
-    /// p99 of this window is at least twice that of the window before.
+    /// p99 of this window is at least [`TREND_FACTOR`] times that of the window before.
     pub rising: bool,
 }
 
@@ -352,18 +352,36 @@ impl Model {
                 let i = st.index();
                 let w = now[i].since(&start[i]);
                 let p99 = w.quantile(0.99);
-                let prev_p99 = before.and_then(|b| start[i].since(&b[i]).quantile(0.99));
+                let prev = before.map(|b| start[i].since(&b[i]));
                 DwellLine {
                     state: st,
                     count: w.count(),
                     p50_ns: w.quantile(0.5),
                     p99_ns: p99,
                     history: self.spark[i].iter().copied().collect(),
-                    rising: matches!((p99, prev_p99), (Some(a), Some(b)) if a >= b.saturating_mul(2)),
+                    rising: rising(&w, prev.as_ref()),
                 }
             })
             .collect()
     }
+}
+
+/// Samples each of two windows needs before their p99s are compared.
+pub const TREND_MIN_SAMPLES: u64 = 20;
+/// How much larger a window's p99 must be than the previous window's to be flagged.
+pub const TREND_FACTOR: u64 = 4;
+
+/// Whether the p99 of `window` is at least [`TREND_FACTOR`] times that of `before`, both
+/// having [`TREND_MIN_SAMPLES`] samples (fewer make a p99 too noisy to compare).
+fn rising(window: &Histogram, before: Option<&Histogram>) -> bool {
+    let Some(before) = before else { return false };
+    if window.count() < TREND_MIN_SAMPLES || before.count() < TREND_MIN_SAMPLES {
+        return false;
+    }
+    matches!(
+        (window.quantile(0.99), before.quantile(0.99)),
+        (Some(a), Some(b)) if a >= b.saturating_mul(TREND_FACTOR)
+    )
 }
 
 fn empty_row(owner: OwnerId, comm: Comm) -> Row {
@@ -724,6 +742,28 @@ mod tests {
         assert_eq!(line.history.last(), Some(&None));
         assert_eq!(line.history[19], Some(1_000_000));
         assert!(line.history[20].is_some_and(|p| p > 900_000_000));
+    }
+
+    #[test]
+    fn a_rise_needs_enough_samples_in_both_windows() {
+        let hist = |n: u64, ns: u64| {
+            let mut h = Histogram::new();
+            (0..n).for_each(|_| h.record(ns));
+            h
+        };
+        let slow = hist(TREND_MIN_SAMPLES, 10_000_000);
+        assert!(rising(&slow, Some(&hist(TREND_MIN_SAMPLES, 1_000_000))));
+        // Three times slower is not enough; neither is a window with too few samples.
+        assert!(!rising(&slow, Some(&hist(TREND_MIN_SAMPLES, 3_500_000))));
+        assert!(!rising(
+            &slow,
+            Some(&hist(TREND_MIN_SAMPLES - 1, 1_000_000))
+        ));
+        assert!(!rising(
+            &hist(TREND_MIN_SAMPLES - 1, 10_000_000),
+            Some(&slow)
+        ));
+        assert!(!rising(&slow, None));
     }
 
     fn rows() -> Vec<Row> {
