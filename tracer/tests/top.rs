@@ -136,13 +136,27 @@ fn tracer() -> &'static str {
     env!("CARGO_BIN_EXE_tracer")
 }
 
-/// The shell line that runs `tracer top ARGS` and then says how it exited (`exit-TAG=N`) and
-/// whether the terminal settings are as before (`tty-TAG-restored`).
+/// The shell line that runs `tracer top ARGS` and then says how it exited (a line
+/// `exit-TAG=N`) and whether the terminal settings are as before (a line `tty-TAG-restored`).
+/// The tag is expanded by the shell, so the typed line itself never shows those lines.
 fn top_line(tag: &str, env: &str, args: &str) -> String {
     format!(
-        "clear; S0=$(stty -g); {env} {} top {args}; echo exit-{tag}=$?; [ \"$(stty -g)\" = \"$S0\" ] && echo tty-{tag}-restored",
+        "clear; T={tag}; S0=$(stty -g); {env} {} top {args}; echo \"exit-$T=$?\"; [ \"$(stty -g)\" = \"$S0\" ] && echo \"tty-$T-restored\"",
         tracer()
     )
+}
+
+/// Once the shell line of [`top_line`] has finished: top's exit status, and whether the
+/// terminal settings were as before.
+fn exited(screen: &str, tag: &str) -> Option<(i32, bool)> {
+    let prefix = format!("exit-{tag}=");
+    let status = screen
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix(&prefix))?
+        .parse()
+        .ok()?;
+    let restored = format!("tty-{tag}-restored");
+    Some((status, screen.lines().any(|l| l.trim_end() == restored)))
 }
 
 /// The columns of the process row of (pid, comm), if it is on the screen.
@@ -279,14 +293,13 @@ fn top_shows_the_leaking_server_sorts_filters_and_quits_cleanly() {
 
     // q: exit status 0, the terminal as it was, and a shell that still reads lines.
     tmux.type_text("q");
-    tmux.wait("top's exit", |s| {
-        s.contains("exit-q=") && s.contains("tty-q-restored")
-    });
-    let s = tmux.screen();
-    assert!(s.contains("exit-q=0"), "{s}");
+    let s = tmux.wait("top's exit", |s| exited(s, "q").is_some());
+    assert_eq!(exited(&s, "q"), Some((0, true)), "{s}");
     tmux.assert_restored();
     tmux.shell("echo usable-$((6*7))");
-    tmux.wait("the shell to answer", |s| s.contains("usable-42"));
+    tmux.wait("the shell to answer", |s| {
+        s.lines().any(|l| l.trim_end() == "usable-42")
+    });
 }
 
 #[test]
@@ -298,8 +311,8 @@ fn ctrl_c_sigterm_and_a_panic_restore_the_terminal() {
     tmux.shell(&top_line("ctrlc", "", ""));
     tmux.wait("top's screen", up);
     tmux.key("C-c");
-    let s = tmux.wait("top's exit", |s| s.contains("tty-ctrlc-restored"));
-    assert!(s.contains("exit-ctrlc=0"), "{s}");
+    let s = tmux.wait("top's exit", |s| exited(s, "ctrlc").is_some());
+    assert_eq!(exited(&s, "ctrlc"), Some((0, true)), "{s}");
     tmux.assert_restored();
 
     // SIGTERM from elsewhere: status 0, terminal restored.
@@ -308,8 +321,8 @@ fn ctrl_c_sigterm_and_a_panic_restore_the_terminal() {
     let pid = tmux.foreground_pid();
     // SAFETY: plain kill(2) on the tracer the shell runs for this test.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-    let s = tmux.wait("top's exit", |s| s.contains("tty-term-restored"));
-    assert!(s.contains("exit-term=0"), "{s}");
+    let s = tmux.wait("top's exit", |s| exited(s, "term").is_some());
+    assert_eq!(exited(&s, "term"), Some((0, true)), "{s}");
     tmux.assert_restored();
 
     // A panic: the terminal is restored before the message, which stays readable.
@@ -318,12 +331,14 @@ fn ctrl_c_sigterm_and_a_panic_restore_the_terminal() {
         "RUST_BACKTRACE=0 TRACER_TOP_TEST_PANIC=1",
         "--refresh 200ms",
     ));
-    let s = tmux.wait("top's exit", |s| s.contains("tty-panic-restored"));
-    assert!(s.contains("exit-panic=101"), "{s}");
+    let s = tmux.wait("top's exit", |s| exited(s, "panic").is_some());
+    assert_eq!(exited(&s, "panic"), Some((101, true)), "{s}");
     assert!(s.contains("panicking to test the terminal restore"), "{s}");
     tmux.assert_restored();
     tmux.shell("echo usable-$((6*7))");
-    tmux.wait("the shell to answer", |s| s.contains("usable-42"));
+    tmux.wait("the shell to answer", |s| {
+        s.lines().any(|l| l.trim_end() == "usable-42")
+    });
 }
 
 #[test]
