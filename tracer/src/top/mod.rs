@@ -76,15 +76,17 @@ pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
     spawn_key_reader(keys_tx, stop_keys.clone());
 
     let mut ui = UiState::default();
-    let mut view = View::default();
+    // The first view at once: CLOSE_WAIT held now (the baseline's), no rates yet.
+    let mut view = model.update(&snapshot(&mut path, &kernel, now), &mut sink, |pid| {
+        path.container_id(pid)
+    });
     // `--pid`'s process exited (top keeps showing what is left).
     let mut exited = false;
     let mut drain_timer = tokio::time::interval(cfg.drain_interval);
     drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut redraw_timer = tokio::time::interval(cfg.refresh);
     redraw_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first view comes one interval after the start (rates need an interval); until then
-    // the screen shows the empty view.
+    // An interval's first tick is immediate: the next redraw is one interval from now.
     redraw_timer.tick().await;
     let panic_at_first_redraw = std::env::var_os("TRACER_TOP_TEST_PANIC").is_some();
 
