@@ -206,10 +206,12 @@ fn top_shows_the_leaking_server_sorts_filters_and_quits_cleanly() {
     tmux.type_text("/");
     tmux.type_text(&shared);
     tmux.key("Enter");
-    let s = tmux.wait("A's row with 3 CLOSE_WAIT sockets, all leaking", |s| {
-        counts(s, a.pid, &name_a) == Some((3, 3))
-    });
-    assert!(s.contains(&format!("filter \"{shared}\"")), "{s}");
+    // Keys are handled asynchronously: wait for the screen that shows they took effect.
+    let filtered = format!("filter \"{shared}\"");
+    tmux.wait(
+        "A's row with 3 CLOSE_WAIT sockets, all leaking, filtered",
+        |s| s.contains(&filtered) && counts(s, a.pid, &name_a) == Some((3, 3)),
+    );
 
     // B leaks 1 while top runs: traced.
     let mut b = Fixture::serve(&name_b, &["--self", "1", "--max-seconds", "300"]);

@@ -16,8 +16,8 @@ pub mod state;
 pub mod ui;
 
 use std::io::{self, Stdout, Write as _};
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -43,104 +43,13 @@ pub const NOT_A_TERMINAL: &str = "tracer: error: `tracer top` draws a full-scree
 /// Runs `tracer top` until `q`, Ctrl-C or a signal.
 pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
     cfg.pid = crate::live::resolve_pid(cfg.pid)?;
-    let mut kernel = Kernel::load(&KernelOptions {
-        pid: cfg.pid,
-        ring_bytes: cfg.ring_bytes,
-        run_time_stats: false,
-    })?;
-    let mut path = Pipeline::live(PipelineConfig {
-        engine: EngineConfig {
-            capacity: cfg.capacity,
-            close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
-        },
-        pid: cfg.pid,
-    })
-    .context("opening sock_diag")?;
-    let mut sink = TopSink::new(MAX_OWNERS);
-    if cfg.baseline {
-        kernel.baseline(&mut path)?;
-    }
-    let now = kernel.tick(&mut path, &mut sink)?;
-    let mut model = {
-        let s = snapshot(&mut path, &kernel, now);
-        Model::new(now, s.events_total, s.closes_total, &s.dwell)
-    };
-    let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sighup = signal(tokio::signal::unix::SignalKind::hangup())?;
-
+    let mut top = Top::open(cfg)?;
+    let mut signals = Signals::install()?;
     let mut screen = Screen::enter().context("setting up the terminal")?;
     crate::logs::hold();
-    let (keys_tx, mut keys) = tokio::sync::mpsc::unbounded_channel();
-    let stop_keys = std::sync::Arc::new(AtomicBool::new(false));
-    spawn_key_reader(keys_tx, stop_keys.clone());
-
-    let mut ui = UiState::default();
-    // The first view at once: CLOSE_WAIT held now (the baseline's), no rates yet.
-    let mut view = model.update(&snapshot(&mut path, &kernel, now), &mut sink, |pid| {
-        path.container_id(pid)
-    });
-    // `--pid`'s process exited (top keeps showing what is left).
-    let mut exited = false;
-    let mut drain_timer = tokio::time::interval(cfg.drain_interval);
-    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut redraw_timer = tokio::time::interval(cfg.refresh);
-    redraw_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // An interval's first tick is immediate: the next redraw is one interval from now.
-    redraw_timer.tick().await;
-    let panic_at_first_redraw = std::env::var_os("TRACER_TOP_TEST_PANIC").is_some();
-
-    let result: anyhow::Result<()> = async {
-        screen.draw(&path, &view, &ui, &cfg, exited)?;
-        loop {
-            tokio::select! {
-                woken = kernel.wakeup() => {
-                    woken?;
-                    kernel.drain(&mut path, &mut sink)?;
-                }
-                _ = drain_timer.tick() => {
-                    kernel.timer_drain(&mut path, &mut sink)?;
-                    if let Some(pid) = cfg.pid
-                        && !exited
-                    {
-                        exited = !crate::attribution::process_alive(pid);
-                    }
-                }
-                _ = redraw_timer.tick() => {
-                    if panic_at_first_redraw {
-                        panic!("TRACER_TOP_TEST_PANIC is set: panicking to test the terminal restore");
-                    }
-                    let now = kernel.tick(&mut path, &mut sink)?;
-                    let snap = snapshot(&mut path, &kernel, now);
-                    view = model.update(&snap, &mut sink, |pid| path.container_id(pid));
-                    screen.draw(&path, &view, &ui, &cfg, exited)?;
-                }
-                key = keys.recv() => {
-                    let event = match key {
-                        Some(Ok(e)) => e,
-                        Some(Err(e)) => return Err(anyhow::Error::new(e).context("reading keys")),
-                        None => anyhow::bail!("reading keys: the terminal's input closed"),
-                    };
-                    let action = match event {
-                        Event::Key(k) => ui.on_key(k, &view.rows),
-                        Event::Resize(..) => Action::Redraw,
-                        _ => Action::None,
-                    };
-                    match action {
-                        Action::Quit => break,
-                        Action::Redraw => screen.draw(&path, &view, &ui, &cfg, exited)?,
-                        Action::None => {}
-                    }
-                }
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
-                _ = sighup.recv() => break,
-            }
-        }
-        Ok(())
-    }
-    .await;
-    stop_keys.store(true, Ordering::Release);
+    let mut keys = KeyReader::spawn();
+    let result = top.run(&mut screen, &mut keys, &mut signals).await;
+    keys.stop();
     drop(screen);
     let (held, dropped) = crate::logs::release();
     for line in held {
@@ -150,25 +59,196 @@ pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
         eprintln!("tracer: {dropped} earlier log lines were dropped while the screen was up");
     }
     result?;
-    let c = kernel.counters();
-    let r = kernel.reader_stats();
-    eprintln!(
-        "tracer: top: {} events, {} lost, {} undecodable; read in {} kernel wakeups and {} timer drains",
-        path.counts().events,
-        c.ring_full,
-        path.counts().undecodable,
-        r.wakeups,
-        r.timer_drains
-    );
+    top.exit_line();
     Ok(())
 }
 
-fn signal(kind: tokio::signal::unix::SignalKind) -> anyhow::Result<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(kind).context("installing a signal handler")
+/// The front-end: the kernel side and the path with top's sink, the model, and what is
+/// shown.
+struct Top {
+    cfg: TopConfig,
+    kernel: Kernel,
+    path: Pipeline,
+    sink: TopSink,
+    model: Model,
+    view: View,
+    ui: UiState,
+    /// `--pid`'s process exited (top keeps showing what is left).
+    exited: bool,
+}
+
+impl Top {
+    /// Loads the kernel side, opens the path, reads the baseline, and builds the first view at
+    /// once (CLOSE_WAIT held now; no rates yet).
+    fn open(cfg: TopConfig) -> anyhow::Result<Top> {
+        let mut kernel = Kernel::load(&KernelOptions {
+            pid: cfg.pid,
+            ring_bytes: cfg.ring_bytes,
+            run_time_stats: false,
+        })?;
+        let mut path = Pipeline::live(PipelineConfig {
+            engine: EngineConfig {
+                capacity: cfg.capacity,
+                close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
+            },
+            pid: cfg.pid,
+        })
+        .context("opening sock_diag")?;
+        let mut sink = TopSink::new(MAX_OWNERS);
+        if cfg.baseline {
+            kernel.baseline(&mut path)?;
+        }
+        let now = kernel.tick(&mut path, &mut sink)?;
+        let snap = snapshot(&path, &kernel, now);
+        let mut model = Model::new(now, snap.events_total, snap.closes_total, &snap.dwell);
+        let view = model.update(&snap, &mut sink, |pid| path.container_id(pid));
+        Ok(Top {
+            cfg,
+            kernel,
+            path,
+            sink,
+            model,
+            view,
+            ui: UiState::default(),
+            exited: false,
+        })
+    }
+
+    /// The loop: kernel wakeups and the drain timer feed the path; the redraw timer rebuilds
+    /// the view; keys change what is shown; a signal ends it.
+    async fn run(
+        &mut self,
+        screen: &mut Screen,
+        keys: &mut KeyReader,
+        signals: &mut Signals,
+    ) -> anyhow::Result<()> {
+        let mut drain_timer = tokio::time::interval(self.cfg.drain_interval);
+        drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redraw_timer = tokio::time::interval(self.cfg.refresh);
+        redraw_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // An interval's first tick is immediate: the next redraw is one interval from now.
+        redraw_timer.tick().await;
+        let panic_at_first_redraw = std::env::var_os("TRACER_TOP_TEST_PANIC").is_some();
+        self.draw(screen)?;
+        loop {
+            tokio::select! {
+                woken = self.kernel.wakeup() => {
+                    woken?;
+                    self.kernel.drain(&mut self.path, &mut self.sink)?;
+                }
+                _ = drain_timer.tick() => {
+                    self.kernel.timer_drain(&mut self.path, &mut self.sink)?;
+                    if let Some(pid) = self.cfg.pid
+                        && !self.exited
+                    {
+                        self.exited = !crate::attribution::process_alive(pid);
+                    }
+                }
+                _ = redraw_timer.tick() => {
+                    if panic_at_first_redraw {
+                        panic!("TRACER_TOP_TEST_PANIC is set: panicking to test the terminal restore");
+                    }
+                    self.rebuild()?;
+                    self.draw(screen)?;
+                }
+                event = keys.next() => match self.on_event(event?) {
+                    Action::Quit => return Ok(()),
+                    Action::Redraw => self.draw(screen)?,
+                    Action::None => {}
+                },
+                _ = signals.next() => return Ok(()),
+            }
+        }
+    }
+
+    /// A clock reading for the path (leaks due reach the sink), then the view rebuilt from a
+    /// snapshot.
+    fn rebuild(&mut self) -> anyhow::Result<()> {
+        let now = self.kernel.tick(&mut self.path, &mut self.sink)?;
+        let snap = snapshot(&self.path, &self.kernel, now);
+        let path = &mut self.path;
+        self.view = self
+            .model
+            .update(&snap, &mut self.sink, |pid| path.container_id(pid));
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: Event) -> Action {
+        match event {
+            Event::Key(k) => self.ui.on_key(k, &self.view.rows),
+            Event::Resize(..) => Action::Redraw,
+            _ => Action::None,
+        }
+    }
+
+    fn draw(&self, screen: &mut Screen) -> anyhow::Result<()> {
+        let sockets = match self.ui.mode {
+            Mode::Sockets { owner } => Some(sockets_of(&self.path, &self.view, owner)),
+            _ => None,
+        };
+        let clock = wall_clock();
+        // `--pid`'s exit, else the latest log line held (all are printed at exit).
+        let note = match self.cfg.pid {
+            Some(pid) if self.exited => Some(format!("process {pid} exited")),
+            _ => crate::logs::latest(),
+        };
+        let status = Status {
+            clock: &clock,
+            refresh: self.cfg.refresh,
+            threshold_ns: self.cfg.close_wait_threshold.as_nanos() as u64,
+            pid: self.cfg.pid,
+            note: note.as_deref(),
+        };
+        screen
+            .terminal
+            .draw(|f| ui::draw(f, &self.view, &self.ui, sockets.as_ref(), &status))
+            .context("drawing the screen")?;
+        Ok(())
+    }
+
+    fn exit_line(&self) {
+        let (c, r, n) = (
+            self.kernel.counters(),
+            self.kernel.reader_stats(),
+            self.path.counts(),
+        );
+        eprintln!(
+            "tracer: top: {} events, {} lost, {} undecodable; read in {} kernel wakeups and {} timer drains",
+            n.events, c.ring_full, n.undecodable, r.wakeups, r.timer_drains
+        );
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP (Ctrl-C itself is a key in raw mode).
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let one = |k| signal(k).context("installing a signal handler");
+        Ok(Signals {
+            int: one(SignalKind::interrupt())?,
+            term: one(SignalKind::terminate())?,
+            hup: one(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next of them. Cancel-safe.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
 }
 
 /// What the view reads from the path and the kernel, once per redraw.
-fn snapshot(path: &mut Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
+fn snapshot(path: &Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
     let e = path.engine();
     Snapshot {
         now_ns,
@@ -197,28 +277,49 @@ fn time_wait_by_remote(_path: &Pipeline) -> Option<Vec<RemoteTimeWait>> {
     None
 }
 
-/// Reads terminal events on a thread of its own (crossterm's reader blocks) and forwards
-/// them; stops when told or when the loop has gone.
-fn spawn_key_reader(
-    tx: tokio::sync::mpsc::UnboundedSender<io::Result<Event>>,
-    stop: std::sync::Arc<AtomicBool>,
-) {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Acquire) {
-            match crossterm::event::poll(Duration::from_millis(100)) {
-                Ok(false) => continue,
-                Ok(true) => {
-                    if tx.send(crossterm::event::read()).is_err() {
+/// Terminal events, read on a thread of its own (crossterm's reader blocks) and forwarded.
+struct KeyReader {
+    events: tokio::sync::mpsc::UnboundedReceiver<io::Result<Event>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl KeyReader {
+    fn spawn() -> KeyReader {
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Acquire) {
+                match crossterm::event::poll(Duration::from_millis(100)) {
+                    Ok(false) => continue,
+                    Ok(true) => {
+                        if tx.send(crossterm::event::read()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
                         return;
                     }
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
             }
+        });
+        KeyReader { events, stop }
+    }
+
+    /// The next event. Cancel-safe.
+    async fn next(&mut self) -> anyhow::Result<Event> {
+        match self.events.recv().await {
+            Some(Ok(e)) => Ok(e),
+            Some(Err(e)) => Err(anyhow::Error::new(e).context("reading keys")),
+            None => anyhow::bail!("reading keys: the terminal's input closed"),
         }
-    });
+    }
+
+    /// Ends the reading thread (within its 100 ms poll).
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
 }
 
 /// Whether the terminal is in top's modes (raw, alternate screen, cursor hidden).
@@ -270,37 +371,6 @@ impl Screen {
         let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
         std::mem::forget(guard);
         Ok(Screen { terminal })
-    }
-
-    fn draw(
-        &mut self,
-        path: &Pipeline,
-        view: &View,
-        ui: &UiState,
-        cfg: &TopConfig,
-        exited: bool,
-    ) -> anyhow::Result<()> {
-        let sockets = match ui.mode {
-            Mode::Sockets { owner } => Some(sockets_of(path, view, owner)),
-            _ => None,
-        };
-        let clock = wall_clock();
-        // The latest log line held while the screen is up; all of them are printed at exit.
-        let note = match cfg.pid {
-            Some(pid) if exited => Some(format!("process {pid} exited")),
-            _ => crate::logs::latest(),
-        };
-        let status = Status {
-            clock: &clock,
-            refresh: cfg.refresh,
-            threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
-            pid: cfg.pid,
-            note: note.as_deref(),
-        };
-        self.terminal
-            .draw(|f| ui::draw(f, view, ui, sockets.as_ref(), &status))
-            .context("drawing the screen")?;
-        Ok(())
     }
 }
 
