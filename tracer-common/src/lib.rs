@@ -8,7 +8,10 @@
 
 /// One TCP state transition, as seen by the tracepoint `sock:inet_sock_set_state`.
 ///
-/// Layout: 96 bytes, 8-byte aligned, no implicit padding.
+/// Layout: 88 bytes, 8-byte aligned, no implicit padding. It carries no dwell time: the
+/// kernel keeps no per-socket state (so no per-socket capacity limit); userspace sees every
+/// transition of a socket and takes the time in a state from the difference of its events'
+/// timestamps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpEvent {
@@ -17,8 +20,6 @@ pub struct TcpEvent {
     /// Address of the kernel `struct sock`: the socket's identity while it lives. The kernel
     /// recycles addresses for new sockets.
     pub skaddr: u64,
-    /// Time spent in `oldstate`, valid when `flags & FLAG_DWELL_KNOWN`.
-    pub dwell_ns: u64,
     /// Local address: IPv4 in the first 4 bytes when `family == AF_INET`, else IPv6.
     pub saddr: [u8; 16],
     /// Remote address, laid out like `saddr`.
@@ -39,31 +40,26 @@ pub struct TcpEvent {
     pub newstate: u8,
     /// `comm` of the task on CPU, NUL-padded.
     pub comm: [u8; 16],
-    /// `FLAG_*` bits.
-    pub flags: u16,
     /// The socket's pending error (`sk->sk_err`) when the transition ran, 0 when none or not
     /// read. Set by the kernel before a reset or a timeout takes the socket to CLOSE
     /// (ECONNRESET, EPIPE, ECONNREFUSED, ETIMEDOUT, ECONNABORTED…); a close this side starts
     /// (close(), SO_LINGER 0, a listener dropping its queue) leaves it 0.
     pub sk_err: u16,
+    /// Explicit padding; always zero.
+    pub _pad: u16,
     /// Inode number of the socket's network namespace (`sk->__sk_common.skc_net->ns.inum`,
     /// what `readlink /proc/PID/ns/net` shows as `net:[N]`); 0 when the program could not read
     /// it (classic tracepoint on a kernel without BTF).
     pub netns: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TcpEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<TcpEvent>() == 88);
 const _: () = assert!(core::mem::align_of::<TcpEvent>() == 8);
 
 #[cfg(feature = "user")]
 // SAFETY: `TcpEvent` is `repr(C)`, `Copy`, made only of integers and byte arrays, and has no
 // implicit padding (asserted above), so every bit pattern is a valid value.
 unsafe impl aya::Pod for TcpEvent {}
-
-/// `dwell_ns` holds the time spent in the old state.
-pub const FLAG_DWELL_KNOWN: u16 = 1;
-/// The kernel's per-socket table was full, so this socket's dwell could not be tracked.
-pub const FLAG_DWELL_TABLE_FULL: u16 = 2;
 
 /// `AF_INET` from the kernel's socket.h.
 pub const AF_INET: u16 = 2;
@@ -79,11 +75,6 @@ pub const TCP_CLOSE: u8 = 7;
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Default size of the ring buffer in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 8 << 20;
-
-/// Name of the per-socket table: skaddr → timestamp of the last transition.
-pub const SOCKETS_MAP: &str = "SOCKETS";
-/// Default capacity of [`SOCKETS_MAP`].
-pub const SOCKETS_MAP_ENTRIES: u32 = 1 << 18;
 
 /// Name of the per-CPU array of [`Counter`]s.
 pub const COUNTERS_MAP: &str = "COUNTERS";
@@ -119,7 +110,7 @@ pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// tracepoint record and reads the kernel structs itself: they are byte offsets found in the
 /// running kernel's BTF by the loader (zero for the classic tracepoint program).
 ///
-/// Layout: 76 bytes, `u32`s only, no padding.
+/// Layout: 72 bytes, `u32`s only, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -150,9 +141,6 @@ pub struct Config {
     pub task_tgid: u32,
     /// `struct task_struct` → `comm` (16 bytes); 0: call `bpf_get_current_comm` instead.
     pub task_comm: u32,
-    /// Non-zero: keep the per-socket table and report each transition's dwell. Zero: skip the
-    /// table (its cost), report no dwell, and leave dwell to userspace (timestamp differences).
-    pub dwell: u32,
     /// Non-zero when the socket offsets below are valid (both programs use them: `tp_btf`
     /// with direct loads, the classic tracepoint through `bpf_probe_read_kernel` from the
     /// record's `skaddr`).
@@ -169,7 +157,7 @@ pub struct Config {
     pub task_btf: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 76);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
 
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)`, only `u32`s, no padding (size asserted above).
@@ -183,8 +171,7 @@ pub enum Counter {
     Seen = 0,
     /// Events lost because the ring buffer had no room.
     RingFull = 1,
-    /// Transitions whose socket could not be added to the per-socket table because it was full.
-    SocketTableFull = 2,
+    // 2 was the per-socket dwell table's "full" count; that table is gone. Ids are not reused.
     /// Transitions dropped by the in-kernel filter.
     Filtered = 3,
     /// Events submitted to the ring buffer.

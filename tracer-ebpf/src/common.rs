@@ -10,8 +10,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     COUNTERS, Config, Counter, EVENTS_RING_BYTES, FILTER_PIDS_ENTRIES, FILTER_PORTS_ENTRIES,
-    FILTER_SOCKS_ENTRIES, FLAG_DWELL_KNOWN, FLAG_DWELL_TABLE_FULL, SOCKETS_MAP_ENTRIES, TCP_CLOSE,
-    TcpEvent, filter_port_key,
+    FILTER_SOCKS_ENTRIES, TCP_CLOSE, TcpEvent, filter_port_key,
 };
 
 #[unsafe(no_mangle)]
@@ -29,7 +28,6 @@ pub static CONFIG: Config = Config {
     task_pid: 0,
     task_tgid: 0,
     task_comm: 0,
-    dwell: 1,
     sk_has_net: 0,
     sk_net: 0,
     net_inum: 0,
@@ -52,10 +50,6 @@ pub(crate) use config;
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
-
-/// skaddr → ktime of the socket's last transition.
-#[map(name = "SOCKETS")]
-static SOCKETS: HashMap<u64, u64> = HashMap::with_max_entries(SOCKETS_MAP_ENTRIES, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
@@ -87,39 +81,6 @@ pub fn count(counter: Counter) -> u64 {
             }
         }
         None => 0,
-    }
-}
-
-/// Time the socket spent in `oldstate`, from the per-socket table, and the `FLAG_*` bits that
-/// say whether it is known; records `now` as the start of `newstate` (forgets the socket when
-/// it reaches CLOSE). Returns `(dwell_ns, flags)`; `(0, 0)` without touching the table when the
-/// loader turned kernel dwell tracking off.
-#[inline(always)]
-pub fn track_dwell(sk: u64, now: u64, oldstate: u8, newstate: u8) -> (u64, u16) {
-    if config!(dwell) == 0 {
-        return (0, 0);
-    }
-    if let Some(last) = SOCKETS.get_ptr_mut(sk) {
-        // SAFETY: pointer into the map value; racing updates of one socket are serialised by
-        // the socket lock in the kernel paths that change state.
-        let dwell_ns = unsafe {
-            let dwell_ns = now.saturating_sub(*last);
-            // A self-transition (close() after shutdown() while still in FIN_WAIT1 re-sets
-            // FIN_WAIT1) does not start a new state: keep the state's start time.
-            if oldstate != newstate {
-                *last = now;
-            }
-            dwell_ns
-        };
-        if newstate == TCP_CLOSE {
-            let _ = SOCKETS.remove(sk);
-        }
-        (dwell_ns, FLAG_DWELL_KNOWN)
-    } else if newstate != TCP_CLOSE && SOCKETS.insert(sk, now, 0).is_err() {
-        count(Counter::SocketTableFull);
-        (0, FLAG_DWELL_TABLE_FULL)
-    } else {
-        (0, 0)
     }
 }
 

@@ -2,10 +2,11 @@
 //! The fallback where the kernel has no BTF; `tp_btf.rs` is the faster program for the same
 //! tracepoint.
 //!
-//! For every TCP state change: apply the optional pid/port filter, look up when the socket last
-//! changed state (per-socket hash map, bounded), and copy one `TcpEvent` from the tracepoint
-//! record into the ring buffer. O(1) per event: at most two hash operations, one ring-buffer
-//! reservation, no loops. Every failure is counted in a per-CPU array that userspace reads.
+//! For every TCP state change: apply the optional pid/port filter and copy one `TcpEvent` from
+//! the tracepoint record (plus the socket's namespace and error, read through
+//! `bpf_probe_read_kernel`) into the ring buffer. O(1) per event: no per-socket state, one
+//! ring-buffer reservation, no loops. Every failure is counted in a per-CPU array that
+//! userspace reads.
 #![no_std]
 #![no_main]
 
@@ -19,7 +20,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use common::{config, count, emit, passes_filter, track_dwell};
+use common::{config, count, emit, passes_filter};
 use tracer_common::{AF_INET, Counter, IPPROTO_TCP, TcpEvent};
 
 /// Tracepoint arguments, as in /sys/kernel/tracing/events/sock/inet_sock_set_state/format
@@ -79,7 +80,6 @@ fn handle(args: *const InetSockSetState) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let oldstate = ctx_read!(args, oldstate) as u8;
-    let (dwell_ns, flags) = track_dwell(sk, now, oldstate, newstate);
 
     emit(|entry| {
         let family = ctx_read!(args, family);
@@ -97,7 +97,6 @@ fn handle(args: *const InetSockSetState) {
         entry.write(TcpEvent {
             ts_ns: now,
             skaddr: sk,
-            dwell_ns,
             // Same bytes as in the record: native-endian words laid back down in memory order.
             saddr: words_to_bytes(saddr),
             daddr: words_to_bytes(daddr),
@@ -109,8 +108,8 @@ fn handle(args: *const InetSockSetState) {
             oldstate,
             newstate,
             comm: bpf_get_current_comm().unwrap_or_default(),
-            flags,
             sk_err: sk_err_of(sk) as u16,
+            _pad: 0,
             netns,
         });
     });

@@ -2,13 +2,15 @@
 //! same kernel event as the classic tracepoint in main.rs, without its record: the kernel
 //! passes `(struct sock *sk, int oldstate, int newstate)` and fills nothing. The program reads
 //! the socket and task fields itself, with plain loads at offsets the loader found in the
-//! running kernel's BTF (passed in the read-only `Config`). The per-socket dwell table and the
-//! filter are the classic program's (common.rs); socket-local storage was measured slower here.
+//! running kernel's BTF (passed in the read-only `Config`), and the socket's network namespace
+//! through `skc_net`. The filter is the classic program's (common.rs).
 //!
 //! The event is identical to the classic program's: the fields are the ones the tracepoint's
 //! `TP_fast_assign` copies (`inet_sport`/`inet_saddr` of `struct inet_sock`, `skc_dport`,
 //! `skc_daddr`, `skc_v6_*`), so the two can be swapped under the same userspace.
-//! O(1) per event: at most two hash operations, one ring-buffer reservation, no loops.
+//! O(1) per event: no per-socket state (no capacity limit; dwell is computed in userspace from
+//! event timestamps), one ring-buffer reservation, no loops; with `--pid`, at most three hash
+//! operations.
 #![no_std]
 #![no_main]
 
@@ -25,7 +27,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use common::{config, count, emit, passes_filter, track_dwell};
+use common::{config, count, emit, passes_filter};
 use tracer_common::{AF_INET, Counter, TcpEvent};
 
 /// Loads a `T` at byte offset `off` of a BTF-typed kernel pointer. The verifier checks the
@@ -148,7 +150,6 @@ fn handle(skaddr: u64, tp: *const u8, oldstate: u8, newstate: u8) {
 
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (dwell_ns, flags) = track_dwell(skaddr, now, oldstate, newstate);
 
     emit(|entry| {
         let family: u16 = load(tp, config!(sk_family));
@@ -176,7 +177,6 @@ fn handle(skaddr: u64, tp: *const u8, oldstate: u8, newstate: u8) {
         entry.write(TcpEvent {
             ts_ns: now,
             skaddr,
-            dwell_ns,
             saddr,
             daddr,
             tgid,
@@ -187,8 +187,8 @@ fn handle(skaddr: u64, tp: *const u8, oldstate: u8, newstate: u8) {
             oldstate,
             newstate,
             comm: current_comm(task),
-            flags,
             sk_err: sk_err as u16,
+            _pad: 0,
             netns,
         });
     });

@@ -257,14 +257,8 @@ fn report_lost(c: &KernelCounters, reported: &mut u64) {
 fn exit_line(sh: &Shared) {
     let (c, counts, r) = (&sh.kernel, sh.path.counts(), &sh.reader);
     eprintln!(
-        "tracer: {} events, {} lost, {} undecodable, {} sockets without dwell tracking (kernel table full), {} filtered in the kernel; read in {} kernel wakeups and {} timer drains",
-        counts.events,
-        c.ring_full,
-        counts.undecodable,
-        c.socket_table_full,
-        c.filtered,
-        r.wakeups,
-        r.timer_drains
+        "tracer: {} events, {} lost, {} undecodable, {} filtered in the kernel; read in {} kernel wakeups and {} timer drains",
+        counts.events, c.ring_full, counts.undecodable, c.filtered, r.wakeups, r.timer_drains
     );
     if let Some(ns) = sh.path.netns_stats()
         && (ns.enter_failed > 0 || ns.unreachable > 0)
@@ -296,7 +290,6 @@ fn snapshot(sh: &mut Shared, now_ns: u64) -> MetricsSnapshot {
     m.events_lost_total = sh.kernel.ring_full;
     m.bpf_transitions_seen_total = Some(sh.kernel.seen);
     m.bpf_filtered_total = Some(sh.kernel.filtered);
-    m.bpf_socket_table_full_total = Some(sh.kernel.socket_table_full);
     m.bpf_run_time_ns = sh.program.map(|p| p.run_time.as_nanos() as u64);
     m.bpf_run_count = sh.program.map(|p| p.run_count);
     m
@@ -374,7 +367,6 @@ pub fn bench_engine(connections: u64, sockets: u64) -> anyhow::Result<()> {
             old: TcpState::Close,
             new: TcpState::SynSent,
             dwell_ns: None,
-            dwell_table_full: false,
             netns: 0,
             sk_err: 0,
             task_pid: 1,

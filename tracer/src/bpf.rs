@@ -21,7 +21,6 @@ use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use tracer_common::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, Counter, EVENTS_MAP, FILTER_PIDS_MAP, FILTER_PORTS_MAP,
-    SOCKETS_MAP,
 };
 
 #[path = "btf.rs"]
@@ -129,14 +128,8 @@ pub struct LoadOptions {
     pub wakeup_bytes: u32,
     /// Ring-buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
-    /// Capacity of the kernel's per-socket table.
-    pub socket_table: u32,
     /// Which hook to attach to.
     pub attach: AttachMode,
-    /// Measure each transition's dwell in the kernel (per-socket table). Off, the program skips
-    /// the table (about a third of its per-event cost), events carry no dwell, and userspace
-    /// falls back to timestamp differences; the table then shrinks to one entry.
-    pub kernel_dwell: bool,
 }
 
 impl Default for LoadOptions {
@@ -145,9 +138,7 @@ impl Default for LoadOptions {
             filter: false,
             wakeup_bytes: 256 * 1024,
             ring_bytes: tracer_common::EVENTS_RING_BYTES,
-            socket_table: tracer_common::SOCKETS_MAP_ENTRIES,
             attach: AttachMode::Auto,
-            kernel_dwell: true,
         }
     }
 }
@@ -157,6 +148,8 @@ pub struct Tracer {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     kind: &'static str,
+    /// The program reads each socket's network namespace (else events carry 0).
+    netns: bool,
     _stats: Option<OwnedFd>,
 }
 
@@ -167,8 +160,6 @@ pub struct KernelCounters {
     pub seen: u64,
     /// Events dropped because the ring buffer was full.
     pub ring_full: u64,
-    /// Sockets the per-socket table had no room for (their dwell times are unknown).
-    pub socket_table_full: u64,
     /// Transitions dropped by the in-kernel filter.
     pub filtered: u64,
     /// Events submitted to the ring buffer.
@@ -235,7 +226,6 @@ impl Tracer {
         let config = Config {
             filter: u32::from(opts.filter),
             wakeup_bytes: opts.wakeup_bytes,
-            dwell: u32::from(opts.kernel_dwell),
             ..net
         };
         let mut loader = EbpfLoader::new();
@@ -250,7 +240,7 @@ impl Tracer {
             .map_err(|e| BpfError::Attach(error_chain(&e)))?;
         // The loader holds aya's parse of the kernel's BTF: free it before trimming.
         drop(loader);
-        Self::finish(ebpf, KIND_TRACEPOINT)
+        Self::finish(ebpf, KIND_TRACEPOINT, config.sk_has_net != 0)
     }
 
     /// The BTF tracepoint: offsets from the kernel's BTF, no tracefs.
@@ -277,7 +267,6 @@ impl Tracer {
         release_parse_memory();
         config.filter = u32::from(opts.filter);
         config.wakeup_bytes = opts.wakeup_bytes;
-        config.dwell = u32::from(opts.kernel_dwell);
         configure(&mut loader, opts, &config);
         let mut ebpf = loader
             .load(OBJECT_BTF)
@@ -294,10 +283,10 @@ impl Tracer {
             .attach()
             .map_err(|e| BpfError::Attach(error_chain(&e)))?;
         drop(loader);
-        Self::finish(ebpf, KIND_BTF)
+        Self::finish(ebpf, KIND_BTF, config.sk_has_net != 0)
     }
 
-    fn finish(mut ebpf: Ebpf, kind: &'static str) -> Result<Self, BpfError> {
+    fn finish(mut ebpf: Ebpf, kind: &'static str, netns: bool) -> Result<Self, BpfError> {
         release_parse_memory();
         let counters = ebpf
             .take_map(COUNTERS_MAP)
@@ -314,6 +303,7 @@ impl Tracer {
             ebpf,
             counters,
             kind,
+            netns,
             _stats: None,
         })
     }
@@ -321,6 +311,12 @@ impl Tracer {
     /// Which hook delivers the events: `"tp_btf"` or `"tracepoint"`.
     pub fn attach_kind(&self) -> &'static str {
         self.kind
+    }
+
+    /// Whether events carry the socket's network namespace (0 when not: the classic
+    /// tracepoint on a kernel without BTF).
+    pub fn reports_netns(&self) -> bool {
+        self.netns
     }
 
     /// Takes the ring buffer (once).
@@ -349,7 +345,6 @@ impl Tracer {
         KernelCounters {
             seen: sum(Counter::Seen),
             ring_full: sum(Counter::RingFull),
-            socket_table_full: sum(Counter::SocketTableFull),
             filtered: sum(Counter::Filtered),
             submitted: sum(Counter::Submitted),
         }
@@ -423,15 +418,7 @@ fn release_parse_memory() {
 fn configure<'a>(loader: &mut EbpfLoader<'a>, opts: &LoadOptions, config: &'a Config) {
     loader
         .override_global(CONFIG_GLOBAL, config, true)
-        .map_max_entries(EVENTS_MAP, opts.ring_bytes)
-        .map_max_entries(
-            SOCKETS_MAP,
-            if opts.kernel_dwell {
-                opts.socket_table
-            } else {
-                1
-            },
-        );
+        .map_max_entries(EVENTS_MAP, opts.ring_bytes);
 }
 
 /// The object's one program, as the expected program type.

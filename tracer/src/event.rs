@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tracer_common::{AF_INET, AF_INET6, FLAG_DWELL_KNOWN, FLAG_DWELL_TABLE_FULL, TcpEvent};
+use tracer_common::{AF_INET, AF_INET6, TcpEvent};
 
 /// TCP states with the kernel's numbering (include/net/tcp_states.h).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -151,11 +151,10 @@ pub struct Transition {
     pub dport: u16,
     pub old: TcpState,
     pub new: TcpState,
-    /// Time spent in `old`, measured in the kernel; `None` when this is the first transition
-    /// the kernel program saw for the socket (or its table was full).
+    /// Time spent in `old`, when the source measured it: never from the kernel (the engine
+    /// computes it from event times, see `Engine::last_dwell_ns`); a replayed line carries the
+    /// value the live run printed.
     pub dwell_ns: Option<u64>,
-    /// The kernel's per-socket table was full when this socket was first seen.
-    pub dwell_table_full: bool,
     /// Inode number of the socket's network namespace (`net:[N]`); 0 when unknown (classic
     /// tracepoint without kernel BTF, or a recording made before namespaces were reported).
     pub netns: u32,
@@ -221,8 +220,7 @@ pub fn from_raw(ev: &TcpEvent) -> Result<Transition, DecodeError> {
         dport: ev.dport,
         old: state(ev.oldstate)?,
         new: state(ev.newstate)?,
-        dwell_ns: (ev.flags & FLAG_DWELL_KNOWN != 0).then_some(ev.dwell_ns),
-        dwell_table_full: ev.flags & FLAG_DWELL_TABLE_FULL != 0,
+        dwell_ns: None,
         netns: ev.netns,
         sk_err: ev.sk_err,
         task_pid: ev.tgid,
@@ -272,7 +270,6 @@ mod tests {
         TcpEvent {
             ts_ns: 1_000,
             skaddr: 0xffff_8880_1234_5678,
-            dwell_ns: 42,
             saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             tgid: 7,
@@ -283,8 +280,8 @@ mod tests {
             oldstate: 1,
             newstate: 8,
             comm,
-            flags: FLAG_DWELL_KNOWN,
             sk_err: 0,
+            _pad: 0,
             netns: 4026531840,
         }
     }
@@ -305,7 +302,8 @@ mod tests {
         assert_eq!(t.daddr.to_string(), "10.1.2.3");
         assert_eq!((t.sport, t.dport), (40000, 80));
         assert_eq!((t.old, t.new), (TcpState::Established, TcpState::CloseWait));
-        assert_eq!(t.dwell_ns, Some(42));
+        assert_eq!(t.dwell_ns, None, "the kernel measures no dwell");
+        assert_eq!(t.netns, 4026531840);
         assert_eq!(t.task_comm.as_str(), "curl");
         assert_eq!((t.task_pid, t.task_tid), (7, 8));
     }
@@ -316,7 +314,6 @@ mod tests {
         ev.family = AF_INET6;
         ev.saddr = Ipv6Addr::LOCALHOST.octets();
         ev.daddr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
-        ev.flags = 0;
         let t = decode(&bytes(&ev)).unwrap();
         assert_eq!(AddrFmt(t.saddr).to_string(), "::1");
         assert_eq!(AddrFmt(t.daddr).to_string(), "::ffff:127.0.0.1");
@@ -327,10 +324,10 @@ mod tests {
     #[test]
     fn rejects_short_and_bad_fields() {
         let b = bytes(&raw());
-        for len in [0, 1, 95] {
+        for len in [0, 1, 87] {
             assert_eq!(
                 decode(&b[..len]),
-                Err(DecodeError::Short { len, expected: 96 })
+                Err(DecodeError::Short { len, expected: 88 })
             );
         }
         let mut ev = raw();

@@ -111,8 +111,11 @@ impl Kernel {
         let report = path
             .baseline(now)
             .context("reading existing TCP sockets (sock_diag)")?;
-        for (netns, port) in &report.pid_ports {
-            self.tracer.filter_port(*netns, *port)?;
+        // Events carry netns 0 when the program cannot read it: key the filter the same way.
+        let reports_netns = self.tracer.reports_netns();
+        for &(netns, port) in &report.pid_ports {
+            self.tracer
+                .filter_port(if reports_netns { netns } else { 0 }, port)?;
         }
         tracing::debug!(
             "startup baseline: {} sockets in {} network namespaces ({} unreadable) in {:?}",

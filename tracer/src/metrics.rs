@@ -71,9 +71,6 @@ pub struct MetricsSnapshot {
     pub bpf_transitions_seen_total: Option<u64>,
     /// Transitions dropped by the in-kernel filter (kernel counter).
     pub bpf_filtered_total: Option<u64>,
-    /// Transitions whose socket did not fit in the kernel's per-socket dwell table (kernel
-    /// counter).
-    pub bpf_socket_table_full_total: Option<u64>,
     /// Total run time of the eBPF program (ns), from `kernel.bpf_stats_enabled`.
     pub bpf_run_time_ns: Option<u64>,
     /// Number of runs of the eBPF program, from `kernel.bpf_stats_enabled`.
@@ -722,11 +719,6 @@ fn encode_snapshot(s: &MetricsSnapshot, cap: usize, enc: &mut DescriptorEncoder)
             s.bpf_filtered_total,
         ),
         (
-            "bpf_socket_table_full",
-            "Transitions whose socket did not fit in the kernel per-socket table (no dwell time).",
-            s.bpf_socket_table_full_total,
-        ),
-        (
             "bpf_runs",
             "Runs of the eBPF program (kernel.bpf_stats_enabled).",
             s.bpf_run_count,
@@ -953,7 +945,6 @@ mod tests {
             evictions_total: 0,
             bpf_transitions_seen_total: Some(11),
             bpf_filtered_total: Some(0),
-            bpf_socket_table_full_total: Some(0),
             bpf_run_time_ns: Some(1_500_000_000),
             bpf_run_count: Some(11),
         };

@@ -623,7 +623,6 @@ mod tests {
             old: TcpState::Established,
             new: TcpState::CloseWait,
             dwell_ns: None,
-            dwell_table_full: false,
             netns: 0,
             sk_err: 0,
             task_pid: 3,

@@ -276,7 +276,17 @@ impl Pipeline {
         }
         let owner = self.engine.owner(t.sk).or(known).or(revealed);
         if self.passes(owner.as_ref()) {
-            sink.transition(t, owner.as_ref())?;
+            // The kernel measures no dwell: the engine's, from this socket's event times.
+            match (t.dwell_ns, self.engine.last_dwell_ns()) {
+                (None, Some(d)) => {
+                    let shown = Transition {
+                        dwell_ns: Some(d),
+                        ..*t
+                    };
+                    sink.transition(&shown, owner.as_ref())?;
+                }
+                _ => sink.transition(t, owner.as_ref())?,
+            }
         }
         self.emit(sink)
     }
@@ -648,7 +658,6 @@ mod tests {
             old,
             new,
             dwell_ns: None,
-            dwell_table_full: false,
             netns,
             sk_err: 0,
             task_pid: pid,

@@ -86,8 +86,6 @@ struct Line<'a> {
     #[serde(borrow)]
     new: Cow<'a, str>,
     dwell_ns: Option<u64>,
-    #[serde(default)]
-    dwell_table_full: bool,
     /// Absent from recordings made before namespaces were reported: 0 (unknown).
     #[serde(default)]
     netns: u32,
@@ -155,7 +153,6 @@ pub fn parse_line(line: &[u8]) -> Result<Option<(Transition, Option<Owner>)>, Li
         old: state("old", &l.old)?,
         new: state("new", &l.new)?,
         dwell_ns: l.dwell_ns,
-        dwell_table_full: l.dwell_table_full,
         netns: l.netns,
         sk_err: l.sk_err,
         task_pid: l.task_pid,

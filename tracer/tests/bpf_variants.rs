@@ -3,7 +3,7 @@
 //! Loads both through the library at the same time (each has its own maps and ring buffer),
 //! drives one loopback connection (IPv4, then IPv6), reads both ring buffers directly and
 //! compares, socket by socket, every field except the timestamps: states, family, addresses,
-//! ports, the task on CPU and whether the dwell is known. Also checks the exact sequences, that
+//! ports, the network namespace, the socket error, and the task on CPU. Also checks the exact sequences, that
 //! `Auto` picks the BTF tracepoint on a kernel with BTF, and the offsets found in the running
 //! kernel's BTF. Needs root (CAP_BPF, CAP_PERFMON); fails, never skips, without it.
 
@@ -17,6 +17,12 @@ use tracer::bpf::btf::Btf;
 use tracer::bpf::{AttachMode, LoadOptions, Tracer};
 use tracer::event::{Family, TcpState, Transition, decode};
 
+fn own_netns() -> u32 {
+    std::fs::metadata("/proc/self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
+        .expect("/proc/self/ns/net")
+}
+
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -26,10 +32,9 @@ fn require_root() {
     );
 }
 
-fn load(mode: AttachMode, kernel_dwell: bool) -> (Tracer, RingBuf<MapData>) {
+fn load(mode: AttachMode) -> (Tracer, RingBuf<MapData>) {
     let mut t = Tracer::load(&LoadOptions {
         attach: mode,
-        kernel_dwell,
         ..LoadOptions::default()
     })
     .unwrap_or_else(|e| panic!("loading {mode:?}: {e}"));
@@ -58,11 +63,24 @@ fn one_connection(bind: &str) -> (u16, u16) {
 /// Reads `ring` until `want` events on the test's ports have arrived (or 5 s pass), then a
 /// little longer to catch any extra ones.
 fn collect(ring: &mut RingBuf<MapData>, lport: u16, cport: u16, want: usize) -> Vec<Transition> {
-    let mine = |t: &Transition| {
+    collect_where(ring, want, |t| {
         [t.sport, t.dport]
             .iter()
             .any(|p| *p == lport || *p == cport)
-    };
+    })
+}
+
+/// Reads `ring` until `want` events that are `mine` have arrived (or 5 s pass), then a little
+/// longer to catch any extra ones.
+/// Ports repeat across network namespaces (other processes' load runs in namespaces of their
+/// own), so only events of this test's namespace count.
+fn collect_where(
+    ring: &mut RingBuf<MapData>,
+    want: usize,
+    mine: impl Fn(&Transition) -> bool,
+) -> Vec<Transition> {
+    let own = own_netns();
+    let mine = |t: &Transition| t.netns == own && mine(t);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut extra_until: Option<Instant> = None;
@@ -84,8 +102,7 @@ fn collect(ring: &mut RingBuf<MapData>, lport: u16, cport: u16, want: usize) -> 
     }
 }
 
-/// What must agree between the two programs for one event (everything but the timestamps and
-/// the dwell's exact value).
+/// What must agree between the two programs for one event (everything but the timestamps).
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Seen {
     old: TcpState,
@@ -95,8 +112,8 @@ struct Seen {
     sport: u16,
     daddr: IpAddr,
     dport: u16,
-    dwell_known: bool,
-    table_full: bool,
+    netns: u32,
+    sk_err: u16,
     task_pid: u32,
     task_tid: u32,
     task_comm: String,
@@ -111,8 +128,8 @@ fn seen(t: &Transition) -> Seen {
         sport: t.sport,
         daddr: t.daddr,
         dport: t.dport,
-        dwell_known: t.dwell_ns.is_some(),
-        table_full: t.dwell_table_full,
+        netns: t.netns,
+        sk_err: t.sk_err,
         task_pid: t.task_pid,
         task_tid: t.task_tid,
         task_comm: t.task_comm.as_str().into_owned(),
@@ -132,11 +149,11 @@ fn states(v: &[Seen]) -> Vec<(TcpState, TcpState)> {
     v.iter().map(|s| (s.old, s.new)).collect()
 }
 
-fn both_programs_agree(bind: &str, v6: bool, kernel_dwell: bool) {
+fn both_programs_agree(bind: &str, v6: bool) {
     require_root();
-    let (btf, mut btf_ring) = load(AttachMode::BtfTracepoint, kernel_dwell);
+    let (btf, mut btf_ring) = load(AttachMode::BtfTracepoint);
     assert_eq!(btf.attach_kind(), "tp_btf");
-    let (tp, mut tp_ring) = load(AttachMode::Tracepoint, kernel_dwell);
+    let (tp, mut tp_ring) = load(AttachMode::Tracepoint);
     assert_eq!(tp.attach_kind(), "tracepoint");
 
     let (lport, cport) = one_connection(bind);
@@ -204,19 +221,18 @@ fn both_programs_agree(bind: &str, v6: bool, kernel_dwell: bool) {
         .map(|v| &v[0])
         .unwrap();
     assert_eq!((syn_sent.sport, syn_sent.dport), (0, lport));
-    // With the kernel's table, every socket's first transition has no known dwell and every
-    // later one has; without it, none has.
+    // Every event names this test's network namespace (the kernel reads it from the socket),
+    // and an orderly close leaves no socket error.
+    let own = own_netns();
     for life in a.values() {
-        assert!(!life[0].dwell_known, "{life:?}");
-        assert!(
-            life[1..].iter().all(|s| s.dwell_known == kernel_dwell),
-            "{life:?}"
-        );
+        for s in life {
+            assert_eq!(s.netns, own, "{s:?}");
+            assert_eq!(s.sk_err, 0, "{s:?}");
+        }
     }
 
     let (ca, cb) = (btf.counters(), tp.counters());
     assert_eq!((ca.ring_full, cb.ring_full), (0, 0));
-    assert_eq!((ca.socket_table_full, cb.socket_table_full), (0, 0));
     assert!(ca.seen >= 12 && cb.seen >= 12, "{ca:?} {cb:?}");
     // Nothing filtered; at least this test's events submitted (other sockets of the host may
     // be between their Seen and Submitted counts right now).
@@ -228,17 +244,95 @@ fn both_programs_agree(bind: &str, v6: bool, kernel_dwell: bool) {
 
 #[test]
 fn ipv4_same_events_from_both_programs() {
-    both_programs_agree("127.0.0.1:0", false, true);
+    both_programs_agree("127.0.0.1:0", false);
 }
 
 #[test]
 fn ipv6_same_events_from_both_programs() {
-    both_programs_agree("[::1]:0", true, true);
+    both_programs_agree("[::1]:0", true);
 }
 
+/// A connection refused and a connection reset: both programs report the socket errors the
+/// kernel set before taking the sockets to CLOSE (ECONNREFUSED on the refused client; on a
+/// SO_LINGER-0 close, 0 on the closer and ECONNRESET on its peer).
 #[test]
-fn without_kernel_dwell_same_events_and_no_dwell() {
-    both_programs_agree("127.0.0.1:0", false, false);
+fn both_programs_report_socket_errors() {
+    require_root();
+    let (_btf, mut btf_ring) = load(AttachMode::BtfTracepoint);
+    let (_tp, mut tp_ring) = load(AttachMode::Tracepoint);
+    // Refused: a port nobody listens on.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    assert!(TcpStream::connect(("127.0.0.1", refused_port)).is_err());
+    // Reset: the client closes with SO_LINGER {1, 0}.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lport = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let cport = client.local_addr().unwrap().port();
+    let (server, _) = listener.accept().unwrap();
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket with a correctly sized option.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&client),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(client);
+    let mut buf = [0u8; 1];
+    assert!(
+        (&server).read(&mut buf).is_err(),
+        "the server sees the reset"
+    );
+    drop(server);
+    drop(listener);
+    for ring in [&mut btf_ring, &mut tp_ring] {
+        // One read of the ring for both: what is read and not kept is gone.
+        let all = collect_where(ring, 9, |t| {
+            [t.sport, t.dport]
+                .iter()
+                .any(|p| [refused_port, lport, cport].contains(p))
+        });
+        let refused: Vec<&Transition> = all
+            .iter()
+            .filter(|t| t.dport == refused_port || t.sport == refused_port)
+            .collect();
+        let closing = refused
+            .iter()
+            .find(|t| (t.old, t.new) == (TcpState::SynSent, TcpState::Close))
+            .unwrap_or_else(|| panic!("no SYN_SENT→CLOSE: {refused:#?}"));
+        assert_eq!(closing.sk_err, libc::ECONNREFUSED as u16, "{closing:?}");
+        let reset: Vec<&Transition> = all
+            .iter()
+            .filter(|t| {
+                [t.sport, t.dport]
+                    .iter()
+                    .any(|p| *p == lport || *p == cport)
+            })
+            .collect();
+        let to_close: Vec<&Transition> = reset
+            .iter()
+            .copied()
+            .filter(|t| (t.old, t.new) == (TcpState::Established, TcpState::Close))
+            .collect();
+        assert_eq!(to_close.len(), 2, "{reset:#?}");
+        for t in to_close {
+            let want = if t.sport == cport {
+                0
+            } else {
+                libc::ECONNRESET as u16
+            };
+            assert_eq!(t.sk_err, want, "{t:?}");
+        }
+    }
 }
 
 #[test]
@@ -250,7 +344,7 @@ fn auto_prefers_the_btf_tracepoint() {
     );
     // Only when nothing overrides the choice.
     if std::env::var_os(tracer::bpf::ATTACH_ENV).is_none() {
-        let (t, _ring) = load(AttachMode::Auto, true);
+        let (t, _ring) = load(AttachMode::Auto);
         assert_eq!(t.attach_kind(), "tp_btf");
     }
 }
@@ -262,7 +356,7 @@ fn finds_the_members_in_this_kernels_btf() {
     let btf = Btf::from_sys().expect("parsing /sys/kernel/btf/vmlinux");
     assert!(btf.len() > 1000, "suspiciously few types: {}", btf.len());
     let common = "inet_conn.icsk_inet.sk.__sk_common";
-    let cases: [(&str, String, u32); 10] = [
+    let cases: [(&str, String, u32); 13] = [
         ("tcp_sock", format!("{common}.skc_family"), 2),
         ("tcp_sock", format!("{common}.skc_dport"), 2),
         ("tcp_sock", format!("{common}.skc_daddr"), 4),
@@ -273,6 +367,9 @@ fn finds_the_members_in_this_kernels_btf() {
         ("task_struct", "pid".into(), 4),
         ("task_struct", "tgid".into(), 4),
         ("task_struct", "comm".into(), 16),
+        ("sock", "__sk_common.skc_net.net".into(), 8),
+        ("net", "ns.inum".into(), 4),
+        ("sock", "sk_err".into(), 4),
     ];
     for (ty, path, size) in &cases {
         let m = btf
@@ -298,4 +395,25 @@ fn finds_the_members_in_this_kernels_btf() {
     );
     let protocol = btf.member("sock", "sk_protocol").unwrap();
     assert_eq!(protocol.size, Some(2));
+}
+
+/// `tp_btf` reads the current task through `bpf_get_current_task_btf` only where the kernel
+/// has that helper (5.11+); the loader asks the kernel's BTF (`enum bpf_func_id`).
+#[test]
+fn task_helper_detection_follows_the_kernel_version() {
+    let btf = Btf::from_sys().expect("parsing /sys/kernel/btf/vmlinux");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    assert_eq!(
+        btf.has_enumerator("BPF_FUNC_get_current_task_btf"),
+        (major, minor) >= (5, 11),
+        "kernel {release}"
+    );
+    assert!(
+        btf.has_enumerator("BPF_FUNC_ringbuf_reserve"),
+        "ring buffer (5.8+)"
+    );
+    assert!(!btf.has_enumerator("BPF_FUNC_no_such_helper"));
 }

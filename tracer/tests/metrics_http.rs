@@ -114,7 +114,6 @@ fn rich_snapshot() -> MetricsSnapshot {
         evictions_total: 2,
         bpf_transitions_seen_total: Some(130_000),
         bpf_filtered_total: Some(6_000),
-        bpf_socket_table_full_total: Some(0),
         bpf_run_time_ns: Some(987_654_321),
         bpf_run_count: Some(130_000),
     }

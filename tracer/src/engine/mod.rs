@@ -230,6 +230,8 @@ pub struct Engine {
     stats: Stats,
     per_state: [u64; 12],
     dwell_hist: [Histogram; 12],
+    /// Time in the old state of the last transition fed, when known.
+    last_dwell_ns: Option<u64>,
 }
 
 impl Engine {
@@ -250,6 +252,7 @@ impl Engine {
             stats: Stats::default(),
             per_state: [0; 12],
             dwell_hist: std::array::from_fn(|_| Histogram::new()),
+            last_dwell_ns: None,
         }
     }
 
@@ -262,6 +265,7 @@ impl Engine {
     /// allocation in the steady state beyond `out`'s own growth.
     pub fn on_transition(&mut self, t: &Transition, out: &mut Vec<Record>) {
         self.stats.transitions += 1;
+        self.last_dwell_ns = t.dwell_ns;
         self.advance_clock(t.ts_ns);
         self.fire_due(out);
         match self.table.find(t.sk) {
@@ -270,6 +274,14 @@ impl Engine {
         }
         // A socket that just entered CLOSE_WAIT with an old timestamp may already be due.
         self.fire_due(out);
+    }
+
+    /// The time the last transition fed spent in its old state: the kernel's measure when the
+    /// event carried one, else the difference of this socket's event times; `None` when the
+    /// start of the old state was not seen (first sight of a socket, a gap in its events, a
+    /// seeded state). For a self-transition (`X→X`), the time in `X` so far.
+    pub fn last_dwell_ns(&self) -> Option<u64> {
+        self.last_dwell_ns
     }
 
     /// Clock reading `now_ns` (kernel monotonic): emits a leak record for every socket whose
@@ -574,6 +586,9 @@ impl Engine {
         if t.old == t.new {
             self.stats.ignored += 1;
             let e = self.table.get_mut(i);
+            if self.last_dwell_ns.is_none() && !e.has(flag::SINCE_UNKNOWN) && e.state == t.old {
+                self.last_dwell_ns = Some(t.ts_ns.saturating_sub(e.since_ns));
+            }
             e.set_endpoints(t);
             if !e.has(flag::LEAKING) {
                 self.table.touch(i);
@@ -636,6 +651,7 @@ impl Engine {
             if let Some(d) = d {
                 note_dwell(e, &mut self.dwell_hist, cur, d);
             }
+            self.last_dwell_ns = d;
         }
         if cur == TcpState::CloseWait {
             self.exit_cw(i);

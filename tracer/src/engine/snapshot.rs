@@ -78,7 +78,6 @@ mod tests {
             old,
             new,
             dwell_ns: None,
-            dwell_table_full: false,
             netns: 0,
             sk_err: 0,
             task_pid: 1,

@@ -162,7 +162,6 @@ impl Iterator for SyntheticStream {
             old,
             new,
             dwell_ns,
-            dwell_table_full: false,
             netns: 0,
             sk_err: 0,
             task_pid: 4242,

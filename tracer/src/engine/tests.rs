@@ -26,7 +26,6 @@ fn tr(ts: u64, sk: u64, old: TcpState, new: TcpState) -> Transition {
         old,
         new,
         dwell_ns: None,
-        dwell_table_full: false,
         netns: 0,
         sk_err: 0,
         task_pid: 1,
@@ -921,4 +920,37 @@ proptest! {
         }
         let _ = h.e.summary(h.e.clock_ns()).render_text();
     }
+}
+
+/// With no dwell from the kernel, each transition's dwell is the difference of the socket's
+/// event times; unknown where the start was not seen; a self-transition reports the time in the
+/// state so far; a kernel-measured dwell is passed through.
+#[test]
+fn last_dwell_comes_from_event_times() {
+    let mut h = H::new();
+    let mut feed = |t: Transition| {
+        h.e.on_transition(&t, &mut h.out);
+        h.e.last_dwell_ns()
+    };
+    assert_eq!(feed(tr(1_000, 7, Close, SynSent)), None, "birth");
+    assert_eq!(feed(tr(1_500, 7, SynSent, Established)), Some(500));
+    assert_eq!(feed(tr(4_000, 7, Established, FinWait1)), Some(2_500));
+    assert_eq!(
+        feed(tr(4_100, 7, FinWait1, FinWait1)),
+        Some(100),
+        "self-transition"
+    );
+    assert_eq!(
+        feed(tr(4_300, 7, FinWait1, FinWait2)),
+        Some(300),
+        "start kept"
+    );
+    assert_eq!(feed(tr(4_400, 7, FinWait2, Close)), Some(100));
+    // First sight mid-life, then a gap (an event lost): unknown.
+    assert_eq!(feed(tr(9_000, 8, Established, CloseWait)), None);
+    assert_eq!(feed(tr(9_500, 8, LastAck, Close)), None, "gap");
+    // The kernel's measure wins when the event has one.
+    let mut t = tr(10_000, 9, Established, CloseWait);
+    t.dwell_ns = Some(42);
+    assert_eq!(feed(t), Some(42));
 }

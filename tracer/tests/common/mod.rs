@@ -161,11 +161,26 @@ impl Drop for Traced {
     }
 }
 
-/// True when a JSON record is about the connection between these two local ports.
+/// True when a JSON record is about the connection between these two local ports in this
+/// test's network namespace (ports repeat across namespaces: other processes' load runs in
+/// namespaces of their own).
 pub fn on_ports(v: &Value, a: u16, b: u16) -> bool {
     let sp = v["sport"].as_u64().unwrap_or(0) as u16;
     let dp = v["dport"].as_u64().unwrap_or(0) as u16;
-    (sp == a && dp == b) || (sp == b && dp == a)
+    in_own_netns(v) && ((sp == a && dp == b) || (sp == b && dp == a))
+}
+
+/// The network namespace inode of this test process.
+pub fn own_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net")
+        .expect("/proc/self/ns/net")
+        .ino()
+}
+
+/// True when a JSON record's `netns` is this test process's namespace.
+pub fn in_own_netns(v: &Value) -> bool {
+    v["netns"].as_u64() == Some(own_netns())
 }
 
 pub fn of_type<'a>(vs: &'a [Value], ty: &str) -> impl Iterator<Item = &'a Value> + 'a {
