@@ -137,11 +137,12 @@ fn tracer() -> &'static str {
 }
 
 /// The shell line that runs `tracer top ARGS` and then says how it exited (a line
-/// `exit-TAG=N`) and whether the terminal settings are as before (a line `tty-TAG-restored`).
+/// `exit-TAG=N`), then whether the terminal settings are as before (a line `tty-TAG-restored`,
+/// else `tty-TAG-changed`).
 /// The tag is expanded by the shell, so the typed line itself never shows those lines.
 fn top_line(tag: &str, env: &str, args: &str) -> String {
     format!(
-        "clear; T={tag}; S0=$(stty -g); {env} {} top {args}; echo \"exit-$T=$?\"; [ \"$(stty -g)\" = \"$S0\" ] && echo \"tty-$T-restored\"",
+        "clear; T={tag}; S0=$(stty -g); {env} {} top {args}; echo \"exit-$T=$?\"; if [ \"$(stty -g)\" = \"$S0\" ]; then echo \"tty-$T-restored\"; else echo \"tty-$T-changed\"; fi",
         tracer()
     )
 }
@@ -155,8 +156,12 @@ fn exited(screen: &str, tag: &str) -> Option<(i32, bool)> {
         .find_map(|l| l.trim_end().strip_prefix(&prefix))?
         .parse()
         .ok()?;
-    let restored = format!("tty-{tag}-restored");
-    Some((status, screen.lines().any(|l| l.trim_end() == restored)))
+    let line = |what: &str| {
+        let want = format!("tty-{tag}-{what}");
+        screen.lines().any(|l| l.trim_end() == want)
+    };
+    let restored = line("restored");
+    (restored || line("changed")).then_some((status, restored))
 }
 
 /// The columns of the process row of (pid, comm), if it is on the screen.
