@@ -10,27 +10,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
 
 use crate::attribution;
-use crate::bpf::{KernelCounters, LoadOptions, ProgramStats, Tracer};
+use crate::bpf::{KernelCounters, ProgramStats};
 use crate::cli::{LiveConfig, ReplayConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{self, Comm, TcpState, Transition};
+use crate::live::{Kernel, KernelOptions};
 use crate::metrics::{self, MetricsSnapshot};
 use crate::output::{self, Format, Output, RecordContext};
 use crate::pipeline::{Pipeline, PipelineConfig, Sink};
 use crate::record::{CloseRecord, LeakRecord, Owner};
 
-/// Counts kept by the reader loop (the path counts events itself).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ReaderStats {
-    /// Times the kernel woke the reader (ring buffer past its wakeup threshold).
-    pub wakeups: u64,
-    /// Drains run by the reader's own timer.
-    pub timer_drains: u64,
-}
+pub use crate::live::ReaderStats;
 
 /// What the reader shares with the metrics endpoint. Locked once per drained batch and once
 /// per scrape; never per event.
@@ -80,43 +72,19 @@ impl<W: Write> Sink for LiveSink<W> {
 
 /// Live tracing until a signal, `--duration`, or the end of `--pid`'s process.
 pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
-    if let Some(pid) = cfg.pid {
-        if !attribution::process_alive(pid) {
-            anyhow::bail!("no running process with pid {pid}");
-        }
-        // A thread id names its process: sockets belong to the whole thread group.
-        if let Some(tgid) = tgid_of(pid)
-            && tgid != pid
-        {
-            eprintln!("tracer: {pid} is a thread of process {tgid}; following process {tgid}");
-            cfg.pid = Some(tgid);
-        }
-    }
+    cfg.pid = crate::live::resolve_pid(cfg.pid)?;
     // Bind the metrics port before anything is loaded, so a busy port is reported first.
     let bound = match cfg.metrics_addr {
         Some(addr) => Some(crate::server::bind(addr).await?),
         None => None,
     };
 
-    let mut tracer = Tracer::load(&LoadOptions {
-        filter: cfg.pid.is_some(),
+    let mut kernel = Kernel::load(&KernelOptions {
+        pid: cfg.pid,
         ring_bytes: cfg.ring_bytes,
-        ..LoadOptions::default()
-    })?;
-    if let Some(pid) = cfg.pid {
-        tracer.filter_pid(pid)?;
-    }
-    if bound.is_some() {
         // Run-time accounting for tracer_bpf_* metrics; a small cost per event, daemon only.
-        if let Err(e) = tracer.enable_stats() {
-            tracing::warn!("BPF run-time statistics unavailable: {e}");
-        }
-    }
-    let ring = tracer.take_ring()?;
-    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
-    // (which owns the RingBuf) is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {e}"))?;
+        run_time_stats: bound.is_some(),
+    })?;
 
     let path = Pipeline::live(PipelineConfig {
         engine: EngineConfig {
@@ -149,23 +117,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     // Attached first, then the baseline: a socket that changes state in between is seen by
     // both, and the traced state wins.
     if cfg.baseline {
-        let now = output::clock_ns(libc::CLOCK_MONOTONIC);
-        let report = lock(&shared)
-            .path
-            .baseline(now)
-            .context("reading existing TCP sockets (sock_diag)")?;
-        // Events carry netns 0 when the program cannot read it: key the filter the same way.
-        let reports_netns = tracer.reports_netns();
-        for &(netns, port) in &report.pid_ports {
-            tracer.filter_port(if reports_netns { netns } else { 0 }, port)?;
-        }
-        tracing::debug!(
-            "startup baseline: {} sockets in {} network namespaces ({} unreadable) in {:?}",
-            report.seeded,
-            report.namespaces,
-            report.namespaces_failed,
-            report.elapsed
-        );
+        kernel.baseline(&mut lock(&shared).path)?;
     }
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -195,7 +147,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     eprintln!("tracer: tracing TCP state changes (sock:inet_sock_set_state); Ctrl-C to stop");
     ready.store(true, Ordering::Release);
     // Leaks found in the baseline are reported first.
-    clock_tick(&mut lock(&shared), &mut sink, &tracer, &mut 0)?;
+    clock_tick(&mut lock(&shared), &mut sink, &mut kernel, &mut 0)?;
 
     let mut drain_timer = tokio::time::interval(cfg.drain_interval);
     drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -211,20 +163,19 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
 
     let reason = loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                lock(&shared).reader.wakeups += 1;
-                drain(guard.get_inner_mut(), &shared, &mut sink)?;
-                guard.clear_ready();
+            woken = kernel.wakeup() => {
+                woken?;
+                let mut sh = lock(&shared);
+                kernel.drain(&mut sh.path, &mut sink).context("writing output")?;
+                sh.reader = kernel.reader_stats();
             }
             _ = drain_timer.tick() => {
-                lock(&shared).reader.timer_drains += 1;
-                drain(ring.get_mut(), &shared, &mut sink)?;
                 {
                     let mut sh = lock(&shared);
-                    clock_tick(&mut sh, &mut sink, &tracer, &mut lost_reported)?;
+                    kernel.timer_drain(&mut sh.path, &mut sink).context("writing output")?;
+                    refresh_counters(&mut sh, &kernel, &mut lost_reported);
                     if daemon && last_program_read.elapsed() >= Duration::from_secs(1) {
-                        sh.program = tracer.program_stats();
+                        sh.program = kernel.program_stats();
                         last_program_read = Instant::now();
                     }
                 }
@@ -248,16 +199,18 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         let _ = stop_tx.send(());
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
     }
-    drain(ring.get_mut(), &shared, &mut sink)?;
     let mut sh = lock(&shared);
-    let now = clock_tick(&mut sh, &mut sink, &tracer, &mut lost_reported)?;
+    kernel
+        .drain(&mut sh.path, &mut sink)
+        .context("writing output")?;
+    let now = clock_tick(&mut sh, &mut sink, &mut kernel, &mut lost_reported)?;
     eprintln!("tracer: stopping: {reason}");
     let mut summary = sh.path.summary(now);
     summary.events_lost = Some(sh.kernel.ring_full);
     write_summary(&mut sink.out, &summary)?;
     sink.out.flush().context("writing output")?;
     exit_line(&sh);
-    if let Some(p) = tracer.program_stats()
+    if let Some(p) = kernel.program_stats()
         && p.run_count > 0
     {
         eprintln!(
@@ -269,33 +222,25 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A clock reading for the path (leak timers), its records written out, and the kernel
-/// counters refreshed (lost events reported). Returns the time used.
+/// A clock reading for the path (leak timers), its records written out, and the kernel and
+/// reader counters refreshed (lost events reported). Returns the time used.
 fn clock_tick(
     sh: &mut Shared,
     sink: &mut impl Sink,
-    tracer: &Tracer,
+    kernel: &mut Kernel,
     lost_reported: &mut u64,
 ) -> anyhow::Result<u64> {
-    let now = output::clock_ns(libc::CLOCK_MONOTONIC);
-    sh.path.tick(now, sink).context("writing output")?;
-    sh.kernel = tracer.counters();
-    report_lost(&sh.kernel, lost_reported);
+    let now = kernel.tick(&mut sh.path, sink).context("writing output")?;
+    refresh_counters(sh, kernel, lost_reported);
     Ok(now)
 }
 
-/// Drains everything the ring buffer holds. Each item goes down the path at once; the borrow
-/// of ring memory never outlives the loop body.
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    shared: &Mutex<Shared>,
-    sink: &mut impl Sink,
-) -> anyhow::Result<()> {
-    let mut sh = lock(shared);
-    while let Some(item) = ring.next() {
-        sh.path.on_bytes(&item, sink).context("writing output")?;
-    }
-    Ok(())
+/// The kernel's and the reader's counters, as of the kernel's last tick, copied where the
+/// metrics endpoint reads them; newly lost events reported.
+fn refresh_counters(sh: &mut Shared, kernel: &Kernel, lost_reported: &mut u64) {
+    sh.kernel = kernel.counters();
+    sh.reader = kernel.reader_stats();
+    report_lost(&sh.kernel, lost_reported);
 }
 
 fn report_lost(c: &KernelCounters, reported: &mut u64) {
@@ -348,17 +293,6 @@ fn snapshot(sh: &mut Shared, now_ns: u64) -> MetricsSnapshot {
     m.bpf_run_time_ns = sh.program.map(|p| p.run_time.as_nanos() as u64);
     m.bpf_run_count = sh.program.map(|p| p.run_count);
     m
-}
-
-/// The thread-group id of a task, from /proc/PID/status.
-fn tgid_of(pid: u32) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Offline replay of a recording made with `tracer --json`, through the same path.

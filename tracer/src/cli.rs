@@ -36,6 +36,11 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// A live full-screen view, redrawn about once a second: which processes hold CLOSE_WAIT
+    /// sockets (and which leak them), how their connections close, time in each state.
+    /// Keys: arrows select, Enter shows a process's sockets, / filters, < > sort, q quits.
+    /// Needs a terminal and root.
+    Top(TopArgs),
     /// Engine throughput and memory per socket, for `cargo xtask bench`.
     #[command(hide = true)]
     BenchEngine {
@@ -108,6 +113,101 @@ pub struct LiveArgs {
     pub ring_mib: u32,
 }
 
+/// Options of `tracer top`.
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// Only sockets held by this process (all its threads), including connections it accepts
+    /// and sockets it already holds.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Count a socket as leaking once it has been in CLOSE_WAIT this long (e.g. 30s, 500ms,
+    /// 5m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub close_wait_threshold: Duration,
+
+    /// How often the view is rebuilt and redrawn (from 100ms to 60s).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub refresh: Duration,
+
+    /// Most sockets followed at once; beyond it the stalest non-leaking ones are evicted (and
+    /// counted).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub capacity: usize,
+
+    /// Do not read the sockets that exist at startup (sock_diag baseline).
+    #[arg(long)]
+    pub no_baseline: bool,
+
+    /// How often buffered events are drained and leak timers checked.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub drain_interval: Duration,
+
+    /// Size of the kernel ring buffer in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 8)]
+    pub ring_mib: u32,
+}
+
+/// Validated configuration of `tracer top`.
+#[derive(Debug, Clone)]
+pub struct TopConfig {
+    pub pid: Option<u32>,
+    pub close_wait_threshold: Duration,
+    pub refresh: Duration,
+    pub capacity: usize,
+    pub baseline: bool,
+    pub drain_interval: Duration,
+    pub ring_bytes: u32,
+}
+
+impl TopArgs {
+    pub fn validate(&self) -> Result<TopConfig, UsageError> {
+        live_limits(self.pid, self.drain_interval, self.ring_mib)?;
+        if self.capacity == 0 {
+            return Err(UsageError("--capacity must be at least 1".into()));
+        }
+        if self.close_wait_threshold.is_zero() {
+            return Err(UsageError(
+                "--close-wait-threshold must be more than 0".into(),
+            ));
+        }
+        if self.refresh < Duration::from_millis(100) || self.refresh > Duration::from_secs(60) {
+            return Err(UsageError("--refresh must be between 100ms and 60s".into()));
+        }
+        Ok(TopConfig {
+            pid: self.pid,
+            close_wait_threshold: self.close_wait_threshold,
+            refresh: self.refresh,
+            capacity: self.capacity,
+            baseline: !self.no_baseline,
+            drain_interval: self.drain_interval,
+            ring_bytes: self.ring_mib << 20,
+        })
+    }
+}
+
+/// Checks shared by every live front-end: `--pid`, `--drain-interval`, `--ring-mib`.
+fn live_limits(
+    pid: Option<u32>,
+    drain_interval: Duration,
+    ring_mib: u32,
+) -> Result<(), UsageError> {
+    if pid == Some(0) {
+        return Err(UsageError("--pid 0 is not a process".into()));
+    }
+    if drain_interval < Duration::from_millis(1) || drain_interval > Duration::from_secs(10) {
+        return Err(UsageError(
+            "--drain-interval must be between 1ms and 10s".into(),
+        ));
+    }
+    if !(1..=1024).contains(&ring_mib) || !ring_mib.is_power_of_two() {
+        return Err(UsageError(
+            "--ring-mib must be a power of two from 1 to 1024".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Validated configuration of a live run.
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
@@ -165,23 +265,9 @@ impl LiveArgs {
             .as_deref()
             .map(parse_listen_addr)
             .transpose()?;
-        if self.pid == Some(0) {
-            return Err(UsageError("--pid 0 is not a process".into()));
-        }
+        live_limits(self.pid, self.drain_interval, self.ring_mib)?;
         if self.duration.is_some_and(|d| d.is_zero()) {
             return Err(UsageError("--duration must be more than 0".into()));
-        }
-        if self.drain_interval < Duration::from_millis(1)
-            || self.drain_interval > Duration::from_secs(10)
-        {
-            return Err(UsageError(
-                "--drain-interval must be between 1ms and 10s".into(),
-            ));
-        }
-        if !(1..=1024).contains(&self.ring_mib) || !self.ring_mib.is_power_of_two() {
-            return Err(UsageError(
-                "--ring-mib must be a power of two from 1 to 1024".into(),
-            ));
         }
         Ok(LiveConfig {
             format,
@@ -286,6 +372,48 @@ mod tests {
         );
         assert!(parse_listen_addr("localhost").is_err());
         assert!(parse_listen_addr("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn top_options() {
+        let top = |args: &[&str]| -> Result<TopConfig, String> {
+            let cli = Cli::try_parse_from([&["tracer", "top"], args].concat())
+                .map_err(|e| e.to_string())?;
+            match cli.command {
+                Some(Command::Top(a)) => a.validate().map_err(|e| e.to_string()),
+                other => panic!("not top: {other:?}"),
+            }
+        };
+        let c = top(&[]).unwrap();
+        assert_eq!(c.refresh, Duration::from_secs(1));
+        assert_eq!(c.close_wait_threshold, Duration::from_secs(30));
+        assert!(c.baseline && c.pid.is_none());
+        let c = top(&[
+            "--pid",
+            "7",
+            "--close-wait-threshold",
+            "2s",
+            "--refresh",
+            "250ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.pid, c.close_wait_threshold),
+            (Some(7), Duration::from_secs(2))
+        );
+        assert!(
+            top(&["--refresh", "10ms"])
+                .unwrap_err()
+                .contains("--refresh")
+        );
+        assert!(top(&["--pid", "0"]).unwrap_err().contains("--pid 0"));
+        assert!(
+            top(&["--ring-mib", "3"])
+                .unwrap_err()
+                .contains("power of two")
+        );
+        // Stream-only options are not top's.
+        assert!(top(&["--json"]).is_err());
     }
 
     #[test]

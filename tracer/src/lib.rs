@@ -16,6 +16,8 @@ pub mod cli;
 pub mod container;
 pub mod engine;
 pub mod event;
+pub mod live;
+pub mod logs;
 pub mod metrics;
 pub mod netns;
 pub mod output;
@@ -24,6 +26,7 @@ pub mod record;
 pub mod replay;
 pub mod server;
 pub mod sockdiag;
+pub mod top;
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main_with(cli: cli::Cli) -> i32 {
@@ -31,6 +34,10 @@ pub fn main_with(cli: cli::Cli) -> i32 {
     let result = match &cli.command {
         Some(cli::Command::Replay { file, common }) => match cli::validate_replay(file, common) {
             Ok(cfg) => app::replay(&cfg),
+            Err(e) => return usage(&e),
+        },
+        Some(cli::Command::Top(args)) => match args.validate() {
+            Ok(cfg) => return run_top(cfg),
             Err(e) => return usage(&e),
         },
         Some(cli::Command::BenchEngine {
@@ -64,6 +71,26 @@ fn run_live(cfg: cli::LiveConfig) -> anyhow::Result<()> {
     rt.block_on(app::live(cfg))
 }
 
+/// `tracer top`: needs a terminal on stdout (else one line and exit status 2).
+fn run_top(cfg: cli::TopConfig) -> i32 {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        eprintln!("{}", top::NOT_A_TERMINAL);
+        return 2;
+    }
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))
+        .and_then(|rt| rt.block_on(top::run(cfg)));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("tracer: error: {}", one_line(&e));
+            1
+        }
+    }
+}
+
 /// The error and its causes on one line, without repeating a cause already in the message.
 fn one_line(e: &anyhow::Error) -> String {
     let mut s = e.to_string();
@@ -84,7 +111,7 @@ fn init_logging() {
         .with_env_filter(filter)
         // Colour only on a terminal: a journal or a log file gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(logs::LogWriter)
         .with_target(false)
         .try_init();
 }

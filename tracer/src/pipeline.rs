@@ -558,6 +558,30 @@ impl Pipeline {
     }
 }
 
+/// What a redrawing view (`tracer top`) reads once per redraw, besides the engine's own
+/// snapshots.
+impl Pipeline {
+    /// The container of a process (live only; from the short-lived cgroup cache).
+    pub fn container_id(&mut self, pid: u32) -> Option<crate::container::ContainerId> {
+        let live = self.live.as_mut()?;
+        live.containers
+            .get(pid, Instant::now())
+            .and_then(|c| c.container_id)
+    }
+
+    /// Sockets per state now, indexed by [`TcpState::index`]: the engine's, with TIME_WAIT
+    /// from the kernel's count (live only; the tracepoint never shows TIME_WAIT sockets).
+    pub fn sockets_now(&self) -> [u64; 12] {
+        let mut sockets = self.engine.sockets_per_state();
+        if self.live.is_some()
+            && let Some(tw) = time_wait_count()
+        {
+            sockets[TcpState::TimeWait.index()] = tw;
+        }
+        sockets
+    }
+}
+
 /// CLOSE_WAIT sockets per owning pid now.
 fn held_by_pid(engine: &Engine, now_ns: u64) -> HashMap<u32, u64> {
     engine

@@ -180,7 +180,23 @@ fn text_mode_prints_a_readable_line() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Wait for the tracer to say it is tracing (a fixed sleep is too short on a loaded host).
+    let stderr = child.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("tracing TCP state changes") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("tracer did not start tracing within 60 s");
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     drop(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap());

@@ -2,7 +2,7 @@
 //!
 //! `setup` makes a fresh machine able to build and test: rust-src for the nightly toolchain
 //! that builds the eBPF crate, bpf-linker built against that toolchain's own libLLVM (rebuilt
-//! when it changes), and the Debian tools the tests drive (promtool). It is idempotent and
+//! when it changes), and the Debian tools the tests drive (promtool, tmux). It is idempotent and
 //! takes well under a second when everything is in place. `run` and `test` call it first.
 
 use std::env;
@@ -213,6 +213,8 @@ fn setup(level: SetupLevel) -> Result<Tools> {
     if level >= SetupLevel::Test {
         ensure_debian_tool("promtool", "prometheus")?;
         ensure_pip_tool(&tools, "kubernetes-validate", KUBERNETES_VALIDATE)?;
+        // tests/top.rs runs `tracer top` in a real terminal.
+        ensure_debian_tool("tmux", "tmux")?;
     }
     Ok(tools)
 }

@@ -159,6 +159,30 @@ impl Histogram {
     }
 }
 
+impl Histogram {
+    /// What was recorded after `earlier` (an older copy of this histogram): the bucket counts'
+    /// difference. The window's smallest and largest values are not known exactly; they are
+    /// bounded by its lowest and highest non-empty buckets (and by what the whole histogram
+    /// saw), which is what [`Histogram::quantile`] clamps to.
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        let mut d = Histogram::new();
+        for (i, (now, then)) in self.counts.iter().zip(earlier.counts.iter()).enumerate() {
+            let c = now.saturating_sub(*then);
+            if c == 0 {
+                continue;
+            }
+            d.counts[i] = c;
+            d.count += c;
+            let lower = if i == 0 { 0 } else { BOUNDS_NS[i - 1] + 1 };
+            let upper = BOUNDS_NS.get(i).copied().unwrap_or(u64::MAX);
+            d.min_ns = d.min_ns.min(lower.max(self.min_ns));
+            d.max_ns = d.max_ns.max(upper.min(self.max_ns));
+        }
+        d.sum_ns = self.sum_ns.saturating_sub(earlier.sum_ns);
+        d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +252,27 @@ mod tests {
         assert_eq!(b[3].1, 1);
         assert_eq!(b[4], (2e-5, 3));
         assert_eq!(b[30].1, 3);
+    }
+
+    #[test]
+    fn since_is_the_window_between_two_copies() {
+        let mut h = Histogram::new();
+        for _ in 0..100 {
+            h.record(10_000); // 10 µs
+        }
+        let then = h.clone();
+        for _ in 0..10 {
+            h.record(3_000_000_000); // 3 s
+        }
+        let w = h.since(&then);
+        assert_eq!(w.count(), 10);
+        assert_eq!(w.sum_ns(), 30_000_000_000);
+        // Only the window's samples: p50 is in (2 s, 5 s], not the 10 µs of before.
+        let p50 = w.quantile(0.5).unwrap();
+        assert!((2_000_000_001..=3_000_000_000).contains(&p50), "{p50}");
+        assert_eq!(w.max_ns(), Some(3_000_000_000));
+        assert!(h.since(&h).is_empty());
+        assert_eq!(h.since(&Histogram::new()), h.since(&Histogram::new()));
+        assert_eq!(h.since(&Histogram::new()).count(), 110);
     }
 }

@@ -58,6 +58,7 @@
 
 pub mod classify;
 pub mod histogram;
+mod snapshot;
 pub mod summary;
 pub mod synthetic;
 mod table;
@@ -71,6 +72,7 @@ use crate::event::{Comm, TcpState, Transition};
 use crate::record::{AgeSource, CloseKind, CloseRecord, LeakRecord, Owner, Record, Role, SocketId};
 
 pub use histogram::Histogram;
+pub use snapshot::CloseWaitSocket;
 pub use summary::{BaselineSummary, Summary};
 pub use synthetic::{SyntheticStream, synthetic_stream};
 

@@ -1,0 +1,362 @@
+//! `tracer top` in a real terminal (issue 13): tmux runs it at a fixed size, `send-keys` types,
+//! `capture-pane` reads the screen, while leaky servers (tests/fixtures/leaky.py) hold
+//! CLOSE_WAIT sockets — one from before top started (found by the startup baseline), one made
+//! while it runs (traced). Checks the rows and their counts, sorting, the filter, a process's
+//! sockets, and that every way out (q, Ctrl-C, SIGTERM, a panic) exits as it should and leaves
+//! the terminal usable: main screen, cursor shown, `stty` settings as before.
+//!
+//! Needs root (the eBPF program) and tmux (installed by `cargo xtask setup`); fails, never
+//! skips, without them. Only the fixtures' own pids, names and ports are looked at: the
+//! screen's other rows are whatever else the machine does.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Fixture, run_tracer};
+
+/// Long enough for a slow emulated VM; every wait polls the screen and stops as soon as it
+/// matches.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A tmux server of our own (its own socket), with one session running `/bin/sh` (no line
+/// editor of its own, so a terminal left in raw mode would show: Enter would not end a line).
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(name: &str, width: u16, height: u16) -> Tmux {
+        let t = Tmux {
+            socket: format!("tracer-test-{name}-{}", std::process::id()),
+        };
+        let out = t
+            .cmd()
+            .args(["new-session", "-d", "-s", "top", "-x"])
+            .arg(width.to_string())
+            .arg("-y")
+            .arg(height.to_string())
+            .arg("/bin/sh")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run tmux (install it: cargo xtask setup): {e}"));
+        assert!(out.status.success(), "tmux new-session failed: {out:?}");
+        t
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket, "-f", "/dev/null"])
+            .env("LC_ALL", "C.UTF-8")
+            .env("TERM", "xterm-256color");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self
+            .cmd()
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("tmux {args:?}: {e}"));
+        assert!(out.status.success(), "tmux {args:?} failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `text` literally.
+    fn type_text(&self, text: &str) {
+        self.run(&["send-keys", "-t", "top", "-l", text]);
+    }
+
+    /// Presses one key by tmux name (`Enter`, `Escape`, `C-c`).
+    fn key(&self, key: &str) {
+        self.run(&["send-keys", "-t", "top", key]);
+    }
+
+    /// Types a shell command line and runs it.
+    fn shell(&self, line: &str) {
+        self.type_text(line);
+        self.key("Enter");
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "top"])
+    }
+
+    fn display(&self, format: &str) -> String {
+        self.run(&["display-message", "-p", "-t", "top", format])
+            .trim()
+            .to_owned()
+    }
+
+    /// Polls the screen until `pred` holds; panics with the screen after [`DEADLINE`].
+    fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; the screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The terminal is as the shell left it: main screen, cursor shown.
+    fn assert_restored(&self) {
+        assert_eq!(
+            self.display("#{alternate_on}"),
+            "0",
+            "still on the alternate screen"
+        );
+        assert_eq!(self.display("#{cursor_flag}"), "1", "cursor still hidden");
+    }
+
+    /// The pid of the program the shell runs in the foreground.
+    fn foreground_pid(&self) -> u32 {
+        let shell: u32 = self.display("#{pane_pid}").parse().expect("pane pid");
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .expect("reading the shell's children");
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the shell ({shell}) runs nothing"))
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").output();
+    }
+}
+
+fn tracer() -> &'static str {
+    env!("CARGO_BIN_EXE_tracer")
+}
+
+/// The shell line that runs `tracer top ARGS` and then says how it exited (a line
+/// `exit-TAG=N`), then whether the terminal settings are as before (a line `tty-TAG-restored`,
+/// else `tty-TAG-changed`).
+/// The tag is expanded by the shell, so the typed line itself never shows those lines.
+fn top_line(tag: &str, env: &str, args: &str) -> String {
+    format!(
+        "clear; T={tag}; S0=$(stty -g); {env} {} top {args}; echo \"exit-$T=$?\"; if [ \"$(stty -g)\" = \"$S0\" ]; then echo \"tty-$T-restored\"; else echo \"tty-$T-changed\"; fi",
+        tracer()
+    )
+}
+
+/// Once the shell line of [`top_line`] has finished: top's exit status, and whether the
+/// terminal settings were as before.
+fn exited(screen: &str, tag: &str) -> Option<(i32, bool)> {
+    let prefix = format!("exit-{tag}=");
+    let status = screen
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix(&prefix))?
+        .parse()
+        .ok()?;
+    let line = |what: &str| {
+        let want = format!("tty-{tag}-{what}");
+        screen.lines().any(|l| l.trim_end() == want)
+    };
+    let restored = line("restored");
+    (restored || line("changed")).then_some((status, restored))
+}
+
+/// The columns of the process row of (pid, comm), if it is on the screen.
+fn row(screen: &str, pid: u32, comm: &str) -> Option<Vec<String>> {
+    let pid = pid.to_string();
+    screen.lines().find_map(|l| {
+        let cols: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
+        (cols.len() >= 4 && cols[0] == pid && cols[1] == comm).then_some(cols)
+    })
+}
+
+/// The screen line index of (pid, comm)'s row.
+fn line_of(screen: &str, pid: u32, comm: &str) -> Option<usize> {
+    let pid = pid.to_string();
+    screen.lines().position(|l| {
+        let mut w = l.split_whitespace();
+        w.next() == Some(pid.as_str()) && w.next() == Some(comm)
+    })
+}
+
+/// CLOSE_WAIT and LEAKING of a row (the third and fourth columns).
+fn counts(screen: &str, pid: u32, comm: &str) -> Option<(u64, u64)> {
+    let r = row(screen, pid, comm)?;
+    Some((r[2].parse().ok()?, r[3].parse().ok()?))
+}
+
+#[test]
+fn top_shows_the_leaking_server_sorts_filters_and_quits_cleanly() {
+    let tag = std::process::id() % 100_000;
+    // Two names that sort apart, and a part they share for a filter that shows only them.
+    let shared = format!("top{tag}");
+    let (name_a, name_b) = (format!("tz{shared}"), format!("ta{shared}"));
+    // A leaks 3 CLOSE_WAIT sockets before top starts: the startup baseline finds them.
+    let mut a = Fixture::serve(&name_a, &["--self", "3", "--max-seconds", "300"]);
+    a.expect("self-closed 3", Duration::from_secs(30));
+
+    let tmux = Tmux::start("main", 120, 40);
+    tmux.shell(&top_line(
+        "q",
+        "",
+        "--close-wait-threshold 1s --refresh 500ms",
+    ));
+    tmux.wait("top's first screen", |s| {
+        s.contains("tracer top") && s.contains("processes:")
+    });
+    // Only our processes: filter on the part of the name they share.
+    tmux.type_text("/");
+    tmux.type_text(&shared);
+    tmux.key("Enter");
+    // Keys are handled asynchronously: wait for the screen that shows they took effect.
+    let filtered = format!("filter \"{shared}\"");
+    tmux.wait(
+        "A's row with 3 CLOSE_WAIT sockets, all leaking, filtered",
+        |s| s.contains(&filtered) && counts(s, a.pid, &name_a) == Some((3, 3)),
+    );
+
+    // B leaks 1 while top runs: traced.
+    let mut b = Fixture::serve(&name_b, &["--self", "1", "--max-seconds", "300"]);
+    b.expect("self-closed 1", Duration::from_secs(30));
+    let s = tmux.wait("B's row with 1 CLOSE_WAIT socket, leaking", |s| {
+        counts(s, b.pid, &name_b) == Some((1, 1))
+    });
+    // Sorted by CLOSE_WAIT, most first: A above B.
+    assert!(s.contains("CLOSE_WAIT▼"), "{s}");
+    assert!(
+        line_of(&s, a.pid, &name_a) < line_of(&s, b.pid, &name_b),
+        "{s}"
+    );
+
+    // `<` twice: sorted by COMM, ascending — B ("ta…") above A ("tz…").
+    tmux.type_text("<");
+    tmux.type_text("<");
+    tmux.wait("sorted by COMM, B above A", |s| {
+        s.contains("COMM▲")
+            && line_of(s, b.pid, &name_b).is_some()
+            && line_of(s, b.pid, &name_b) < line_of(s, a.pid, &name_a)
+    });
+    // `r` reverses it.
+    tmux.type_text("r");
+    tmux.wait("sorted by COMM, descending: A above B", |s| {
+        s.contains("COMM▼")
+            && line_of(s, a.pid, &name_a).is_some()
+            && line_of(s, a.pid, &name_a) < line_of(s, b.pid, &name_b)
+    });
+
+    // Filter by A's name: B's row goes.
+    tmux.type_text("/");
+    for _ in 0..shared.len() {
+        tmux.key("BSpace");
+    }
+    tmux.type_text(&name_a);
+    tmux.key("Enter");
+    tmux.wait("only A's row", |s| {
+        s.contains(&format!("filter \"{name_a}\""))
+            && row(s, a.pid, &name_a).is_some()
+            && row(s, b.pid, &name_b).is_none()
+    });
+
+    // Enter: A's sockets, with their endpoints (A's port on our side), ages, leaking.
+    tmux.key("Enter");
+    let local = format!("127.0.0.1:{}", a.port);
+    let s = tmux.wait("A's three sockets", |s| {
+        s.lines()
+            .filter(|l| l.starts_with(&local) && l.contains(" yes "))
+            .count()
+            == 3
+    });
+    assert!(
+        s.contains(&format!(
+            "CLOSE_WAIT sockets of {} ({name_a}): 3, 3 leaking",
+            a.pid
+        )),
+        "{s}"
+    );
+    for l in s.lines().filter(|l| l.starts_with(&local)) {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        assert!(
+            cols[1].starts_with("127.0.0.1:"),
+            "remote endpoint in {l:?}"
+        );
+        assert!(cols[2].ends_with('s'), "an age in {l:?}");
+    }
+
+    // Esc: back to the table; filter by B's pid: only B.
+    tmux.key("Escape");
+    tmux.wait("the table again", |s| s.contains("processes:"));
+    tmux.type_text("/");
+    for _ in 0..name_a.len() {
+        tmux.key("BSpace");
+    }
+    tmux.type_text(&b.pid.to_string());
+    tmux.key("Enter");
+    tmux.wait("only B's row", |s| {
+        row(s, b.pid, &name_b).is_some() && row(s, a.pid, &name_a).is_none()
+    });
+
+    // q: exit status 0, the terminal as it was, and a shell that still reads lines.
+    tmux.type_text("q");
+    let s = tmux.wait("top's exit", |s| exited(s, "q").is_some());
+    assert_eq!(exited(&s, "q"), Some((0, true)), "{s}");
+    tmux.assert_restored();
+    tmux.shell("echo usable-$((6*7))");
+    tmux.wait("the shell to answer", |s| {
+        s.lines().any(|l| l.trim_end() == "usable-42")
+    });
+}
+
+#[test]
+fn ctrl_c_sigterm_and_a_panic_restore_the_terminal() {
+    let tmux = Tmux::start("exits", 100, 30);
+    let up = |s: &str| s.contains("tracer top") && s.contains("processes:");
+
+    // Ctrl-C is a key in raw mode: top quits with status 0.
+    tmux.shell(&top_line("ctrlc", "", ""));
+    tmux.wait("top's screen", up);
+    tmux.key("C-c");
+    let s = tmux.wait("top's exit", |s| exited(s, "ctrlc").is_some());
+    assert_eq!(exited(&s, "ctrlc"), Some((0, true)), "{s}");
+    tmux.assert_restored();
+
+    // SIGTERM from elsewhere: status 0, terminal restored.
+    tmux.shell(&top_line("term", "", ""));
+    tmux.wait("top's screen", up);
+    let pid = tmux.foreground_pid();
+    // SAFETY: plain kill(2) on the tracer the shell runs for this test.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let s = tmux.wait("top's exit", |s| exited(s, "term").is_some());
+    assert_eq!(exited(&s, "term"), Some((0, true)), "{s}");
+    tmux.assert_restored();
+
+    // A panic: the terminal is restored before the message, which stays readable.
+    tmux.shell(&top_line(
+        "panic",
+        "RUST_BACKTRACE=0 TRACER_TOP_TEST_PANIC=1",
+        "--refresh 200ms",
+    ));
+    let s = tmux.wait("top's exit", |s| exited(s, "panic").is_some());
+    assert_eq!(exited(&s, "panic"), Some((101, true)), "{s}");
+    assert!(s.contains("panicking to test the terminal restore"), "{s}");
+    tmux.assert_restored();
+    tmux.shell("echo usable-$((6*7))");
+    tmux.wait("the shell to answer", |s| {
+        s.lines().any(|l| l.trim_end() == "usable-42")
+    });
+}
+
+#[test]
+fn top_without_a_terminal_says_so_and_exits_2() {
+    let (code, out, err, _) = run_tracer(&["top"], Duration::from_secs(30));
+    assert_eq!(code, 2, "stderr: {err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("not a terminal"), "{err}");
+    // Bad options are usage errors too.
+    let (code, _, err, _) = run_tracer(&["top", "--refresh", "1ms"], Duration::from_secs(30));
+    assert_eq!(code, 2);
+    assert!(err.contains("--refresh"), "{err}");
+}
