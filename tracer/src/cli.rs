@@ -168,6 +168,13 @@ impl LiveArgs {
         if self.pid == Some(0) {
             return Err(UsageError("--pid 0 is not a process".into()));
         }
+        if let Some(pid) = self.pid
+            && let Some(comm) = kernel_thread(pid)
+        {
+            return Err(UsageError(format!(
+                "--pid {pid} is a kernel thread ({comm}); kernel threads hold no sockets"
+            )));
+        }
         if self.duration.is_some_and(|d| d.is_zero()) {
             return Err(UsageError("--duration must be more than 0".into()));
         }
@@ -212,6 +219,35 @@ pub fn validate_replay(file: &std::path::Path, c: &CommonArgs) -> Result<ReplayC
         close_wait_threshold: c.close_wait_threshold,
         capacity: c.capacity,
     })
+}
+
+/// `PF_KTHREAD` in the flags of /proc/PID/stat (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The name of process `pid` if it is a kernel thread, by the `PF_KTHREAD` flag the kernel sets
+/// on every kernel thread (robust where an empty cmdline is not: a zombie also has one, and
+/// kthreadd's pid differs inside a pid namespace). `None` for a user process, or when
+/// /proc/PID/stat cannot be read (an exited process is reported later, with its own message).
+fn kernel_thread(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (comm, flags) = stat_comm_flags(&stat)?;
+    (flags & PF_KTHREAD != 0).then(|| comm.to_owned())
+}
+
+/// The comm and the flags (field 9) of a /proc/PID/stat line. The comm is in parentheses and may
+/// itself hold spaces and parentheses: the fields resume after the last `)`.
+fn stat_comm_flags(stat: &str) -> Option<(&str, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?;
+    // After the comm: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(6)?
+        .parse()
+        .ok()?;
+    Some((comm, flags))
 }
 
 /// `ADDR:PORT`, `[V6]:PORT`, or `:PORT` / `PORT` (loopback).
@@ -286,6 +322,20 @@ mod tests {
         );
         assert!(parse_listen_addr("localhost").is_err());
         assert!(parse_listen_addr("1.2.3.4:99999").is_err());
+    }
+
+    #[test]
+    fn kernel_threads_are_told_apart_by_their_flags() {
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 7 0 0";
+        assert_eq!(stat_comm_flags(kthread), Some(("kthreadd", 2_129_984)));
+        assert_ne!(2_129_984 & PF_KTHREAD, 0);
+        let user = "77 (my (odd) prog) S 1 77 77 0 -1 4194560 95 0 0 0 1 0 0 0 20 0 1 0 9";
+        assert_eq!(stat_comm_flags(user), Some(("my (odd) prog", 4_194_560)));
+        assert_eq!(4_194_560 & PF_KTHREAD, 0);
+        assert_eq!(stat_comm_flags("garbage"), None);
+        assert_eq!(stat_comm_flags("1 (x) S 0"), None);
+        // This process is not a kernel thread; the live /proc is read the same way.
+        assert_eq!(kernel_thread(std::process::id()), None);
     }
 
     #[test]
