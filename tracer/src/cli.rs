@@ -61,14 +61,21 @@ pub struct CommonArgs {
     pub show: Option<String>,
 
     /// Report a socket as leaked once it has been in CLOSE_WAIT this long (e.g. 30s, 500ms, 5m).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub close_wait_threshold: Duration,
+    /// Default: 30s; a replay uses the recording's own setting unless this is given.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub close_wait_threshold: Option<Duration>,
 
     /// Most sockets followed at once; beyond it the stalest non-leaking ones are evicted (and
-    /// counted).
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
-    pub capacity: usize,
+    /// counted). Default: 1000000; a replay uses the recording's own setting unless this is
+    /// given.
+    #[arg(long, value_name = "N")]
+    pub capacity: Option<usize>,
 }
+
+/// `--close-wait-threshold` when not given.
+pub const DEFAULT_CLOSE_WAIT_THRESHOLD: Duration = Duration::from_secs(30);
+/// `--capacity` when not given.
+pub const DEFAULT_CAPACITY: usize = crate::engine::EngineConfig::DEFAULT_CAPACITY;
 
 /// Options of live tracing.
 #[derive(Debug, clap::Args)]
@@ -130,8 +137,26 @@ pub struct ReplayConfig {
     pub file: PathBuf,
     pub format: Format,
     pub show: Show,
-    pub close_wait_threshold: Duration,
-    pub capacity: usize,
+    /// Given on the command line; otherwise the recording's meta line, otherwise the default.
+    pub close_wait_threshold: Option<Duration>,
+    /// Given on the command line; otherwise the recording's meta line, otherwise the default.
+    pub capacity: Option<usize>,
+}
+
+impl LiveConfig {
+    /// The settings a recording starts with (`attach`: the kernel hook in use).
+    pub fn meta(&self, attach: &'static str) -> crate::output::Meta {
+        crate::output::Meta {
+            version: env!("CARGO_PKG_VERSION"),
+            close_wait_threshold_ns: u64::try_from(self.close_wait_threshold.as_nanos())
+                .unwrap_or(u64::MAX),
+            capacity: self.capacity as u64,
+            pid: self.pid,
+            attach,
+            baseline: self.baseline,
+            realtime_offset_ns: i64::try_from(crate::output::realtime_offset_ns()).unwrap_or(0),
+        }
+    }
 }
 
 /// A usage error: one line, printed as `tracer: error: …`, exit code 2.
@@ -146,10 +171,10 @@ fn common(c: &CommonArgs, daemon: bool) -> Result<(Format, Show), UsageError> {
         None if daemon => Show::parse("none").map_err(UsageError)?,
         None => Show::ALL,
     };
-    if c.capacity == 0 {
+    if c.capacity == Some(0) {
         return Err(UsageError("--capacity must be at least 1".into()));
     }
-    if c.close_wait_threshold.is_zero() {
+    if c.close_wait_threshold.is_some_and(|d| d.is_zero()) {
         return Err(UsageError(
             "--close-wait-threshold must be more than 0".into(),
         ));
@@ -193,8 +218,11 @@ impl LiveArgs {
         Ok(LiveConfig {
             format,
             show,
-            close_wait_threshold: self.common.close_wait_threshold,
-            capacity: self.common.capacity,
+            close_wait_threshold: self
+                .common
+                .close_wait_threshold
+                .unwrap_or(DEFAULT_CLOSE_WAIT_THRESHOLD),
+            capacity: self.common.capacity.unwrap_or(DEFAULT_CAPACITY),
             pid: self.pid,
             duration: self.duration,
             metrics_addr,

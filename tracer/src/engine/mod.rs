@@ -354,6 +354,25 @@ impl Engine {
         }
     }
 
+    /// Stops tracking every socket without emitting anything; counters and dwell histograms
+    /// stay. For a replayed input that starts over (a second recording appended to the first):
+    /// the sockets of the part before are not those of the part after. Returns how many were
+    /// tracked.
+    pub fn forget_all(&mut self) -> u64 {
+        let all: Vec<u32> = self
+            .table
+            .iter_list(Which::Lru)
+            .chain(self.table.iter_list(Which::Leaks))
+            .collect();
+        for &i in &all {
+            self.remove_entry(i);
+        }
+        self.cw_heap.clear();
+        self.cw_pending = 0;
+        self.unclocked.clear();
+        all.len() as u64
+    }
+
     /// Records who owns a tracked socket; later records about it carry the owner. Ignored for
     /// untracked sockets.
     pub fn set_owner(&mut self, sk: u64, owner: Owner) {
