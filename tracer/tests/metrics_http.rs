@@ -946,11 +946,10 @@ fn slowloris_never_delays_a_scrape() {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
-                            .await
+                        if let Ok(Ok(0) | Err(_)) =
+                            tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
                         {
-                            Ok(Ok(0) | Err(_)) => break,
-                            Ok(Ok(_)) | Err(_) => {}
+                            break;
                         }
                     }
                 }

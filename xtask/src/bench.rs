@@ -152,14 +152,12 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The bare runs, and the runs of each traced setup.
+type Measurements = (Vec<Run>, Vec<(Setup, Measured)>);
+
 /// Runs the bracketed schedule until every traced setup has `rounds` kept runs (at most
 /// `2 × rounds` rounds; one round and no retries in smoke mode).
-fn measure(
-    ctx: &RunCtx<'_>,
-    rounds: usize,
-    smoke: bool,
-    tolerance: f64,
-) -> Result<(Vec<Run>, Vec<(Setup, Measured)>)> {
+fn measure(ctx: &RunCtx<'_>, rounds: usize, smoke: bool, tolerance: f64) -> Result<Measurements> {
     let mut measured: Vec<(Setup, Measured)> = Setup::TRACED
         .iter()
         .map(|&s| (s, Measured::default()))
