@@ -39,6 +39,11 @@
 //!   event arriving after its socket's close looks like a new mid-life socket; such an entry
 //!   lingers until it is evicted. The ring buffer keeps per-socket order, so this needs a
 //!   reordering the kernel facts do not show.)
+//! - **Time itself** is trusted: live, `ts_ns` is the kernel's monotonic clock. A replayed
+//!   recording is untrusted input whose clock may jump ahead or start over (files
+//!   concatenated); [`crate::replay`] guards it before it reaches the engine (an outlier is fed at
+//!   the clock, a restart calls [`Engine::forget_all`] and shifts the new part's times), so the
+//!   engine stays one pure state machine for both.
 //!
 //! # Leaks
 //! A socket leaks when its CLOSE_WAIT age (engine clock − entry time) is `>=` the threshold:
