@@ -86,6 +86,8 @@ struct Measured {
     runs: Vec<Run>,
     /// Rate ratios to the bracketing bare runs, of the runs kept.
     ratios: Vec<f64>,
+    /// Rate ratios of every run, kept or not.
+    all_ratios: Vec<f64>,
     /// Runs rejected because their bare brackets disagreed.
     rejected: usize,
 }
@@ -201,6 +203,7 @@ fn measure(ctx: &RunCtx<'_>, rounds: usize, smoke: bool, tolerance: f64) -> Resu
                 r.lost
             );
             m.runs.push(r);
+            m.all_ratios.push(ratio);
             if kept {
                 m.ratios.push(ratio);
             } else {
@@ -278,7 +281,17 @@ fn print_report(bare: &[Run], measured: &[(Setup, Measured)], engine: &str, h: &
     );
     for (setup, m) in measured {
         let (rate, rate_s) = median_spread(m.runs.iter().map(|r| r.rate).collect());
-        let (ratio, ratio_s) = median_spread(m.ratios.clone());
+        let vs_bare = if m.ratios.is_empty() {
+            // Nothing kept: say so, and give the unfiltered figure for what it is worth.
+            let (all, all_s) = median_spread(m.all_ratios.clone());
+            format!(
+                "– (no run kept; all {}: {all:.3} ± {all_s:.3})",
+                m.all_ratios.len()
+            )
+        } else {
+            let (ratio, ratio_s) = median_spread(m.ratios.clone());
+            format!("{ratio:.3} ± {ratio_s:.3}")
+        };
         let per_event: Vec<&Run> = m.runs.iter().filter(|r| r.bpf_runs > 0).collect();
         let (ns, ns_s) = median_spread(
             per_event
@@ -296,7 +309,7 @@ fn print_report(bare: &[Run], measured: &[(Setup, Measured)], engine: &str, h: &
         let lost: Option<u64> = m.runs.iter().filter_map(|r| r.lost).max();
         let or_dash = |x: f64, s: String| if x > 0.0 { s } else { "–".into() };
         println!(
-            "| {} | {rate:.0} {} | {ratio:.3} ± {ratio_s:.3} | {}/{} | {} | {} | {} | {} |",
+            "| {} | {rate:.0} {} | {vs_bare} | {}/{} | {} | {} | {} | {} |",
             setup.name(),
             pct(rate, rate_s),
             m.ratios.len(),
