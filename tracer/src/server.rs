@@ -23,9 +23,11 @@
 //! - **Small per-connection memory**: a waiting connection costs a task and hyper's two
 //!   8 KiB buffers (the request head is limited to [`ServerConfig::max_header_bytes`]), so the
 //!   cap bounds the server's memory to about 20 MiB whatever clients do.
-//! - **A short header deadline** ([`ServerConfig::header_read_timeout`], 2 s): a connection that
-//!   has not sent a complete head in that time (also the idle limit between kept-alive
-//!   requests) is closed even when the server is not full.
+//! - **A short header deadline** ([`ServerConfig::header_read_timeout`], 2 s, spread up to
+//!   +44 % in eight steps across connections): a connection that has not sent a complete head
+//!   in that time (also the idle limit between kept-alive requests) is closed even when the
+//!   server is not full. The spread matters on a loaded host: 500 connections opened together
+//!   that all expire and reconnect at once queue a scraper's connection behind 500 others.
 //! - No per-peer limit: on the host the attacker and the scraper are both 127.0.0.1, so a
 //!   per-address quota would hurt the scraper as much as the attacker. Eviction of the oldest
 //!   waiting connection does not need to tell them apart.
@@ -63,13 +65,17 @@ use crate::metrics::{self, Format};
 /// Smallest request-head buffer hyper accepts.
 const MIN_HEADER_BYTES: usize = 8192;
 
+/// Header deadlines are spread over this many steps of 1/16 of the deadline, so connections
+/// opened in a burst (a slowloris attack starting) do not all expire, and come back, at once.
+const DEADLINE_STEPS: u32 = 8;
+
 /// How the admin server listens and protects itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Where to listen.
     pub addr: SocketAddr,
     /// A client must send a complete request head within this time (also the idle limit of a
-    /// kept-alive connection between requests).
+    /// kept-alive connection between requests); spread up to +44 % across connections.
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers), in bytes; at least 8 KiB.
     pub max_header_bytes: usize,
@@ -398,14 +404,21 @@ impl Bound {
             config,
         } = self;
         let shared = Arc::new(Shared { registry, ready });
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
-            .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
-            .max_header_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
-            .keep_alive(true);
-        let builder = Arc::new(builder);
+        // One builder per deadline step: connection n gets step n mod DEADLINE_STEPS.
+        let builders: Vec<Arc<http1::Builder>> = (0..DEADLINE_STEPS)
+            .map(|step| {
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(
+                        config.header_read_timeout + config.header_read_timeout * step / 16,
+                    )
+                    .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
+                    .max_header_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
+                    .keep_alive(true);
+                Arc::new(builder)
+            })
+            .collect();
         let cap = connection_cap(config.max_connections, raise_fd_limit());
         let slots = Arc::new(Slots::new(cap));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -449,8 +462,9 @@ impl Bound {
                 evict,
                 seq: Mutex::new(seq),
             };
+            let builder = &builders[(seq % u64::from(DEADLINE_STEPS)) as usize];
             connections.spawn(connection(
-                Arc::clone(&builder),
+                Arc::clone(builder),
                 stream,
                 peer,
                 Arc::clone(&shared),
