@@ -1,7 +1,7 @@
 //! Wiring of the streaming tracer and the daemon: configuration → kernel program →
 //! ring-buffer reader → [`Pipeline`] → output and metrics; the startup baseline, `--pid`,
-//! signals, `--duration`, the exit summary; and the replay front-end. The per-event path itself
-//! lives in `pipeline`: this module is loops and sinks.
+//! signals, `--duration`, the exit summary. The per-event path itself lives in `pipeline`: this
+//! module is loops and sinks (the replay front-end is in `replay`).
 
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 use crate::attribution;
 use crate::bpf::{KernelCounters, ProgramStats};
-use crate::cli::{LiveConfig, ReplayConfig};
+use crate::cli::LiveConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{self, Comm, TcpState, Transition};
 use crate::live::{Kernel, KernelOptions};
@@ -113,6 +113,8 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         .with_own_netns(own_netns),
         daemon,
     };
+    // The run's settings first, so that a replay of the recording uses them.
+    sink.out.meta(&cfg.meta(kernel.attach_kind()))?;
 
     // Attached first, then the baseline: a socket that changes state in between is seen by
     // both, and the traced state wins.
@@ -293,45 +295,6 @@ fn snapshot(sh: &mut Shared, now_ns: u64) -> MetricsSnapshot {
     m.bpf_run_time_ns = sh.program.map(|p| p.run_time.as_nanos() as u64);
     m.bpf_run_count = sh.program.map(|p| p.run_count);
     m
-}
-
-/// Offline replay of a recording made with `tracer --json`, through the same path.
-pub fn replay(cfg: &ReplayConfig) -> anyhow::Result<()> {
-    let input: Box<dyn io::BufRead> = if cfg.file.as_os_str() == "-" {
-        Box::new(io::BufReader::new(io::stdin().lock()))
-    } else {
-        let f = std::fs::File::open(&cfg.file)
-            .with_context(|| format!("cannot open {}", cfg.file.display()))?;
-        Box::new(io::BufReader::with_capacity(1 << 16, f))
-    };
-    let mut path = Pipeline::offline(PipelineConfig {
-        engine: EngineConfig {
-            capacity: cfg.capacity,
-            close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
-        },
-        pid: None,
-    });
-    let mut out = Output::new(io::stdout().lock(), cfg.format, cfg.show, 0);
-    let stats = crate::replay::replay(input, &mut path, &mut out, |line, err| {
-        eprintln!("tracer: {}: line {line}: {err}", cfg.file.display());
-    })
-    .map_err(|e| match e {
-        crate::replay::ReplayError::Read(e) => {
-            anyhow::Error::new(e).context(format!("reading {}", cfg.file.display()))
-        }
-        crate::replay::ReplayError::Write(e) => anyhow::Error::new(e).context("writing output"),
-    })?;
-    let mut summary = path.summary(path.engine().clock_ns());
-    summary.skipped_lines = Some(stats.skipped);
-    write_summary(&mut out, &summary)?;
-    out.flush().context("writing output")?;
-    if stats.skipped > 0 {
-        eprintln!(
-            "tracer: skipped {} malformed line(s) of {}",
-            stats.skipped, stats.lines
-        );
-    }
-    Ok(())
 }
 
 /// `tracer bench-engine`: engine throughput on one core over a synthetic stream, and the

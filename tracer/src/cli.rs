@@ -66,14 +66,21 @@ pub struct CommonArgs {
     pub show: Option<String>,
 
     /// Report a socket as leaked once it has been in CLOSE_WAIT this long (e.g. 30s, 500ms, 5m).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub close_wait_threshold: Duration,
+    /// Default: 30s; a replay uses the recording's own setting unless this is given.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub close_wait_threshold: Option<Duration>,
 
     /// Most sockets followed at once; beyond it the stalest non-leaking ones are evicted (and
-    /// counted).
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
-    pub capacity: usize,
+    /// counted). Default: 1000000; a replay uses the recording's own setting unless this is
+    /// given.
+    #[arg(long, value_name = "N")]
+    pub capacity: Option<usize>,
 }
+
+/// `--close-wait-threshold` when not given.
+pub const DEFAULT_CLOSE_WAIT_THRESHOLD: Duration = Duration::from_secs(30);
+/// `--capacity` when not given.
+pub const DEFAULT_CAPACITY: usize = crate::engine::EngineConfig::DEFAULT_CAPACITY;
 
 /// Options of live tracing.
 #[derive(Debug, clap::Args)]
@@ -195,6 +202,13 @@ fn live_limits(
     if pid == Some(0) {
         return Err(UsageError("--pid 0 is not a process".into()));
     }
+    if let Some(pid) = pid
+        && let Some(comm) = kernel_thread(pid)
+    {
+        return Err(UsageError(format!(
+            "--pid {pid} is a kernel thread ({comm}); kernel threads hold no sockets"
+        )));
+    }
     if drain_interval < Duration::from_millis(1) || drain_interval > Duration::from_secs(10) {
         return Err(UsageError(
             "--drain-interval must be between 1ms and 10s".into(),
@@ -230,8 +244,26 @@ pub struct ReplayConfig {
     pub file: PathBuf,
     pub format: Format,
     pub show: Show,
-    pub close_wait_threshold: Duration,
-    pub capacity: usize,
+    /// Given on the command line; otherwise the recording's meta line, otherwise the default.
+    pub close_wait_threshold: Option<Duration>,
+    /// Given on the command line; otherwise the recording's meta line, otherwise the default.
+    pub capacity: Option<usize>,
+}
+
+impl LiveConfig {
+    /// The settings a recording starts with (`attach`: the kernel hook in use).
+    pub fn meta(&self, attach: &'static str) -> crate::output::Meta {
+        crate::output::Meta {
+            version: env!("CARGO_PKG_VERSION"),
+            close_wait_threshold_ns: u64::try_from(self.close_wait_threshold.as_nanos())
+                .unwrap_or(u64::MAX),
+            capacity: self.capacity as u64,
+            pid: self.pid,
+            attach,
+            baseline: self.baseline,
+            realtime_offset_ns: i64::try_from(crate::output::realtime_offset_ns()).unwrap_or(0),
+        }
+    }
 }
 
 /// A usage error: one line, printed as `tracer: error: …`, exit code 2.
@@ -246,10 +278,10 @@ fn common(c: &CommonArgs, daemon: bool) -> Result<(Format, Show), UsageError> {
         None if daemon => Show::parse("none").map_err(UsageError)?,
         None => Show::ALL,
     };
-    if c.capacity == 0 {
+    if c.capacity == Some(0) {
         return Err(UsageError("--capacity must be at least 1".into()));
     }
-    if c.close_wait_threshold.is_zero() {
+    if c.close_wait_threshold.is_some_and(|d| d.is_zero()) {
         return Err(UsageError(
             "--close-wait-threshold must be more than 0".into(),
         ));
@@ -272,8 +304,11 @@ impl LiveArgs {
         Ok(LiveConfig {
             format,
             show,
-            close_wait_threshold: self.common.close_wait_threshold,
-            capacity: self.common.capacity,
+            close_wait_threshold: self
+                .common
+                .close_wait_threshold
+                .unwrap_or(DEFAULT_CLOSE_WAIT_THRESHOLD),
+            capacity: self.common.capacity.unwrap_or(DEFAULT_CAPACITY),
             pid: self.pid,
             duration: self.duration,
             metrics_addr,
@@ -298,6 +333,35 @@ pub fn validate_replay(file: &std::path::Path, c: &CommonArgs) -> Result<ReplayC
         close_wait_threshold: c.close_wait_threshold,
         capacity: c.capacity,
     })
+}
+
+/// `PF_KTHREAD` in the flags of /proc/PID/stat (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The name of process `pid` if it is a kernel thread, by the `PF_KTHREAD` flag the kernel sets
+/// on every kernel thread (robust where an empty cmdline is not: a zombie also has one, and
+/// kthreadd's pid differs inside a pid namespace). `None` for a user process, or when
+/// /proc/PID/stat cannot be read (an exited process is reported later, with its own message).
+fn kernel_thread(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (comm, flags) = stat_comm_flags(&stat)?;
+    (flags & PF_KTHREAD != 0).then(|| comm.to_owned())
+}
+
+/// The comm and the flags (field 9) of a /proc/PID/stat line. The comm is in parentheses and may
+/// itself hold spaces and parentheses: the fields resume after the last `)`.
+fn stat_comm_flags(stat: &str) -> Option<(&str, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?;
+    // After the comm: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let flags = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(6)?
+        .parse()
+        .ok()?;
+    Some((comm, flags))
 }
 
 /// `ADDR:PORT`, `[V6]:PORT`, or `:PORT` / `PORT` (loopback).
@@ -388,9 +452,10 @@ mod tests {
         assert_eq!(c.refresh, Duration::from_secs(1));
         assert_eq!(c.close_wait_threshold, Duration::from_secs(30));
         assert!(c.baseline && c.pid.is_none());
+        let me = std::process::id().to_string();
         let c = top(&[
             "--pid",
-            "7",
+            &me,
             "--close-wait-threshold",
             "2s",
             "--refresh",
@@ -399,7 +464,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (c.pid, c.close_wait_threshold),
-            (Some(7), Duration::from_secs(2))
+            (Some(std::process::id()), Duration::from_secs(2))
         );
         assert!(
             top(&["--refresh", "10ms"])
@@ -414,6 +479,20 @@ mod tests {
         );
         // Stream-only options are not top's.
         assert!(top(&["--json"]).is_err());
+    }
+
+    #[test]
+    fn kernel_threads_are_told_apart_by_their_flags() {
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 7 0 0";
+        assert_eq!(stat_comm_flags(kthread), Some(("kthreadd", 2_129_984)));
+        assert_ne!(2_129_984 & PF_KTHREAD, 0);
+        let user = "77 (my (odd) prog) S 1 77 77 0 -1 4194560 95 0 0 0 1 0 0 0 20 0 1 0 9";
+        assert_eq!(stat_comm_flags(user), Some(("my (odd) prog", 4_194_560)));
+        assert_eq!(4_194_560 & PF_KTHREAD, 0);
+        assert_eq!(stat_comm_flags("garbage"), None);
+        assert_eq!(stat_comm_flags("1 (x) S 0"), None);
+        // This process is not a kernel thread; the live /proc is read the same way.
+        assert_eq!(kernel_thread(std::process::id()), None);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub fn main_with(cli: cli::Cli) -> i32 {
     init_logging();
     let result = match &cli.command {
         Some(cli::Command::Replay { file, common }) => match cli::validate_replay(file, common) {
-            Ok(cfg) => app::replay(&cfg),
+            Ok(cfg) => replay::run(&cfg).map(drop).map_err(anyhow::Error::from),
             Err(e) => return usage(&e),
         },
         Some(cli::Command::Top(args)) => match args.validate() {

@@ -168,6 +168,11 @@ impl Kernel {
     }
 
     /// Kernel counters as of the last [`Kernel::tick`].
+    /// Which hook delivers the events (`"tp_btf"` or `"tracepoint"`).
+    pub fn attach_kind(&self) -> &'static str {
+        self.tracer.attach_kind()
+    }
+
     pub fn counters(&self) -> KernelCounters {
         self.counters
     }

@@ -69,6 +69,26 @@ pub struct RecordContext {
     pub cgroup: Option<Cgroup>,
 }
 
+/// The settings of a live run, written first in a recording (`{"type":"meta",…}`) so that a
+/// replay uses them (docs/output.md).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Meta {
+    /// `tracer`'s version.
+    pub version: &'static str,
+    /// `--close-wait-threshold`, in ns.
+    pub close_wait_threshold_ns: u64,
+    /// `--capacity`.
+    pub capacity: u64,
+    /// `--pid` (the thread group followed), if any.
+    pub pid: Option<u32>,
+    /// The kernel hook in use: `tp_btf` or `tracepoint`.
+    pub attach: &'static str,
+    /// Whether the sockets open at startup were read (not `--no-baseline`).
+    pub baseline: bool,
+    /// Wall-clock minus monotonic time (ns) at startup: turns `ts_ns` into a date.
+    pub realtime_offset_ns: i64,
+}
+
 /// Writes records to an underlying writer.
 pub struct Output<W: Write> {
     out: W,
@@ -127,6 +147,26 @@ impl<W: Write> Output<W> {
             self.buf.clear();
         }
         Ok(())
+    }
+
+    /// The run's settings, as the first line of a JSON recording; nothing in text mode.
+    pub fn meta(&mut self, meta: &Meta) -> io::Result<()> {
+        if self.format != Format::Json {
+            return Ok(());
+        }
+        self.buf.push_str("{\"type\":\"meta\",");
+        let fields = serde_json::to_string(meta).map_err(io::Error::other)?;
+        // `fields` is an object: splice its members after the type.
+        self.buf
+            .push_str(fields.strip_prefix('{').unwrap_or(&fields));
+        self.buf.push('\n');
+        self.maybe_flush()
+    }
+
+    /// Sets the wall-clock minus monotonic offset used to print times in text mode (a replay
+    /// learns it from the recording's meta line).
+    pub fn set_realtime_offset_ns(&mut self, offset_ns: i128) {
+        self.realtime_offset_ns = offset_ns;
     }
 
     /// Writes a free-form line (summary text, notices).

@@ -297,6 +297,14 @@ impl Pipeline {
         self.emit(sink)
     }
 
+    /// Forgets every tracked socket and the owners the trace taught, emitting nothing (a
+    /// replayed input that starts over: the sockets of the part before are not those of the
+    /// part after). Counters and histograms stay. Returns how many sockets were tracked.
+    pub fn forget_all(&mut self) -> u64 {
+        self.owners = Owners::default();
+        self.engine.forget_all()
+    }
+
     /// When the next leak is due, if any (replay ticks at exact due times).
     pub fn next_leak_due_ns(&self) -> Option<u64> {
         self.engine.next_leak_due_ns()

@@ -5,19 +5,47 @@
 //! first, before any BPF is loaded, so a taken or foreign address is reported at once;
 //! [`Bound::serve`] then runs until its shutdown future resolves.
 //!
-//! Hardened for a host daemon: one task per connection, at most
-//! [`ServerConfig::max_connections`] at once (beyond that the server stops accepting until one
-//! ends; the kernel backlog holds the rest), a header read timeout (so a client that connects
-//! and sends nothing, or sends slowly, is dropped), a small request-head buffer (a huge header
-//! gets `431` and the connection is closed), a maximum connection age, and the scrape encoded
-//! on the blocking pool so the runtime keeps answering others meanwhile.
+//! # Slow and idle clients never delay a scrape
+//! Any local user can open connections to the port and send a partial request head, slowly or
+//! never (slowloris). A server that gives each connection a slot until its head arrives, and
+//! stops accepting when the slots are gone, lets them starve `/live` and `/metrics`. So:
+//!
+//! - **Connections waiting for a request head hold no slot that a request needs.** Every
+//!   connection is in one of two sets: *waiting* (no request head yet, or kept alive between
+//!   requests) or *busy* (its head has arrived; the request is being answered). Only the
+//!   total is capped ([`ServerConfig::max_connections`], 1024 by default, lowered to fit the
+//!   process's file-descriptor limit). When the server is full, the next accepted connection
+//!   **evicts the oldest waiting one** instead of waiting for it. An attacker's connections
+//!   are always the oldest waiting ones; a scraper sends its head as soon as it connects and
+//!   is busy microseconds later, so it cannot be evicted by connections opened after it. The
+//!   accept loop itself waits only when every connection is busy (then a response finishing
+//!   frees a slot within milliseconds).
+//! - **Small per-connection memory**: a waiting connection costs a task and hyper's two
+//!   8 KiB buffers (the request head is limited to [`ServerConfig::max_header_bytes`]), so the
+//!   cap bounds the server's memory to about 20 MiB whatever clients do.
+//! - **A short header deadline** ([`ServerConfig::header_read_timeout`], 2 s, spread up to
+//!   +44 % in eight steps across connections): a connection that has not sent a complete head
+//!   in that time (also the idle limit between kept-alive requests) is closed even when the
+//!   server is not full. The spread matters on a loaded host: 500 connections opened together
+//!   that all expire and reconnect at once queue a scraper's connection behind 500 others.
+//! - No per-peer limit: on the host the attacker and the scraper are both 127.0.0.1, so a
+//!   per-address quota would hurt the scraper as much as the attacker. Eviction of the oldest
+//!   waiting connection does not need to tell them apart.
+//!
+//! Besides: a huge header gets `431` and the connection is closed, a connection is asked to
+//! close at its maximum age, and the scrape is encoded on the blocking pool so the runtime keeps
+//! answering others meanwhile.
+//!
+//! Serving raises the process's soft `RLIMIT_NOFILE` to its hard limit (as the Go runtime
+//! does), so the connection cap is not the 1024 descriptors of a default soft limit.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -29,7 +57,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::metrics::{self, Format};
@@ -37,17 +65,22 @@ use crate::metrics::{self, Format};
 /// Smallest request-head buffer hyper accepts.
 const MIN_HEADER_BYTES: usize = 8192;
 
+/// Header deadlines are spread over this many steps of 1/16 of the deadline, so connections
+/// opened in a burst (a slowloris attack starting) do not all expire, and come back, at once.
+const DEADLINE_STEPS: u32 = 8;
+
 /// How the admin server listens and protects itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Where to listen.
     pub addr: SocketAddr,
     /// A client must send a complete request head within this time (also the idle limit of a
-    /// kept-alive connection between requests).
+    /// kept-alive connection between requests); spread up to +44 % across connections.
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers), in bytes; at least 8 KiB.
     pub max_header_bytes: usize,
-    /// Connections served at once.
+    /// Connections open at once (waiting for a request head or busy with one). When full, a new
+    /// connection evicts the oldest waiting one. Lowered to fit the file-descriptor limit.
     pub max_connections: usize,
     /// A connection is asked to close (after its in-flight response) when this old.
     pub max_connection_age: Duration,
@@ -57,14 +90,14 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults: 5 s header timeout, 16 KiB request head, 64 connections, 2 min connection
+    /// Defaults: 2 s header timeout, 16 KiB request head, 1024 connections, 2 min connection
     /// age, 2 s grace.
     pub fn new(addr: SocketAddr) -> Self {
         ServerConfig {
             addr,
-            header_read_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(2),
             max_header_bytes: 16 * 1024,
-            max_connections: 64,
+            max_connections: 1024,
             max_connection_age: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(2),
         }
@@ -161,6 +194,194 @@ struct Shared {
     ready: Arc<AtomicBool>,
 }
 
+/// File descriptors kept for everything else the process opens (BPF objects, sock_diag,
+/// /proc files while naming owners, the listener).
+const RESERVED_FDS: u64 = 128;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the soft limit now in force
+/// (`None` if it cannot be read).
+fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// The connection cap that fits a soft file-descriptor limit of `fd_limit`.
+fn connection_cap(configured: usize, fd_limit: Option<u64>) -> usize {
+    let fit = fd_limit.map_or(usize::MAX, |l| {
+        usize::try_from(l.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX)
+    });
+    configured.min(fit).max(1)
+}
+
+/// The open connections: how many, and which of them wait for a request head (the ones that
+/// may be evicted), oldest first.
+struct Slots {
+    state: Mutex<SlotState>,
+    /// Signalled when a connection ends or starts waiting: the accept loop may go on.
+    changed: Notify,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct SlotState {
+    open: usize,
+    next_seq: u64,
+    /// Waiting connections by the time they started waiting: a sequence number → the signal
+    /// that evicts it.
+    waiting: BTreeMap<u64, Arc<Notify>>,
+    evicted: u64,
+}
+
+impl Slots {
+    fn new(cap: usize) -> Self {
+        Slots {
+            state: Mutex::new(SlotState::default()),
+            changed: Notify::new(),
+            cap,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether accepting one more connection keeps within the cap (possibly by eviction).
+    fn can_admit(&self) -> bool {
+        let st = self.lock();
+        st.open < self.cap || !st.waiting.is_empty()
+    }
+
+    /// Counts a new connection in, evicting the oldest waiting one if the server is full.
+    /// Returns the new connection's eviction signal and its place among the waiting.
+    fn admit(&self) -> (Arc<Notify>, u64) {
+        let mut st = self.lock();
+        if st.open >= self.cap
+            && let Some((_, victim)) = st.waiting.pop_first()
+        {
+            victim.notify_one();
+            st.evicted += 1;
+        }
+        st.open += 1;
+        let evict = Arc::new(Notify::new());
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.waiting.insert(seq, Arc::clone(&evict));
+        (evict, seq)
+    }
+
+    /// The connection's request head arrived: it may no longer be evicted. Returns `false` if it
+    /// was evicted already (its eviction signal is then pending).
+    fn busy(&self, seq: u64) -> bool {
+        self.lock().waiting.remove(&seq).is_some()
+    }
+
+    /// The connection answered its request and waits for the next one; returns its new place.
+    fn waiting(&self, evict: &Arc<Notify>) -> u64 {
+        let seq = {
+            let mut st = self.lock();
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.waiting.insert(seq, Arc::clone(evict));
+            seq
+        };
+        self.changed.notify_waiters();
+        seq
+    }
+
+    /// The connection is gone.
+    fn close(&self, seq: u64) {
+        {
+            let mut st = self.lock();
+            st.open = st.open.saturating_sub(1);
+            st.waiting.remove(&seq);
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// A connection's place in [`Slots`]; leaves them when dropped (however the task ends).
+struct Slot {
+    slots: Arc<Slots>,
+    evict: Arc<Notify>,
+    /// Its place among the waiting connections (stale while busy).
+    seq: Mutex<u64>,
+}
+
+impl Slot {
+    fn seq(&self) -> MutexGuard<'_, u64> {
+        self.seq.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn busy(&self) {
+        let seq = *self.seq();
+        // Evicted just before its request arrived: the pending eviction signal ends it.
+        let _ = self.slots.busy(seq);
+    }
+
+    fn waiting(&self) {
+        let seq = self.slots.waiting(&self.evict);
+        *self.seq() = seq;
+    }
+}
+
+/// A response body that puts its connection back among the waiting ones when it is dropped
+/// (written out, or the connection closed).
+struct SlotBody {
+    inner: Full<Bytes>,
+    slot: Arc<Slot>,
+}
+
+impl hyper::body::Body for SlotBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for SlotBody {
+    fn drop(&mut self) {
+        self.slot.waiting();
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let seq = *self.seq();
+        self.slots.close(seq);
+    }
+}
+
 impl Bound {
     /// The address actually bound (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
@@ -183,30 +404,44 @@ impl Bound {
             config,
         } = self;
         let shared = Arc::new(Shared { registry, ready });
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
-            .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
-            .max_header_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
-            .keep_alive(true);
-        let builder = Arc::new(builder);
-        let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        // One builder per deadline step: connection n gets step n mod DEADLINE_STEPS.
+        let builders: Vec<Arc<http1::Builder>> = (0..DEADLINE_STEPS)
+            .map(|step| {
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(
+                        config.header_read_timeout + config.header_read_timeout * step / 16,
+                    )
+                    .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
+                    .max_header_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
+                    .keep_alive(true);
+                Arc::new(builder)
+            })
+            .collect();
+        let cap = connection_cap(config.max_connections, raise_fd_limit());
+        let slots = Arc::new(Slots::new(cap));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
-        tracing::info!(addr = %local_addr, "metrics server listening");
+        tracing::info!(addr = %local_addr, max_connections = cap, "metrics server listening");
 
         tokio::pin!(shutdown);
-        loop {
+        'accept: loop {
             while connections.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break, // the semaphore is never closed
-                },
-            };
+            // Full of busy connections (never of waiting ones): wait for one to end or wait.
+            loop {
+                let changed = slots.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if slots.can_admit() {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break 'accept,
+                    () = changed => {}
+                }
+            }
             let (stream, peer) = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -221,13 +456,20 @@ impl Bound {
                     }
                 },
             };
+            let (evict, seq) = slots.admit();
+            let slot = Slot {
+                slots: Arc::clone(&slots),
+                evict,
+                seq: Mutex::new(seq),
+            };
+            let builder = &builders[(seq % u64::from(DEADLINE_STEPS)) as usize];
             connections.spawn(connection(
-                Arc::clone(&builder),
+                Arc::clone(builder),
                 stream,
                 peer,
                 Arc::clone(&shared),
                 stop_rx.clone(),
-                permit,
+                slot,
                 config.clone(),
             ));
         }
@@ -242,26 +484,43 @@ impl Bound {
         if drained.is_err() {
             connections.shutdown().await;
         }
-        tracing::debug!(addr = %local_addr, "metrics server stopped");
+        tracing::debug!(
+            addr = %local_addr,
+            evicted = slots.lock().evicted,
+            "metrics server stopped"
+        );
         Ok(())
     }
 }
 
-/// Serves one connection until it closes, errs, ages out or the server stops.
+/// Serves one connection until it closes, errs, ages out, is evicted or the server stops.
 async fn connection(
     builder: Arc<http1::Builder>,
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
     config: ServerConfig,
 ) {
-    let _permit = permit;
-    let service = service_fn(move |req: Request<Incoming>| {
-        let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(&shared, &req).await) }
-    });
+    let slot = Arc::new(slot);
+    let evict = Arc::clone(&slot.evict);
+    let service = {
+        let slot = Arc::clone(&slot);
+        service_fn(move |req: Request<Incoming>| {
+            let shared = Arc::clone(&shared);
+            let slot = Arc::clone(&slot);
+            async move {
+                slot.busy();
+                let resp = handle(&shared, &req).await;
+                // Waiting again once the response is written (when hyper drops the body).
+                Ok::<_, Infallible>(resp.map(|body| SlotBody {
+                    inner: body,
+                    slot: Arc::clone(&slot),
+                }))
+            }
+        })
+    };
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -269,6 +528,10 @@ async fn connection(
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
             }
+            return;
+        }
+        () = evict.notified() => {
+            tracing::debug!(%peer, "metrics connection evicted while waiting for a request");
             return;
         }
         _ = stop.wait_for(|stopped| *stopped) => {}

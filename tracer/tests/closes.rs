@@ -296,6 +296,11 @@ fn replay_gives_the_same_close_records() {
     std::thread::sleep(Duration::from_millis(200));
     let (code, values, stderr) = t.stop();
     assert_eq!(code, 0, "{stderr}");
+    // The recording starts with the run's settings.
+    assert_eq!(values[0]["type"], "meta", "{}", values[0]);
+    assert_eq!(values[0]["close_wait_threshold_ns"], 1_000_000_000u64);
+    assert_eq!(values[0]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(values[1..].iter().all(|v| v["type"] != "meta"));
 
     let dir = std::env::temp_dir().join(format!("tracer-replay-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -359,5 +364,29 @@ fn replay_gives_the_same_close_records() {
         .filter(|v| v["sport"] == sp)
         .count();
     assert_eq!((live_leaks, replay_leaks), (1, 1));
+
+    // Without --close-wait-threshold, replay takes the live run's 1 s from the meta line (the
+    // default, 30 s, would show no leak); given on the command line, the flag wins.
+    let leaks_with = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .args(["replay", file.to_str().unwrap(), "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        of_type(&v, "close_wait_leak")
+            .filter(|v| v["sport"] == sp)
+            .count()
+    };
+    assert_eq!(leaks_with(&[]), 1);
+    assert_eq!(leaks_with(&["--close-wait-threshold", "30s"]), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

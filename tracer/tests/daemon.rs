@@ -860,8 +860,9 @@ fn daemon_logs_each_leak_as_plain_text() {
     drop(server);
     let (code, lines, stderr) = t.signal_and_finish_raw(libc::SIGTERM);
     assert_eq!(code, 0, "{stderr}");
-    // Nothing but the summary on stdout.
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    // Nothing but the run's settings and the summary on stdout.
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("{\"type\":\"meta\""), "{lines:?}");
     assert!(
         !stderr.contains('\x1b'),
         "terminal escape codes in the daemon's log (stderr is not a terminal):\n{stderr:?}"

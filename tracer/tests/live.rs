@@ -235,3 +235,67 @@ fn bad_flags_are_usage_errors() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// A kernel thread of this host, found by the `PF_KTHREAD` flag in /proc/PID/stat (kthreadd,
+/// pid 2, on a normal host; any other inside a pid namespace).
+fn a_kernel_thread() -> (u32, String) {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let flags: u64 = rest.split_whitespace().nth(6)?.parse().ok()?;
+            let comm = head.split_once('(')?.1.to_owned();
+            (flags & PF_KTHREAD != 0).then_some((pid, comm))
+        })
+        .expect("no kernel thread in /proc")
+}
+
+#[test]
+fn pid_of_a_kernel_thread_is_refused() {
+    let (pid, comm) = a_kernel_thread();
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["--pid", &pid.to_string(), "--duration", "5s", "--json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "--pid {pid} ({comm}): {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let first = err.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!(
+            "tracer: error: --pid {pid} is a kernel thread ({comm}); kernel threads hold no sockets"
+        ),
+        "{err}"
+    );
+    // Refused by validation, before anything is loaded.
+    assert!(!err.contains("tracing TCP state changes"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+
+    // The tracer's own test process is a user process: accepted, followed, exits when the
+    // duration ends.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            "--duration",
+            "1s",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

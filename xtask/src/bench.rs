@@ -1,9 +1,14 @@
 //! `cargo xtask bench`: the measurements of docs/performance.md, in one run, side by side.
 //!
-//! 1. Workload slowdown: connections/s of `xtask loadgen` (loopback connect/accept/close, in a
-//!    private network namespace) with nothing attached, with `tracer` as a daemon (metrics on),
-//!    with `tracer --pid` of an idle process, and with libbpf-tools' `tcpstates`. Rounds
-//!    alternate the order; medians are reported as ratios to the bare runs.
+//! 1. Workload slowdown: connections/s of `xtask loadgen` (loopback connect/accept/close, two
+//!    client threads pinned to their own CPUs, in a private network namespace) with nothing
+//!    attached, with `tracer` as a daemon (metrics on), with `tracer --pid` of an idle process,
+//!    and with libbpf-tools' `tcpstates`. Every traced run is **bracketed by two bare runs**
+//!    (bare, traced A, bare, traced B, bare, …; the order of the traced setups rotates each
+//!    round) and measured as a ratio to the mean of its two brackets, so that slow drifts of the
+//!    machine (other work on shared cores) cancel out. A traced run whose two bare brackets
+//!    disagree by more than `--bare-tolerance` is rejected and measured again in a later round.
+//!    The table gives the median ratio and its spread (half the interquartile range).
 //! 2. Kernel cost per event: `run_time_ns / run_cnt` of each tool's BPF programs, read from the
 //!    tool's own program fds in /proc/PID/fdinfo (with kernel.bpf_stats_enabled=1 during the run).
 //! 3. Userspace: CPU seconds of the tool per million events, peak RSS, lost events.
@@ -21,18 +26,24 @@ use crate::{Tools, cargo, ensure_debian_tool, output, workspace_root};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// A few-second version for CI, so the benchmark cannot rot.
+    /// A short version for CI (one round of one-second runs), so the benchmark cannot rot.
     #[arg(long)]
     pub smoke: bool,
-    /// Rounds of each configuration (medians are reported).
-    #[arg(long, default_value_t = 5)]
+    /// Kept (bracketed, agreeing) runs of each traced setup; medians are reported.
+    #[arg(long, default_value_t = 7)]
     pub rounds: usize,
     /// Seconds of load per run.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
     /// Load-generator client threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Reject a traced run when its two bare brackets differ by more than this (percent).
+    #[arg(long, default_value_t = 3.0)]
+    pub bare_tolerance: f64,
+    /// Let the scheduler place the load's threads (default: each pinned to its own CPU).
+    #[arg(long)]
+    pub no_pin: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -44,7 +55,7 @@ enum Setup {
 }
 
 impl Setup {
-    const ALL: [Setup; 4] = [Setup::Bare, Setup::Daemon, Setup::PidIdle, Setup::Tcpstates];
+    const TRACED: [Setup; 3] = [Setup::Daemon, Setup::PidIdle, Setup::Tcpstates];
 
     fn name(self) -> &'static str {
         match self {
@@ -68,6 +79,28 @@ struct Run {
     lost: Option<u64>,
 }
 
+/// The runs of one traced setup.
+#[derive(Default)]
+struct Measured {
+    /// Every run (for the per-event costs, which do not depend on the brackets).
+    runs: Vec<Run>,
+    /// Rate ratios to the bracketing bare runs, of the runs kept.
+    ratios: Vec<f64>,
+    /// Rate ratios of every run, kept or not.
+    all_ratios: Vec<f64>,
+    /// Runs rejected because their bare brackets disagreed.
+    rejected: usize,
+}
+
+/// How one run is set up.
+struct RunCtx<'a> {
+    tracer: &'a Path,
+    xtask: &'a Path,
+    seconds: f64,
+    threads: usize,
+    pin: bool,
+}
+
 pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
     let (rounds, seconds) = if args.smoke {
         (1, 1.0)
@@ -78,40 +111,22 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
     ensure_debian_tool("tcpstates", "libbpf-tools")?;
     let tracer = workspace_root().join("target/release/tracer");
     let xtask = std::env::current_exe().context("locating xtask")?;
+    let ctx = RunCtx {
+        tracer: &tracer,
+        xtask: &xtask,
+        seconds,
+        threads: args.threads,
+        pin: !args.no_pin,
+    };
+    let load_before = loadavg();
 
     let stats_before =
         fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
         .context("enabling kernel.bpf_stats_enabled (needs root)")?;
-    let result = (|| -> Result<Vec<(Setup, Vec<Run>)>> {
-        let mut runs: Vec<(Setup, Vec<Run>)> =
-            Setup::ALL.iter().map(|&s| (s, Vec::new())).collect();
-        for round in 0..rounds {
-            // Rotate the order so that no setup always runs first (warm caches, thermal state).
-            for k in 0..Setup::ALL.len() {
-                let setup = Setup::ALL[(k + round) % Setup::ALL.len()];
-                let r = one_run(setup, &tracer, &xtask, seconds, args.threads)
-                    .with_context(|| format!("bench run {:?}", setup))?;
-                eprintln!(
-                    "bench: round {} {:<30} {:>8.0} conn/s  bpf {:>6} ns/run  cpu {:.2}s  lost {:?}",
-                    round + 1,
-                    setup.name(),
-                    r.rate,
-                    r.bpf_ns.checked_div(r.bpf_runs).unwrap_or(0),
-                    r.cpu_s,
-                    r.lost
-                );
-                runs.iter_mut()
-                    .find(|(s, _)| *s == setup)
-                    .unwrap()
-                    .1
-                    .push(r);
-            }
-        }
-        Ok(runs)
-    })();
+    let result = measure(&ctx, rounds, args.smoke, args.bare_tolerance / 100.0);
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
-    let runs = result?;
+    let (bare, measured) = result?;
 
     let engine = output(Command::new(&tracer).args([
         "bench-engine",
@@ -122,71 +137,200 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
     ]))
     .context("running tracer bench-engine")?;
 
-    print_report(&runs, engine.trim(), rounds, seconds, args.threads);
+    print_report(
+        &bare,
+        &measured,
+        engine.trim(),
+        &Header {
+            rounds,
+            seconds,
+            threads: args.threads,
+            pin: ctx.pin,
+            tolerance_pct: args.bare_tolerance,
+            load_before,
+            load_after: loadavg(),
+        },
+    );
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return 0.0;
+/// The bare runs, and the runs of each traced setup.
+type Measurements = (Vec<Run>, Vec<(Setup, Measured)>);
+
+/// Runs the bracketed schedule until every traced setup has `rounds` kept runs (at most
+/// `2 × rounds` rounds; one round and no retries in smoke mode).
+fn measure(ctx: &RunCtx<'_>, rounds: usize, smoke: bool, tolerance: f64) -> Result<Measurements> {
+    let mut measured: Vec<(Setup, Measured)> = Setup::TRACED
+        .iter()
+        .map(|&s| (s, Measured::default()))
+        .collect();
+    let mut bare = vec![one_run(Setup::Bare, ctx).context("bench run Bare")?];
+    let max_rounds = if smoke { 1 } else { 2 * rounds };
+    for round in 0..max_rounds {
+        if measured.iter().all(|(_, m)| m.ratios.len() >= rounds) {
+            break;
+        }
+        // Rotate the order so that no setup always follows the same one.
+        for k in 0..Setup::TRACED.len() {
+            let (setup, m) = &mut measured[(k + round) % Setup::TRACED.len()];
+            if m.ratios.len() >= rounds {
+                continue;
+            }
+            let r = one_run(*setup, ctx).with_context(|| format!("bench run {setup:?}"))?;
+            let after = one_run(Setup::Bare, ctx).context("bench run Bare")?;
+            let before = bare.last().map_or(after.rate, |b| b.rate);
+            bare.push(after);
+            let mean = (before + after.rate) / 2.0;
+            let disagree = if mean > 0.0 {
+                (before - after.rate).abs() / mean
+            } else {
+                1.0
+            };
+            let kept = disagree <= tolerance || smoke;
+            let ratio = if mean > 0.0 { r.rate / mean } else { 0.0 };
+            eprintln!(
+                "bench: round {} {:<28} {:>7.0} conn/s  {:.3} of bare ({:>6.0}/{:>6.0}, {:>4.1} % apart{})  bpf {:>5} ns/run  cpu {:.2}s  lost {:?}",
+                round + 1,
+                setup.name(),
+                r.rate,
+                ratio,
+                before,
+                after.rate,
+                disagree * 100.0,
+                if kept { "" } else { ": rejected" },
+                r.bpf_ns.checked_div(r.bpf_runs).unwrap_or(0),
+                r.cpu_s,
+                r.lost
+            );
+            m.runs.push(r);
+            m.all_ratios.push(ratio);
+            if kept {
+                m.ratios.push(ratio);
+            } else {
+                m.rejected += 1;
+            }
+        }
     }
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    Ok((bare, measured))
 }
 
-fn print_report(
-    runs: &[(Setup, Vec<Run>)],
-    engine: &str,
+/// Median and half the interquartile range (linear interpolation between order statistics).
+fn median_spread(mut v: Vec<f64>) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        let x = p * (v.len() - 1) as f64;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (x - lo as f64)
+    };
+    (q(0.5), (q(0.75) - q(0.25)) / 2.0)
+}
+
+/// `/proc/loadavg`'s first three fields.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// How the run was made, for the report's first lines.
+struct Header {
     rounds: usize,
     seconds: f64,
     threads: usize,
-) {
-    let bare = median(runs[0].1.iter().map(|r| r.rate).collect());
+    pin: bool,
+    tolerance_pct: f64,
+    load_before: String,
+    load_after: String,
+}
+
+fn print_report(bare: &[Run], measured: &[(Setup, Measured)], engine: &str, h: &Header) {
     println!(
-        "Workload: {threads} client threads of loopback connect/accept/close in a private network \
-         namespace, {seconds} s per run, {rounds} alternating round(s); medians.\n"
+        "Workload: {} client threads{} of loopback connect/accept/close in a private network \
+         namespace, {} s per run; every traced run between two bare runs, kept when they agree \
+         within {} %; {} kept runs per setup wanted. Medians ± half the interquartile range.",
+        h.threads,
+        if h.pin { " (pinned)" } else { "" },
+        h.seconds,
+        h.tolerance_pct,
+        h.rounds
     );
     println!(
-        "| setup | connections/s | vs bare | kernel ns/event | CPU s per 1M events | peak RSS MiB | lost events |"
+        "Load average (1, 5, 15 min) before: {}, after: {}.\n",
+        h.load_before, h.load_after
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (setup, rs) in runs {
-        let rate = median(rs.iter().map(|r| r.rate).collect());
-        let ns = median(
-            rs.iter()
-                .filter(|r| r.bpf_runs > 0)
+    println!(
+        "| setup | connections/s | vs bare | kept/rejected runs | kernel ns/event | CPU s per 1M events | peak RSS MiB | lost events |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let pct = |m: f64, s: f64| {
+        if m > 0.0 {
+            format!("± {:.1} %", 100.0 * s / m)
+        } else {
+            String::new()
+        }
+    };
+    let (b, bs) = median_spread(bare.iter().map(|r| r.rate).collect());
+    println!(
+        "| {} | {b:.0} {} | 1 | {} runs | – | – | – | – |",
+        Setup::Bare.name(),
+        pct(b, bs),
+        bare.len()
+    );
+    for (setup, m) in measured {
+        let (rate, rate_s) = median_spread(m.runs.iter().map(|r| r.rate).collect());
+        let vs_bare = if m.ratios.is_empty() {
+            // Nothing kept: say so, and give the unfiltered figure for what it is worth.
+            let (all, all_s) = median_spread(m.all_ratios.clone());
+            format!(
+                "– (no run kept; all {}: {all:.3} ± {all_s:.3})",
+                m.all_ratios.len()
+            )
+        } else {
+            let (ratio, ratio_s) = median_spread(m.ratios.clone());
+            format!("{ratio:.3} ± {ratio_s:.3}")
+        };
+        let per_event: Vec<&Run> = m.runs.iter().filter(|r| r.bpf_runs > 0).collect();
+        let (ns, ns_s) = median_spread(
+            per_event
+                .iter()
                 .map(|r| r.bpf_ns as f64 / r.bpf_runs as f64)
                 .collect(),
         );
-        let cpu = median(
-            rs.iter()
-                .filter(|r| r.bpf_runs > 0)
+        let (cpu, cpu_s) = median_spread(
+            per_event
+                .iter()
                 .map(|r| r.cpu_s / (r.bpf_runs as f64 / 1e6))
                 .collect(),
         );
-        let rss = rs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
-        let lost: Option<u64> = rs.iter().filter_map(|r| r.lost).max();
-        let dash = |x: f64, f: &dyn Fn(f64) -> String| if x > 0.0 { f(x) } else { "–".into() };
+        let rss = m.runs.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        let lost: Option<u64> = m.runs.iter().filter_map(|r| r.lost).max();
+        let or_dash = |x: f64, s: String| if x > 0.0 { s } else { "–".into() };
         println!(
-            "| {} | {:.0} | {:.3} | {} | {} | {} | {} |",
+            "| {} | {rate:.0} {} | {vs_bare} | {}/{} | {} | {} | {} | {} |",
             setup.name(),
-            rate,
-            if bare > 0.0 { rate / bare } else { 0.0 },
-            dash(ns, &|x| format!("{x:.0}")),
-            dash(cpu, &|x| format!("{x:.3}")),
-            dash(rss, &|x| format!("{x:.1}")),
+            pct(rate, rate_s),
+            m.ratios.len(),
+            m.rejected,
+            or_dash(ns, format!("{ns:.0} {}", pct(ns, ns_s))),
+            or_dash(cpu, format!("{cpu:.3} {}", pct(cpu, cpu_s))),
+            or_dash(rss, format!("{rss:.1}")),
             lost.map_or("–".into(), |l| l.to_string()),
         );
     }
     println!("\nEngine (one core, synthetic stream): {engine}");
 }
 
-fn one_run(setup: Setup, tracer: &Path, xtask: &Path, seconds: f64, threads: usize) -> Result<Run> {
+fn one_run(setup: Setup, ctx: &RunCtx<'_>) -> Result<Run> {
+    let RunCtx {
+        tracer,
+        xtask,
+        seconds,
+        threads,
+        pin,
+    } = *ctx;
     let mut idle: Option<Child> = None;
     let mut err_buf: Option<Stderr> = None;
     let mut tool: Option<Child> = match setup {
@@ -219,13 +363,18 @@ fn one_run(setup: Setup, tracer: &Path, xtask: &Path, seconds: f64, threads: usi
         }
     };
     let before = tool.as_ref().map(|c| sample(c.id()));
-    let out = output(Command::new("unshare").arg("-n").arg(xtask).args([
+    let mut load = Command::new("unshare");
+    load.arg("-n").arg(xtask).args([
         "loadgen",
         "--threads",
         &threads.to_string(),
         "--seconds",
         &seconds.to_string(),
-    ]))?;
+    ]);
+    if pin {
+        load.arg("--pin");
+    }
+    let out = output(&mut load)?;
     let rate = json_field(&out, "rate").context("loadgen printed no rate")?;
     let mut run = Run {
         rate,

@@ -21,11 +21,37 @@ impl LoadResult {
     }
 }
 
-/// Runs `threads` connect/close loops for `duration` or until `max_connections`.
+/// Pins the calling thread to CPU `cpu` (modulo the CPUs this process may use). Best effort:
+/// returns whether it worked.
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: cpu_set_t is plain data; sched_{get,set}affinity(0, …) act on the calling thread
+    // with a pointer to a local set of the right size.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut allowed) != 0
+        {
+            return false;
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        if cpus.is_empty() {
+            return false;
+        }
+        let mut one: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpus[cpu % cpus.len()], &mut one);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const one) == 0
+    }
+}
+
+/// Runs `threads` connect/close loops for `duration` or until `max_connections`. With `pin`,
+/// client thread `i` runs only on CPU `i` (of those allowed) and the acceptor on the next one,
+/// so that the scheduler does not move the load around between runs.
 pub fn run(
     threads: usize,
     duration: Duration,
     max_connections: u64,
+    pin: bool,
 ) -> std::io::Result<LoadResult> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let addr: SocketAddr = listener.local_addr()?;
@@ -40,6 +66,9 @@ pub fn run(
     let acceptor = {
         let stop = stop.clone();
         std::thread::spawn(move || {
+            if pin {
+                pin_to(threads);
+            }
             listener.set_nonblocking(false).ok();
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -51,9 +80,12 @@ pub fn run(
     };
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
-        .map(|_| {
+        .map(|i| {
             let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
             std::thread::spawn(move || {
+                if pin {
+                    pin_to(i);
+                }
                 while !stop.load(Ordering::Relaxed) {
                     match TcpStream::connect(addr) {
                         Ok(s) => {

@@ -56,6 +56,9 @@ enum Cmd {
         seconds: f64,
         #[arg(long, default_value_t = 10_000_000)]
         max_connections: u64,
+        /// Pin each client thread to its own CPU.
+        #[arg(long)]
+        pin: bool,
     },
     /// Benchmarks: workload slowdown, kernel cost per event, userspace CPU, engine throughput.
     Bench(bench::BenchArgs),
@@ -115,6 +118,7 @@ fn real_main() -> Result<()> {
             threads,
             seconds,
             max_connections,
+            pin,
         } => {
             if Command::new("ip")
                 .args(["link", "set", "lo", "up"])
@@ -123,7 +127,12 @@ fn real_main() -> Result<()> {
             {
                 eprintln!("xtask: could not bring lo up");
             }
-            let r = loadgen::run(threads, Duration::from_secs_f64(seconds), max_connections)?;
+            let r = loadgen::run(
+                threads,
+                Duration::from_secs_f64(seconds),
+                max_connections,
+                pin,
+            )?;
             println!(
                 "{{\"connections\":{},\"errors\":{},\"seconds\":{:.3},\"rate\":{:.0}}}",
                 r.connections,

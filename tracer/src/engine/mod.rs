@@ -39,6 +39,11 @@
 //!   event arriving after its socket's close looks like a new mid-life socket; such an entry
 //!   lingers until it is evicted. The ring buffer keeps per-socket order, so this needs a
 //!   reordering the kernel facts do not show.)
+//! - **Time itself** is trusted: live, `ts_ns` is the kernel's monotonic clock. A replayed
+//!   recording is untrusted input whose clock may jump ahead or start over (files
+//!   concatenated); [`crate::replay`] guards it before it reaches the engine (an outlier is fed at
+//!   the clock, a restart calls [`Engine::forget_all`] and shifts the new part's times), so the
+//!   engine stays one pure state machine for both.
 //!
 //! # Leaks
 //! A socket leaks when its CLOSE_WAIT age (engine clock − entry time) is `>=` the threshold:
@@ -366,6 +371,25 @@ impl Engine {
             }
             None => false,
         }
+    }
+
+    /// Stops tracking every socket without emitting anything; counters and dwell histograms
+    /// stay. For a replayed input that starts over (a second recording appended to the first):
+    /// the sockets of the part before are not those of the part after. Returns how many were
+    /// tracked.
+    pub fn forget_all(&mut self) -> u64 {
+        let all: Vec<u32> = self
+            .table
+            .iter_list(Which::Lru)
+            .chain(self.table.iter_list(Which::Leaks))
+            .collect();
+        for &i in &all {
+            self.remove_entry(i);
+        }
+        self.cw_heap.clear();
+        self.cw_pending = 0;
+        self.unclocked.clear();
+        all.len() as u64
     }
 
     /// Records who owns a tracked socket; later records about it carry the owner. Ignored for

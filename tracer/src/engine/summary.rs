@@ -127,6 +127,21 @@ pub struct Summary {
     /// Input lines that could not be used (filled in by replay).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_lines: Option<u64>,
+    /// Of the skipped lines, those longer than the line limit (filled in by replay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long_lines: Option<u64>,
+    /// Transitions whose timestamp jumped far ahead of the input's clock and back; fed at the
+    /// clock instead (filled in by replay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_jumps: Option<u64>,
+    /// Times the input started over: a meta line after transitions, or the clock going back
+    /// (filled in by replay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u64>,
+    /// Sockets still tracked when the input started over, forgotten without a record (filled
+    /// in by replay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_forgotten: Option<u64>,
     /// What the startup baseline read (filled in by the live path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselineSummary>,
@@ -202,6 +217,10 @@ impl Engine {
             events_lost: None,
             skipped_lines: None,
             baseline: None,
+            long_lines: None,
+            time_jumps: None,
+            restarts: None,
+            restart_forgotten: None,
         }
     }
 }
@@ -293,7 +312,21 @@ impl Summary {
             extra.push(format!("events lost {n}"));
         }
         if let Some(n) = self.skipped_lines {
-            extra.push(format!("skipped lines {n}"));
+            match self.long_lines {
+                Some(long) if long > 0 => {
+                    extra.push(format!("skipped lines {n} ({long} too long)"))
+                }
+                _ => extra.push(format!("skipped lines {n}")),
+            }
+        }
+        if let Some(n) = self.time_jumps {
+            extra.push(format!("time jumps ignored {n}"));
+        }
+        if let Some(n) = self.restarts {
+            extra.push(format!(
+                "input restarts {n} ({} sockets forgotten)",
+                self.restart_forgotten.unwrap_or(0)
+            ));
         }
         if let Some(b) = self.baseline {
             extra.push(format!(
