@@ -979,7 +979,7 @@ mod tests {
         ] {
             assert!(om.contains(want), "missing {want:?} in\n{om}");
         }
-        assert_eq!(sample(&om, "tracer_tcp_closes_total").len(), 8);
+        assert_eq!(sample(&om, "tracer_tcp_closes_total").len(), 9);
         assert_eq!(sample(&om, "tracer_tcp_sockets{").len(), 12);
         assert_eq!(sample(&om, "tracer_tcp_transitions_total").len(), 1);
 
@@ -1003,7 +1003,7 @@ mod tests {
     #[test]
     fn empty_snapshot_still_has_fixed_families() {
         let text = render(MetricsSnapshot::default(), 100, Format::Text);
-        assert_eq!(sample(&text, "tracer_tcp_closes_total").len(), 8);
+        assert_eq!(sample(&text, "tracer_tcp_closes_total").len(), 9);
         assert!(
             text.contains("tracer_tcp_close_wait_oldest_seconds 0\n")
                 || text.contains("tracer_tcp_close_wait_oldest_seconds 0.0\n"),

@@ -235,6 +235,15 @@ impl<W: Write> Output<W> {
                 if r.time_wait {
                     b.push_str("  →TIME_WAIT");
                 }
+                match r.reset_by {
+                    Some(by) => {
+                        let _ = write!(b, "  RST by {}", by.name());
+                    }
+                    None if r.kind == crate::record::CloseKind::Reset => {
+                        b.push_str("  RST by ?");
+                    }
+                    None => {}
+                }
                 if r.leaked {
                     b.push_str("  LEAKED");
                 }
@@ -267,9 +276,20 @@ impl<W: Write> Output<W> {
                 }
                 let _ = write!(
                     b,
-                    "}},\"lifetime_ns\":{},\"time_wait\":{},\"leaked\":{}",
+                    "}},\"lifetime_ns\":{},\"time_wait\":{},\"reset_by\":",
                     OptNum(r.lifetime_ns),
                     r.time_wait,
+                );
+                match r.reset_by {
+                    Some(by) => {
+                        let _ = write!(b, "\"{}\"", by.name());
+                    }
+                    None => b.push_str("null"),
+                }
+                let _ = write!(
+                    b,
+                    ",\"sk_err\":{},\"leaked\":{}",
+                    OptNum(r.sk_err.map(u64::from)),
                     r.leaked
                 );
                 owner_json(b, r.owner.as_ref());

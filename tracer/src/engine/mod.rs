@@ -74,7 +74,7 @@ pub use histogram::Histogram;
 pub use summary::Summary;
 pub use synthetic::{SyntheticStream, synthetic_stream};
 
-use classify::{classify, hands_to_time_wait, is_birth, role_of_first, role_of_state};
+use classify::{is_birth, role_of_first, role_of_state};
 use table::{CompactDwell, Entry, NIL, Table, Which, flag};
 
 /// Engine limits.
@@ -122,7 +122,7 @@ pub struct Stats {
     /// Close records emitted.
     pub closes: u64,
     /// Close records per kind, indexed by `CloseKind as usize` (order of [`CloseKind::ALL`]).
-    pub closes_by_kind: [u64; 8],
+    pub closes_by_kind: [u64; 9],
     /// Close records per role, indexed by `Role as usize` (order of [`Role::ALL`]).
     pub closes_by_role: [u64; 4],
     /// Close records with `time_wait` (handed to a timewait socket).
@@ -719,8 +719,12 @@ impl Engine {
     fn emit_close(stats: &mut Stats, e: &Entry, t: &Transition, out: &mut Vec<Record>) {
         let mut states = e.path;
         states.push(TcpState::Close);
-        let kind = classify(&states, t.old);
-        let time_wait = hands_to_time_wait(t.old);
+        let sk_err = t.sk_err_known();
+        let classify::Verdict {
+            kind,
+            reset_by,
+            time_wait,
+        } = classify::verdict(&states, t.old, sk_err);
         let rec = CloseRecord {
             ts_ns: t.ts_ns,
             id: e.id(),
@@ -730,6 +734,8 @@ impl Engine {
             dwell_ns: e.dwell_record(),
             lifetime_ns: (!e.has(flag::SEEDED)).then(|| t.ts_ns.saturating_sub(e.first_ns)),
             time_wait,
+            reset_by,
+            sk_err,
             leaked: e.has(flag::LEAKED),
             owner: e.owner,
         };

@@ -25,7 +25,7 @@ pub struct DwellSummary {
 /// A value per close kind; serialised as `{"active": n, …}` with every kind, in
 /// [`CloseKind::ALL`] order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct KindCounts(pub [u64; 8]);
+pub struct KindCounts(pub [u64; 9]);
 
 impl KindCounts {
     pub fn get(&self, k: CloseKind) -> u64 {
@@ -35,7 +35,7 @@ impl KindCounts {
 
 impl Serialize for KindCounts {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(8))?;
+        let mut m = s.serialize_map(Some(CloseKind::ALL.len()))?;
         for k in CloseKind::ALL {
             m.serialize_entry(k.name(), &self.get(k))?;
         }

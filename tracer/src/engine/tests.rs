@@ -231,12 +231,51 @@ fn reset_from_syn_recv_and_fin_wait1() {
 }
 
 #[test]
-fn abort_close_wait_to_close() {
+fn close_wait_to_close_without_sk_err_is_a_reset_of_unknown_origin() {
     let mut h = H::new();
     let c = only_close(&h.seq(40, 0, MS, &[Listen, SynRecv, Established, CloseWait, Close]));
-    assert_eq!((c.kind, c.time_wait), (CloseKind::Abort, false));
+    assert_eq!(
+        (c.kind, c.time_wait, c.reset_by, c.sk_err),
+        (CloseKind::Reset, false, None, None)
+    );
     assert_eq!(c.dwell_ns[CloseWait.index()], Some(MS));
     assert_eq!(h.e.close_wait_now(), 0);
+}
+
+/// The closing transition's sk_err (known when the event names a namespace) decides who sent
+/// the RST.
+#[test]
+fn sk_err_decides_who_reset() {
+    use crate::engine::classify::errno::*;
+    use crate::record::ResetBy;
+    let cases = [
+        (Established, 0, CloseKind::Abort, Some(ResetBy::Local)),
+        (Established, ECONNRESET, CloseKind::Reset, Some(ResetBy::Peer)),
+        (CloseWait, 0, CloseKind::Abort, Some(ResetBy::Local)),
+        (CloseWait, EPIPE, CloseKind::Reset, Some(ResetBy::Peer)),
+        (Established, ECONNABORTED, CloseKind::Abort, Some(ResetBy::Local)),
+        (Established, ETIMEDOUT, CloseKind::Timeout, None),
+        (FinWait1, ECONNRESET, CloseKind::Reset, None),
+        (FinWait2, ECONNRESET, CloseKind::Reset, Some(ResetBy::Peer)),
+        (FinWait2, 0, CloseKind::Active, None),
+        (LastAck, 0, CloseKind::Passive, None),
+        (SynSent, ECONNREFUSED, CloseKind::ConnectFailed, Some(ResetBy::Peer)),
+        (SynSent, ETIMEDOUT, CloseKind::ConnectFailed, None),
+    ];
+    let mut h = H::new();
+    for (i, (from, err, kind, by)) in cases.into_iter().enumerate() {
+        let sk = 0x100 + i as u64;
+        let ts = 1000 * (i as u64 + 1);
+        let mut t = tr(ts, sk, from, Close);
+        t.netns = 7;
+        t.sk_err = err;
+        let mut out = Vec::new();
+        h.e.on_transition(&t, &mut out);
+        let c = only_close(&out);
+        assert_eq!((c.kind, c.reset_by), (kind, by), "{from:?} sk_err {err}");
+        assert_eq!(c.sk_err, Some(err));
+        assert_eq!(c.time_wait, kind == CloseKind::Active, "{from:?} {err}");
+    }
 }
 
 #[test]
@@ -351,7 +390,7 @@ fn close_wait_leaving_just_below_or_at_threshold() {
     assert!(c.leaked);
     assert_eq!(
         (c.kind, c.dwell_ns[CloseWait.index()]),
-        (CloseKind::Abort, Some(THR))
+        (CloseKind::Reset, Some(THR))
     );
 }
 
