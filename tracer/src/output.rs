@@ -319,6 +319,9 @@ impl<W: Write> Output<W> {
                         ""
                     },
                 );
+                if let Some(idle) = r.idle_ns {
+                    let _ = write!(b, ", idle {}", Dur(idle));
+                }
                 match &r.owner {
                     Some(o) => {
                         let _ = write!(b, "  pid {} ({})", o.pid, o.comm);
@@ -350,9 +353,10 @@ impl<W: Write> Output<W> {
                 id_json(b, r.ts_ns, &r.id);
                 let _ = write!(
                     b,
-                    ",\"age_ns\":{},\"age_source\":\"{}\"",
+                    ",\"age_ns\":{},\"age_source\":\"{}\",\"idle_ns\":{}",
                     r.age_ns,
-                    r.age_source.name()
+                    r.age_source.name(),
+                    OptNum(r.idle_ns)
                 );
                 owner_json(b, r.owner.as_ref());
                 b.push_str(",\"cmdline\":");

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::attribution::{self, Attributor, AttributorConfig, ProcFs};
 use crate::container::Containers;
-use crate::engine::{Engine, EngineConfig, Seed, Summary};
+use crate::engine::{Engine, EngineConfig, LeakCheck, LeakDecision, Seed, Summary};
 use crate::event::{self, TcpState, Transition};
 use crate::metrics::{HistogramSnapshot, MetricsSnapshot, OwnerCloseWait};
 use crate::netns::{Namespaces, NetnsStats};
@@ -66,6 +66,13 @@ pub struct PathCounts {
     pub undecodable: u64,
     /// Transitions per (from, to), by [`TcpState::index`].
     pub transitions: [[u64; 12]; 12],
+    /// Leak candidates whose owner's activity was asked through sock_diag (tcp_info).
+    pub leak_checks: u64,
+    /// Of those, the owner had sent data within the threshold: re-checked later.
+    pub leak_checks_deferred: u64,
+    /// Of those, no answer (socket not found, no tcp_info, namespace unreachable, sock_diag
+    /// error): decided by the CLOSE_WAIT age alone.
+    pub leak_checks_unanswered: u64,
 }
 
 /// What the startup baseline found.
@@ -166,6 +173,8 @@ pub struct Pipeline {
     live: Option<Live>,
     pid: Option<u32>,
     records: Vec<Record>,
+    /// Leak checks taken from the engine (buffer reused).
+    checks: Vec<LeakCheck>,
     counts: PathCounts,
     own_netns: u32,
     next_stand_in: u64,
@@ -181,6 +190,7 @@ impl Pipeline {
             live: None,
             pid: cfg.pid,
             records: Vec::with_capacity(256),
+            checks: Vec::new(),
             counts: PathCounts::default(),
             own_netns: 0,
             next_stand_in: STAND_IN_BASE,
@@ -193,6 +203,10 @@ impl Pipeline {
         let namespaces = Namespaces::open()?;
         let own_netns = namespaces.own();
         let proc = ProcFs::default();
+        let mut offline = Self::offline(cfg);
+        // A CLOSE_WAIT socket is a leak only once its owner has also sent nothing for the
+        // threshold: asked through tcp_info when the threshold passes (`check_leaks`).
+        offline.engine.confirm_leaks(true);
         Ok(Pipeline {
             live: Some(Live {
                 attributor: Attributor::new(AttributorConfig::default()),
@@ -201,7 +215,7 @@ impl Pipeline {
                 proc,
             }),
             own_netns,
-            ..Self::offline(cfg)
+            ..offline
         })
     }
 
@@ -389,6 +403,9 @@ impl Pipeline {
     /// Sends the records the engine produced to the sink: leak owners confirmed first (so
     /// per-owner counts see every confirmed holder), then each record with its context.
     fn emit(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        if self.engine.has_leak_checks() {
+            self.check_leaks();
+        }
         if self.records.is_empty() {
             return Ok(());
         }
@@ -441,6 +458,65 @@ impl Pipeline {
         }
         self.records = records;
         result
+    }
+
+    /// Answers the engine's leak checks: a CLOSE_WAIT socket past the threshold is a leak only
+    /// if its owner has also sent nothing for the threshold. The socket is looked up by its
+    /// 4-tuple in its own namespace; `tcpi_last_data_sent` says how long ago data was last
+    /// sent, and data still queued (`send_queue`, written and not yet acknowledged) counts as
+    /// sending now. A socket still sending is re-checked when it will have been idle for the
+    /// threshold. Without an answer the age alone decides (counted). Runs only when a
+    /// threshold passes: one sock_diag lookup per socket per threshold period.
+    fn check_leaks(&mut self) {
+        let mut checks = std::mem::take(&mut self.checks);
+        self.engine.take_leak_checks(&mut checks);
+        let thr = self.engine.config().close_wait_threshold_ns;
+        let now = Instant::now();
+        for c in &checks {
+            self.counts.leak_checks += 1;
+            let idle_ns = self.owner_idle_ns(&c.id, now);
+            let decision = match idle_ns {
+                Some(idle) if idle < thr => {
+                    self.counts.leak_checks_deferred += 1;
+                    LeakDecision::RecheckAt {
+                        at_ns: c.at_ns.saturating_add(thr - idle),
+                    }
+                }
+                Some(idle) => LeakDecision::Leak {
+                    idle_ns: Some(idle),
+                },
+                None => {
+                    self.counts.leak_checks_unanswered += 1;
+                    LeakDecision::Leak { idle_ns: None }
+                }
+            };
+            self.engine.decide_leak(c, decision, &mut self.records);
+        }
+        checks.clear();
+        self.checks = checks;
+    }
+
+    /// How long the owner of a CLOSE_WAIT socket has sent nothing, from tcp_info in the
+    /// socket's namespace; `None` when it cannot be learnt.
+    fn owner_idle_ns(&mut self, id: &SocketId, now: Instant) -> Option<u64> {
+        let netns = self.ns(id.netns);
+        let live = self.live.as_mut()?;
+        let diag = live.namespaces.diag(netns, now)?;
+        let found = match diag.lookup(&FourTuple::from(id)) {
+            Ok(f) => f?,
+            Err(e) => {
+                tracing::debug!("leak check: sock_diag lookup: {e}");
+                return None;
+            }
+        };
+        if found.state != TcpState::CloseWait {
+            return None;
+        }
+        let info = found.info?;
+        if found.send_queue > 0 {
+            return Some(0);
+        }
+        Some(u64::from(info.last_data_sent_ms) * 1_000_000)
     }
 
     /// The owner's cgroup: read afresh for a leak, from the short-lived cache otherwise.

@@ -264,6 +264,9 @@ pub struct LeakRecord {
     pub age_ns: u64,
     pub age_source: AgeSource,
     pub owner: Option<Owner>,
+    /// How long the owner had sent no data (tcp_info `tcpi_last_data_sent`) when the leak was
+    /// confirmed; `None` when it was not asked (replay) or could not be learnt.
+    pub idle_ns: Option<u64>,
 }
 
 /// What the engine emits.

@@ -961,3 +961,64 @@ proptest! {
         let _ = h.e.summary(h.e.clock_ns()).render_text();
     }
 }
+
+/// With leak confirmation, a CLOSE_WAIT socket past the threshold is asked about; "still
+/// sending" puts it back until the re-check time, and it is never counted as leaking
+/// meanwhile; "idle" reports it, with the idle time; a passive close after a deferral is not
+/// `leaked`.
+#[test]
+fn confirmed_leaks_wait_for_the_callers_decision() {
+    let mut h = H::new();
+    h.e.confirm_leaks(true);
+    h.seq(1, 0, 0, &[Established, CloseWait]);
+    h.seq(2, 0, 0, &[Established, CloseWait]);
+    assert!(h.tick(THR).is_empty(), "no leak before the decision");
+    let mut checks = Vec::new();
+    h.e.take_leak_checks(&mut checks);
+    assert_eq!(checks.len(), 2);
+    assert!(!h.e.has_leak_checks());
+    assert_eq!(h.e.close_wait_now(), 2);
+    let (a, b) = (checks[0], checks[1]);
+    let (a, b) = if a.id.sk == 1 { (a, b) } else { (b, a) };
+    assert_eq!(a.age_ns, THR);
+    // Socket 1 sent data 10 s ago: re-check in 20 s. Socket 2 has been idle: a leak.
+    let mut out = Vec::new();
+    h.e.decide_leak(&a, LeakDecision::RecheckAt { at_ns: THR + 20 * S }, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(h.e.close_wait_by_owner(THR)[0].leaking, 0, "deferred: not leaking");
+    h.e.decide_leak(
+        &b,
+        LeakDecision::Leak {
+            idle_ns: Some(THR + S),
+        },
+        &mut out,
+    );
+    let l = leaks(&out);
+    assert_eq!((l.len(), l[0].id.sk, l[0].idle_ns), (1, 2, Some(THR + S)));
+    // A second answer to the same check changes nothing.
+    out.clear();
+    h.e.decide_leak(&b, LeakDecision::Leak { idle_ns: None }, &mut out);
+    assert!(out.is_empty());
+    h.check_invariants();
+    assert_eq!(h.e.next_leak_due_ns(), Some(THR + 20 * S));
+    assert!(h.tick(THR + 19 * S).is_empty());
+    assert_eq!(h.e.close_wait_by_owner(THR + 19 * S)[0].leaking, 1);
+    assert!(!h.e.has_leak_checks());
+    h.tick(THR + 20 * S);
+    h.e.take_leak_checks(&mut checks);
+    assert_eq!(checks.len(), 1);
+    h.e.decide_leak(&checks[0], LeakDecision::RecheckAt { at_ns: 3 * THR }, &mut out);
+    h.check_invariants();
+    // It closes while deferred: passive, not leaked, the whole CLOSE_WAIT dwell.
+    let recs = h.seq(1, 2 * THR, 0, &[CloseWait, LastAck, Close]);
+    let c = only_close(&recs);
+    assert_eq!((c.kind, c.leaked), (CloseKind::Passive, false));
+    assert_eq!(c.dwell_ns[CloseWait.index()], Some(2 * THR));
+    assert_eq!(h.e.stats().leak_checks, 3);
+    assert_eq!(h.e.stats().leaks_deferred, 2);
+    assert_eq!(h.e.stats().leaks_confirmed, 1);
+    // A check answered after its socket left CLOSE_WAIT is ignored.
+    h.e.decide_leak(&checks[0], LeakDecision::Leak { idle_ns: None }, &mut out);
+    assert_eq!(h.e.stats().leaks, 1);
+    h.check_invariants();
+}
