@@ -126,6 +126,8 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         pid: cfg.pid,
     })
     .context("opening sock_diag")?;
+    let mut path = path;
+    path.set_time_wait_config(cfg.time_wait);
     let own_netns = path.own_netns();
     let shared = Arc::new(Mutex::new(Shared {
         path,
@@ -220,7 +222,11 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
                 drain(ring.get_mut(), &shared, &mut sink)?;
                 {
                     let mut sh = lock(&shared);
-                    clock_tick(&mut sh, &mut sink, &tracer, &mut lost_reported)?;
+                    let now = clock_tick(&mut sh, &mut sink, &tracer, &mut lost_reported)?;
+                    // Rate-limited inside; after the drain, so the dump and the trace agree.
+                    if let Some(took) = sh.path.resync_time_wait(now) {
+                        tracing::debug!("TIME_WAIT re-sync took {took:?}");
+                    }
                     if daemon && last_program_read.elapsed() >= Duration::from_secs(1) {
                         sh.program = tracer.program_stats();
                         last_program_read = Instant::now();

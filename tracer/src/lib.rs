@@ -24,6 +24,7 @@ pub mod record;
 pub mod replay;
 pub mod server;
 pub mod sockdiag;
+pub mod timewait;
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main_with(cli: cli::Cli) -> i32 {

@@ -31,6 +31,7 @@ use crate::netns::{Namespaces, NetnsStats};
 use crate::output::{Output, RecordContext};
 use crate::record::{CloseKind, CloseRecord, LeakRecord, Owner, OwnerSource, Record, SocketId};
 use crate::sockdiag::{DiagSocket, FourTuple, SockDiagError, StateMask};
+use crate::timewait::{PortUse, RemoteCount, TimeWait};
 
 /// Where a front-end sends what the path produces. Called only for what passes the `--pid`
 /// filter.
@@ -98,6 +99,31 @@ pub struct PipelineConfig {
     /// `--pid`: only this process's sockets reach the sink.
     pub pid: Option<u32>,
 }
+
+/// Limits of the per-remote TIME_WAIT and ephemeral-port accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeWaitConfig {
+    /// Most (namespace, local address, remote endpoint) tuples tracked.
+    pub capacity: usize,
+    /// Most remotes (and tuples) named in the metrics; the rest are summed under `other`.
+    pub series: usize,
+    /// Least time between two re-syncs from sock_diag. A re-sync is also never closer to the
+    /// last than 20 times what the last one took.
+    pub resync_every: Duration,
+}
+
+impl Default for TimeWaitConfig {
+    fn default() -> Self {
+        TimeWaitConfig {
+            capacity: TimeWait::DEFAULT_CAPACITY,
+            series: 20,
+            resync_every: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A re-sync takes at most this share of the reader's time.
+const RESYNC_DUTY: u32 = 20;
 
 /// Who owns what, as the trace and the baseline show it.
 #[derive(Default)]
@@ -175,6 +201,11 @@ pub struct Pipeline {
     records: Vec<Record>,
     /// Leak checks taken from the engine (buffer reused).
     checks: Vec<LeakCheck>,
+    /// TIME_WAIT sockets and ephemeral ports per remote endpoint.
+    tw: TimeWait,
+    tw_cfg: TimeWaitConfig,
+    /// When the TIME_WAIT table was last re-synced from sock_diag, and how long that took.
+    tw_last_resync: Option<(Instant, Duration)>,
     counts: PathCounts,
     own_netns: u32,
     next_stand_in: u64,
@@ -191,6 +222,9 @@ impl Pipeline {
             pid: cfg.pid,
             records: Vec::with_capacity(256),
             checks: Vec::new(),
+            tw: TimeWait::new(TimeWait::DEFAULT_CAPACITY),
+            tw_cfg: TimeWaitConfig::default(),
+            tw_last_resync: None,
             counts: PathCounts::default(),
             own_netns: 0,
             next_stand_in: STAND_IN_BASE,
@@ -221,6 +255,17 @@ impl Pipeline {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Sets the limits of the TIME_WAIT accounting (before the baseline).
+    pub fn set_time_wait_config(&mut self, cfg: TimeWaitConfig) {
+        self.tw_cfg = cfg;
+        self.tw = TimeWait::new(cfg.capacity);
+    }
+
+    /// The per-remote TIME_WAIT table.
+    pub fn time_wait(&self) -> &TimeWait {
+        &self.tw
     }
 
     pub fn counts(&self) -> &PathCounts {
@@ -305,7 +350,9 @@ impl Pipeline {
     }
 
     pub fn summary(&self, now_ns: u64) -> Summary {
-        self.engine.summary(now_ns)
+        let mut s = self.engine.summary(now_ns);
+        s.time_wait_top = self.top_remotes(now_ns, 5);
+        s
     }
 
     fn passes(&self, owner: Option<&Owner>) -> bool {
@@ -341,6 +388,15 @@ impl Pipeline {
                 }
             }
             report.namespaces += 1;
+            if let Some((lo, hi)) = live
+                .namespaces
+                .read_in(ns, std::path::Path::new(PORT_RANGE), started)
+                .as_deref()
+                .and_then(TimeWait::parse_range)
+            {
+                self.tw.set_range(ns, lo, hi);
+            }
+            self.tw.resync(ns, now_ns, &buf);
             sockets.extend(buf.drain(..).map(|s| (ns, s)));
         }
         // With --pid only that process's fd table is read.
@@ -397,6 +453,7 @@ impl Pipeline {
             live.attributor.adopt_index(index, Instant::now());
         }
         report.elapsed = started.elapsed();
+        self.tw_last_resync = Some((started, report.elapsed));
         Ok(report)
     }
 
@@ -429,6 +486,12 @@ impl Pipeline {
             }
             result = match rec {
                 Record::Close(c) => {
+                    if c.time_wait {
+                        let id = &c.id;
+                        let ns = self.ns(id.netns);
+                        self.tw
+                            .on_handover(ns, id.saddr, id.sport, id.daddr, id.dport, c.ts_ns);
+                    }
                     if !self.passes(c.owner.as_ref()) {
                         continue;
                     }
@@ -547,6 +610,77 @@ impl Pipeline {
         live.attributor.resolve(diag, &l.id, now)
     }
 
+    /// Re-syncs the per-remote TIME_WAIT counts and the ephemeral-port use with the kernel:
+    /// one sock_diag dump (every state, streamed one datagram at a time) per network
+    /// namespace, each read inside its namespace with its `ip_local_port_range`. Rate-limited:
+    /// does nothing until `resync_every` has passed since the last one, and at least 20 times
+    /// what the last one took. Returns how long it took when it ran. Call after draining the
+    /// ring buffer, so that closes the dump already reflects are not counted twice.
+    pub fn resync_time_wait(&mut self, now_ns: u64) -> Option<Duration> {
+        let started = Instant::now();
+        if let Some((at, took)) = self.tw_last_resync {
+            let gap = self.tw_cfg.resync_every.max(took * RESYNC_DUTY);
+            if started.saturating_duration_since(at) < gap {
+                return None;
+            }
+        }
+        let live = self.live.as_mut()?;
+        for ns in live.namespaces.discover(started) {
+            if let Some((lo, hi)) = live
+                .namespaces
+                .read_in(ns, std::path::Path::new(PORT_RANGE), started)
+                .as_deref()
+                .and_then(TimeWait::parse_range)
+            {
+                self.tw.set_range(ns, lo, hi);
+            }
+            let Some(diag) = live.namespaces.diag(ns, started) else {
+                self.tw.resync_failed();
+                continue;
+            };
+            let tw = &mut self.tw;
+            let mut r = tw.begin_resync(ns, now_ns);
+            match diag.dump_each(StateMask::ALL, |s| tw.feed(&mut r, s)) {
+                Ok(()) => tw.finish_resync(r),
+                Err(e) => {
+                    // What was read so far stands until the next re-sync.
+                    tracing::warn!("network namespace {ns}: TIME_WAIT re-sync: {e}");
+                    tw.finish_resync(r);
+                    tw.resync_failed();
+                }
+            }
+        }
+        self.tw.prune(now_ns);
+        let took = started.elapsed();
+        self.tw_last_resync = Some((started, took));
+        Some(took)
+    }
+
+    /// The top remotes by TIME_WAIT sockets, with their busiest local address's ephemeral
+    /// port use.
+    fn top_remotes(&self, now_ns: u64, n: usize) -> Vec<crate::engine::summary::RemoteSummary> {
+        let ports = self.tw.port_use(now_ns);
+        self.tw
+            .remotes(now_ns)
+            .into_iter()
+            .take(n)
+            .map(|r| {
+                let busiest = ports
+                    .iter()
+                    .filter(|p| (p.netns, p.remote, p.rport) == (r.netns, r.remote, r.rport))
+                    .max_by_key(|p| p.used);
+                let (lo, hi) = self.tw.range(r.netns);
+                crate::engine::summary::RemoteSummary {
+                    remote: crate::event::EndpointFmt(r.remote, r.rport).to_string(),
+                    netns: (r.netns != self.own_netns && r.netns != 0).then_some(r.netns),
+                    time_wait: r.time_wait,
+                    ephemeral_ports_used: busiest.map_or(0, |p| p.used),
+                    ephemeral_port_range: busiest.map_or(u64::from(hi - lo) + 1, |p| p.range),
+                }
+            })
+            .collect()
+    }
+
     /// The metrics view, taken at scrape time. Kernel and reader counters are the caller's.
     pub fn metrics(&mut self, now_ns: u64) -> MetricsSnapshot {
         let now = Instant::now();
@@ -608,9 +742,76 @@ impl Pipeline {
             events_malformed_total: self.counts.undecodable,
             tracked_sockets: e.tracked() as u64,
             evictions_total: e.stats().evicted + e.stats().evicted_leaking,
+            time_wait_remotes: remote_series(
+                &self.tw.remotes(now_ns),
+                self.tw_cfg.series,
+                self.own_netns,
+            ),
+            ephemeral_ports: port_series(
+                &self.tw.port_use(now_ns),
+                self.tw_cfg.series,
+                self.own_netns,
+            ),
+            time_wait_table_full_total: self.tw.stats().table_full,
+            time_wait_resync_failures_total: self.tw.stats().resync_failures,
+            leak_checks_unanswered_total: self.counts.leak_checks_unanswered,
             ..MetricsSnapshot::default()
         }
     }
+}
+
+/// `ip_local_port_range` of the namespace the reading task is in.
+const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The namespace as a label: none for the tracer's own.
+fn ns_label(netns: u32, own: u32) -> Option<u32> {
+    (netns != 0 && netns != own).then_some(netns)
+}
+
+/// The first `cap` remotes (already sorted, most first) as series, the rest summed under
+/// `other`.
+fn remote_series(all: &[RemoteCount], cap: usize, own: u32) -> Vec<crate::metrics::RemoteSeries> {
+    let mut v: Vec<_> = all
+        .iter()
+        .take(cap)
+        .map(|r| crate::metrics::RemoteSeries {
+            netns: ns_label(r.netns, own),
+            remote: crate::event::EndpointFmt(r.remote, r.rport).to_string(),
+            sockets: r.time_wait,
+        })
+        .collect();
+    if all.len() > cap {
+        v.push(crate::metrics::RemoteSeries {
+            netns: None,
+            remote: "other".into(),
+            sockets: all[cap..].iter().map(|r| r.time_wait).sum(),
+        });
+    }
+    v
+}
+
+/// The first `cap` tuples (sorted, highest share first) as series, the rest's shares summed
+/// under `other`.
+fn port_series(all: &[PortUse], cap: usize, own: u32) -> Vec<crate::metrics::PortSeries> {
+    let mut v: Vec<_> = all
+        .iter()
+        .take(cap)
+        .map(|p| crate::metrics::PortSeries {
+            netns: ns_label(p.netns, own),
+            local: crate::event::AddrFmt(p.local).to_string(),
+            remote: crate::event::EndpointFmt(p.remote, p.rport).to_string(),
+            ratio: p.ratio(),
+        })
+        .collect();
+    if all.len() > cap {
+        v.push(crate::metrics::PortSeries {
+            netns: None,
+            local: "other".into(),
+            remote: "other".into(),
+            ratio: all[cap..].iter().map(PortUse::ratio).sum(),
+        });
+    }
+    v
 }
 
 /// CLOSE_WAIT sockets per owning pid now.

@@ -115,6 +115,7 @@ fn rich_snapshot() -> MetricsSnapshot {
         bpf_socket_table_full_total: Some(0),
         bpf_run_time_ns: Some(987_654_321),
         bpf_run_count: Some(130_000),
+        ..Default::default()
     }
 }
 

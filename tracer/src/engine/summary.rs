@@ -127,6 +127,26 @@ pub struct Summary {
     /// Input lines that could not be used (filled in by replay).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_lines: Option<u64>,
+    /// The remote endpoints with the most TIME_WAIT sockets now (at most 5; filled in by the
+    /// pipeline). Left out when there is none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub time_wait_top: Vec<RemoteSummary>,
+}
+
+/// TIME_WAIT and ephemeral ports of one remote endpoint, for the summary.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RemoteSummary {
+    /// `addr:port` (`[v6]:port`).
+    pub remote: String,
+    /// The network namespace, when it is not the tracer's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    /// TIME_WAIT sockets to it now.
+    pub time_wait: u64,
+    /// Ephemeral ports in use towards it from the busiest local address (any state).
+    pub ephemeral_ports_used: u64,
+    /// Size of the namespace's ephemeral port range.
+    pub ephemeral_port_range: u64,
 }
 
 impl Engine {
@@ -184,6 +204,7 @@ impl Engine {
             stale_dropped: s.stale_dropped,
             events_lost: None,
             skipped_lines: None,
+            time_wait_top: Vec::new(),
         }
     }
 }
@@ -249,6 +270,24 @@ impl Summary {
             if now.is_empty() { "" } else { ": " },
             now.join(", ")
         );
+        if !self.time_wait_top.is_empty() {
+            let _ = writeln!(o, "TIME_WAIT by remote (top {}):", self.time_wait_top.len());
+            for r in &self.time_wait_top {
+                let _ = write!(
+                    o,
+                    "  {:<28} {:>8} TIME_WAIT, ephemeral ports {}/{} ({:.1}%)",
+                    r.remote,
+                    r.time_wait,
+                    r.ephemeral_ports_used,
+                    r.ephemeral_port_range,
+                    r.ephemeral_ports_used as f64 * 100.0 / r.ephemeral_port_range.max(1) as f64
+                );
+                if let Some(ns) = r.netns {
+                    let _ = write!(o, "  netns {ns}");
+                }
+                o.push('\n');
+            }
+        }
         let _ = write!(
             o,
             "CLOSE_WAIT now: {}, leaking {}",
