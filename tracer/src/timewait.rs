@@ -518,4 +518,25 @@ mod tests {
         assert_eq!(t.remotes(2 * S).len(), 2);
         assert!(TimeWait::bytes_per_tuple() < 600, "{}", TimeWait::bytes_per_tuple());
     }
+
+    /// Memory per tracked tuple, measured on a full table (allocated capacity, so growth slack
+    /// is included): `cargo test -p tracer --lib memory_per_tuple -- --nocapture`.
+    #[test]
+    fn memory_per_tuple() {
+        let cap = TimeWait::DEFAULT_CAPACITY;
+        let mut t = TimeWait::new(cap);
+        for i in 0..cap as u32 {
+            let remote = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+            t.on_handover(1, L, 40_000, remote, 443, S);
+        }
+        assert_eq!(t.tuples(), cap);
+        let measured = t.heap_bytes() / cap;
+        println!(
+            "TIME_WAIT table: {} bytes per tuple at {cap} tuples (entry {} bytes, formula {})",
+            measured,
+            size_of::<(TupleKey, Slots)>(),
+            TimeWait::bytes_per_tuple()
+        );
+        assert!(measured <= 2 * TimeWait::bytes_per_tuple(), "{measured}");
+    }
 }
