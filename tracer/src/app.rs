@@ -118,7 +118,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {e}"))?;
 
-    let path = Pipeline::live(PipelineConfig {
+    let mut path = Pipeline::live(PipelineConfig {
         engine: EngineConfig {
             capacity: cfg.capacity,
             close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
@@ -126,7 +126,6 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         pid: cfg.pid,
     })
     .context("opening sock_diag")?;
-    let mut path = path;
     path.set_time_wait_config(cfg.time_wait);
     let own_netns = path.own_netns();
     let shared = Arc::new(Mutex::new(Shared {

@@ -972,4 +972,58 @@ mod tests {
         p.on_bytes(&[1, 2, 3], &mut s).unwrap();
         assert_eq!(p.counts().undecodable, 1);
     }
+
+    /// Active closes are counted per remote endpoint, in the summary (JSON and text) and in
+    /// the metrics, with the rest of the remotes summed under `other`.
+    #[test]
+    fn time_wait_per_remote_in_summary_and_metrics() {
+        use TcpState::*;
+        let mut p = Pipeline::offline(PipelineConfig::default());
+        p.set_time_wait_config(TimeWaitConfig {
+            series: 1,
+            ..TimeWaitConfig::default()
+        });
+        let mut s = Collect::default();
+        let mut sk = 0x100;
+        for (dport, n) in [(5432u16, 3u64), (80, 1)] {
+            for i in 0..n {
+                sk += 1;
+                let mut t = tr(1_000 + sk, sk, 0, FinWait1, FinWait2, 0);
+                (t.sport, t.dport) = (40_000 + i as u16, dport);
+                p.on_transition(&t, None, &mut s).unwrap();
+                t.ts_ns += 1;
+                (t.old, t.new) = (FinWait2, Close);
+                p.on_transition(&t, None, &mut s).unwrap();
+            }
+        }
+        let sum = p.summary(2_000 + sk);
+        assert_eq!(sum.time_wait_top.len(), 2);
+        assert_eq!(
+            (
+                sum.time_wait_top[0].remote.as_str(),
+                sum.time_wait_top[0].time_wait
+            ),
+            ("127.0.0.1:5432", 3)
+        );
+        assert_eq!(sum.time_wait_top[0].ephemeral_ports_used, 3);
+        let json = serde_json::to_value(&sum).unwrap();
+        assert_eq!(json["time_wait_top"][1]["remote"], "127.0.0.1:80");
+        assert!(json["time_wait_top"][0].get("netns").is_none());
+        let text = sum.render_text();
+        assert!(text.contains("TIME_WAIT by remote (top 2):"), "{text}");
+        assert!(text.contains("127.0.0.1:5432"), "{text}");
+        let m = p.metrics(2_000 + sk);
+        let got: Vec<_> = m
+            .time_wait_remotes
+            .iter()
+            .map(|r| (r.remote.as_str(), r.sockets))
+            .collect();
+        assert_eq!(got, [("127.0.0.1:5432", 3), ("other", 1)]);
+        // 60 s later they are gone.
+        assert!(
+            p.summary(2_000 + sk + 62_000_000_000)
+                .time_wait_top
+                .is_empty()
+        );
+    }
 }

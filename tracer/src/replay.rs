@@ -259,7 +259,7 @@ pub fn replay<R: BufRead>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Engine, EngineConfig};
+    use crate::engine::EngineConfig;
     use crate::record::{CloseKind, Record};
     use proptest::prelude::*;
 
@@ -269,10 +269,6 @@ mod tests {
         format!(
             r#"{{"type":"transition","ts_ns":{ts},"sk":"0x{sk:x}","family":4,"saddr":"127.0.0.1","sport":40000,"daddr":"127.0.0.1","dport":80,"old":"{old}","new":"{new}","dwell_ns":null,"task_pid":1,"task_tid":2,"task_comm":"curl"{extra}}}"#
         )
-    }
-
-    fn engine() -> Engine {
-        Engine::new(config())
     }
 
     fn config() -> EngineConfig {

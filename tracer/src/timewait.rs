@@ -213,7 +213,10 @@ impl TimeWait {
 
     /// The namespace's ephemeral range (the kernel's default until it is read).
     pub fn range(&self, netns: u32) -> (u16, u16) {
-        self.ranges.get(&netns).copied().unwrap_or(DEFAULT_PORT_RANGE)
+        self.ranges
+            .get(&netns)
+            .copied()
+            .unwrap_or(DEFAULT_PORT_RANGE)
     }
 
     fn key(&self, netns: u32, local: IpAddr, lport: u16, remote: IpAddr, rport: u16) -> TupleKey {
@@ -498,7 +501,11 @@ mod tests {
         assert_eq!(t.stats().last_drift, 3 - 10);
         let r = t.remotes(20 * S);
         assert_eq!(r[0].time_wait, 3, "{r:?}");
-        assert_eq!(r.iter().map(|c| c.time_wait).sum::<u64>(), 4, "the other namespace stays");
+        assert_eq!(
+            r.iter().map(|c| c.time_wait).sum::<u64>(),
+            4,
+            "the other namespace stays"
+        );
         let p = t.port_use(20 * S);
         assert_eq!(p.len(), 2, "{p:?}");
         // Namespace 1: 2 ephemeral timewait + 1 established of 100 ports.
@@ -510,13 +517,20 @@ mod tests {
 
     #[test]
     fn ranges_parse_and_ipv6_keys_stay_apart() {
-        assert_eq!(TimeWait::parse_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(
+            TimeWait::parse_range("32768\t60999\n"),
+            Some((32768, 60999))
+        );
         assert_eq!(TimeWait::parse_range("x"), None);
         let mut t = TimeWait::new(10);
         t.on_handover(1, L, 40_000, IpAddr::V6(Ipv6Addr::LOCALHOST), 5432, S);
         t.on_handover(1, L, 40_000, R1, 5432, S);
         assert_eq!(t.remotes(2 * S).len(), 2);
-        assert!(TimeWait::bytes_per_tuple() < 600, "{}", TimeWait::bytes_per_tuple());
+        assert!(
+            TimeWait::bytes_per_tuple() < 600,
+            "{}",
+            TimeWait::bytes_per_tuple()
+        );
     }
 
     /// Memory per tracked tuple, measured on a full table (allocated capacity, so growth slack

@@ -61,6 +61,7 @@ fn owner(pid: u32, comm: &str, sockets: u64, leaking: u64) -> OwnerCloseWait {
     OwnerCloseWait {
         pid: Some(pid),
         comm: Some(Comm::new(comm)),
+        container: None,
         sockets,
         leaking,
     }
@@ -98,6 +99,7 @@ fn rich_snapshot() -> MetricsSnapshot {
             OwnerCloseWait {
                 pid: None,
                 comm: None,
+                container: None,
                 sockets: 5,
                 leaking: 2,
             },
@@ -476,6 +478,7 @@ fn per_process_series_are_capped() {
     close_wait.push(OwnerCloseWait {
         pid: None,
         comm: None,
+        container: None,
         sockets: 9,
         leaking: 4,
     });

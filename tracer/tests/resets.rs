@@ -79,7 +79,10 @@ fn close_of(t: &mut Traced, local: u16, remote: u16) -> Value {
 /// The X→CLOSE transition of the same socket.
 fn closing_transition(t: &mut Traced, local: u16, remote: u16) -> Value {
     t.wait_for(Duration::from_secs(10), |v| {
-        v["type"] == "transition" && v["new"] == "CLOSE" && v["sport"] == local && v["dport"] == remote
+        v["type"] == "transition"
+            && v["new"] == "CLOSE"
+            && v["sport"] == local
+            && v["dport"] == remote
     })
     .unwrap_or_else(|| panic!("no X->CLOSE transition for {local}->{remote}"))
 }

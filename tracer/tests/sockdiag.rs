@@ -80,6 +80,7 @@ fn socket_id_of(s: &TcpStream) -> SocketId {
     let t = tuple_of(s);
     SocketId {
         sk: 0,
+        netns: 0,
         family: t.family,
         saddr: t.saddr,
         sport: t.sport,
@@ -463,6 +464,7 @@ fn attribution_of_shared_socket_is_lowest_pid() {
     let lkid = spawn_holder(&l);
     let lid = SocketId {
         sk: 0,
+        netns: 0,
         family: Family::V4,
         saddr: LO4,
         sport: addr.port(),

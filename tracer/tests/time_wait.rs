@@ -145,7 +145,10 @@ fn time_wait_per_remote_matches_ss_and_drains() {
             assert!(ss_a <= handovers.0 && ss_b <= handovers.1, "{ss_a} {ss_b}");
             break;
         }
-        assert!(Instant::now() < deadline, "not counted in time: {seen:?}\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "not counted in time: {seen:?}\n{text}"
+        );
         thread::sleep(Duration::from_millis(200));
     }
     // The re-synced one agrees with ss (a re-sync a second; ss is read between two scrapes).
@@ -197,7 +200,11 @@ fn time_wait_per_remote_matches_ss_and_drains() {
     };
     assert!(pos(a) < pos(b), "{top:?}");
     let ta = &top[pos(a)];
-    within_2_percent(ta["time_wait"].as_f64().unwrap(), ss_time_wait(a), "summary");
+    within_2_percent(
+        ta["time_wait"].as_f64().unwrap(),
+        ss_time_wait(a),
+        "summary",
+    );
     assert_eq!(ta["ephemeral_port_range"], range);
 
     // Drain: TIME_WAIT lasts 60 s; the trace-only count goes when it is over, not before.

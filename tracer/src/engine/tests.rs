@@ -250,16 +250,31 @@ fn sk_err_decides_who_reset() {
     use crate::record::ResetBy;
     let cases = [
         (Established, 0, CloseKind::Abort, Some(ResetBy::Local)),
-        (Established, ECONNRESET, CloseKind::Reset, Some(ResetBy::Peer)),
+        (
+            Established,
+            ECONNRESET,
+            CloseKind::Reset,
+            Some(ResetBy::Peer),
+        ),
         (CloseWait, 0, CloseKind::Abort, Some(ResetBy::Local)),
         (CloseWait, EPIPE, CloseKind::Reset, Some(ResetBy::Peer)),
-        (Established, ECONNABORTED, CloseKind::Abort, Some(ResetBy::Local)),
+        (
+            Established,
+            ECONNABORTED,
+            CloseKind::Abort,
+            Some(ResetBy::Local),
+        ),
         (Established, ETIMEDOUT, CloseKind::Timeout, None),
         (FinWait1, ECONNRESET, CloseKind::Reset, None),
         (FinWait2, ECONNRESET, CloseKind::Reset, Some(ResetBy::Peer)),
         (FinWait2, 0, CloseKind::Active, None),
         (LastAck, 0, CloseKind::Passive, None),
-        (SynSent, ECONNREFUSED, CloseKind::ConnectFailed, Some(ResetBy::Peer)),
+        (
+            SynSent,
+            ECONNREFUSED,
+            CloseKind::ConnectFailed,
+            Some(ResetBy::Peer),
+        ),
         (SynSent, ETIMEDOUT, CloseKind::ConnectFailed, None),
     ];
     let mut h = H::new();
@@ -983,9 +998,19 @@ fn confirmed_leaks_wait_for_the_callers_decision() {
     assert_eq!(a.age_ns, THR);
     // Socket 1 sent data 10 s ago: re-check in 20 s. Socket 2 has been idle: a leak.
     let mut out = Vec::new();
-    h.e.decide_leak(&a, LeakDecision::RecheckAt { at_ns: THR + 20 * S }, &mut out);
+    h.e.decide_leak(
+        &a,
+        LeakDecision::RecheckAt {
+            at_ns: THR + 20 * S,
+        },
+        &mut out,
+    );
     assert!(out.is_empty());
-    assert_eq!(h.e.close_wait_by_owner(THR)[0].leaking, 0, "deferred: not leaking");
+    assert_eq!(
+        h.e.close_wait_by_owner(THR)[0].leaking,
+        0,
+        "deferred: not leaking"
+    );
     h.e.decide_leak(
         &b,
         LeakDecision::Leak {
@@ -1007,7 +1032,11 @@ fn confirmed_leaks_wait_for_the_callers_decision() {
     h.tick(THR + 20 * S);
     h.e.take_leak_checks(&mut checks);
     assert_eq!(checks.len(), 1);
-    h.e.decide_leak(&checks[0], LeakDecision::RecheckAt { at_ns: 3 * THR }, &mut out);
+    h.e.decide_leak(
+        &checks[0],
+        LeakDecision::RecheckAt { at_ns: 3 * THR },
+        &mut out,
+    );
     h.check_invariants();
     // It closes while deferred: passive, not leaked, the whole CLOSE_WAIT dwell.
     let recs = h.seq(1, 2 * THR, 0, &[CloseWait, LastAck, Close]);
