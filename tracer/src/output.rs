@@ -320,7 +320,7 @@ impl<W: Write> Output<W> {
                     },
                 );
                 if let Some(idle) = r.idle_ns {
-                    let _ = write!(b, ", idle {}", Dur(idle));
+                    let _ = write!(b, "  idle {}", Dur(idle));
                 }
                 match &r.owner {
                     Some(o) => {
