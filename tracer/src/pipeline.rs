@@ -122,6 +122,9 @@ impl Default for TimeWaitConfig {
     }
 }
 
+/// Resolution of tcp_info's "ms ago" stamps: one jiffy, at most 10 ms (HZ=100).
+const IDLE_RESOLUTION_NS: u64 = 10_000_000;
+
 /// A re-sync takes at most this share of the reader's time.
 const RESYNC_DUTY: u32 = 20;
 
@@ -539,7 +542,9 @@ impl Pipeline {
             self.counts.leak_checks += 1;
             let idle_ns = self.owner_idle_ns(&c.id, now);
             let decision = match idle_ns {
-                Some(idle) if idle < thr => {
+                // tcp_info's stamps have one-jiffy resolution: an owner that sent nothing
+                // since before CLOSE_WAIT began can read a few ms short of the threshold.
+                Some(idle) if idle.saturating_add(IDLE_RESOLUTION_NS) < thr => {
                     self.counts.leak_checks_deferred += 1;
                     LeakDecision::RecheckAt {
                         at_ns: c.at_ns.saturating_add(thr - idle),
@@ -617,6 +622,10 @@ impl Pipeline {
     /// what the last one took. Returns how long it took when it ran. Call after draining the
     /// ring buffer, so that closes the dump already reflects are not counted twice.
     pub fn resync_time_wait(&mut self, now_ns: u64) -> Option<Duration> {
+        // `--pid` follows one process: host-wide dumps are not its business.
+        if self.pid.is_some() {
+            return None;
+        }
         let started = Instant::now();
         if let Some((at, took)) = self.tw_last_resync {
             let gap = self.tw_cfg.resync_every.max(took * RESYNC_DUTY);

@@ -460,6 +460,8 @@ fn process_samples(text: &str, family: &str) -> Vec<(String, String, u64)> {
         .map(|rest| {
             let (pid, rest) = rest.split_once("\",comm=\"").expect("comm label");
             let (comm, value) = rest.rsplit_once("\"} ").expect("value");
+            // The container label follows comm (empty outside containers).
+            let comm = comm.split_once("\",container=\"").map_or(comm, |(c, _)| c);
             (
                 pid.to_owned(),
                 comm.to_owned(),
