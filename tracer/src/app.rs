@@ -86,7 +86,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         run_time_stats: bound.is_some(),
     })?;
 
-    let path = Pipeline::live(PipelineConfig {
+    let mut path = Pipeline::live(PipelineConfig {
         engine: EngineConfig {
             capacity: cfg.capacity,
             close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
@@ -94,6 +94,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         pid: cfg.pid,
     })
     .context("opening sock_diag")?;
+    path.set_time_wait_config(cfg.time_wait);
     let own_netns = path.own_netns();
     let shared = Arc::new(Mutex::new(Shared {
         path,
@@ -174,8 +175,12 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
             _ = drain_timer.tick() => {
                 {
                     let mut sh = lock(&shared);
-                    kernel.timer_drain(&mut sh.path, &mut sink).context("writing output")?;
+                    let now = kernel.timer_drain(&mut sh.path, &mut sink).context("writing output")?;
                     refresh_counters(&mut sh, &kernel, &mut lost_reported);
+                    // Rate-limited inside; after the drain, so the dump and the trace agree.
+                    if let Some(took) = sh.path.resync_time_wait(now) {
+                        tracing::debug!("TIME_WAIT re-sync took {took:?}");
+                    }
                     if daemon && last_program_read.elapsed() >= Duration::from_secs(1) {
                         sh.program = kernel.program_stats();
                         last_program_read = Instant::now();

@@ -803,6 +803,7 @@ mod tests {
             recv_queue: 0,
             send_queue: 0,
             info: None,
+            timer_ms: 0,
         }
     }
 

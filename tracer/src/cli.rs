@@ -118,6 +118,22 @@ pub struct LiveArgs {
     /// Size of the kernel ring buffer in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 8)]
     pub ring_mib: u32,
+
+    /// Most remote endpoints (and local/remote pairs) named in the TIME_WAIT and ephemeral
+    /// port metrics; the rest are summed under remote="other".
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub max_remote_series: usize,
+
+    /// Most (namespace, local address, remote endpoint) tuples whose TIME_WAIT sockets are
+    /// counted; hand-overs beyond are counted as dropped until a re-sync frees room.
+    #[arg(long, value_name = "N", default_value_t = 16_384)]
+    pub time_wait_capacity: usize,
+
+    /// How often the per-remote TIME_WAIT counts and ephemeral port use are re-read from the
+    /// kernel (sock_diag dump of every namespace). Never more often than 20 times what the
+    /// last re-read took.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub time_wait_resync: Duration,
 }
 
 /// Options of `tracer top`.
@@ -236,6 +252,7 @@ pub struct LiveConfig {
     pub baseline: bool,
     pub drain_interval: Duration,
     pub ring_bytes: u32,
+    pub time_wait: crate::pipeline::TimeWaitConfig,
 }
 
 /// Validated configuration of a replay.
@@ -316,6 +333,11 @@ impl LiveArgs {
             baseline: !self.no_baseline,
             drain_interval: self.drain_interval,
             ring_bytes: self.ring_mib << 20,
+            time_wait: crate::pipeline::TimeWaitConfig {
+                capacity: self.time_wait_capacity.max(1),
+                series: self.max_remote_series,
+                resync_every: self.time_wait_resync.max(Duration::from_secs(1)),
+            },
         })
     }
 }

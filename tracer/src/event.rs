@@ -168,6 +168,15 @@ pub struct Transition {
     pub task_comm: Comm,
 }
 
+impl Transition {
+    /// The socket's pending error, when the kernel program could read it. The program reads
+    /// `sk_err` and the namespace from the same socket with the same offsets, and reports
+    /// namespace 0 exactly when it could not: a known namespace means a known `sk_err`.
+    pub fn sk_err_known(&self) -> Option<u16> {
+        (self.netns != 0).then_some(self.sk_err)
+    }
+}
+
 /// Why a ring-buffer record could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {

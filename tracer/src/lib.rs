@@ -26,6 +26,7 @@ pub mod record;
 pub mod replay;
 pub mod server;
 pub mod sockdiag;
+pub mod timewait;
 pub mod top;
 
 /// Runs the parsed command line and returns the process exit code.

@@ -75,6 +75,39 @@ pub struct MetricsSnapshot {
     pub bpf_run_time_ns: Option<u64>,
     /// Number of runs of the eBPF program, from `kernel.bpf_stats_enabled`.
     pub bpf_run_count: Option<u64>,
+    /// TIME_WAIT sockets per remote endpoint now, already capped (the rest summed under
+    /// `other`). Empty: the family is left out.
+    pub time_wait_remotes: Vec<RemoteSeries>,
+    /// Share of the ephemeral port range in use per (local address, remote endpoint), capped
+    /// the same way.
+    pub ephemeral_ports: Vec<PortSeries>,
+    /// Hand-overs to TIME_WAIT not tracked because the per-remote table was full.
+    pub time_wait_table_full_total: u64,
+    /// Re-syncs of the TIME_WAIT table from sock_diag that failed.
+    pub time_wait_resync_failures_total: u64,
+    /// Leak candidates whose owner's activity could not be asked (decided by age alone).
+    pub leak_checks_unanswered_total: u64,
+}
+
+/// One series of `tracer_tcp_time_wait_sockets`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteSeries {
+    /// The namespace, when it is not the tracer's own (`None` also for `other`).
+    pub netns: Option<u32>,
+    /// `addr:port` (`[v6]:port`), or `other`.
+    pub remote: String,
+    pub sockets: u64,
+}
+
+/// One series of `tracer_tcp_ephemeral_ports_used_ratio`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PortSeries {
+    pub netns: Option<u32>,
+    /// Local address, or `other`.
+    pub local: String,
+    /// `addr:port`, or `other`.
+    pub remote: String,
+    pub ratio: f64,
 }
 
 /// A histogram as the engine keeps it.
@@ -539,6 +572,68 @@ fn gauge_u64(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt
         .encode_gauge(&gauge(v))
 }
 
+/// Label set of the per-remote families: `netns` only where it is not the tracer's own.
+fn remote_labels<'a>(
+    netns: Option<u32>,
+    local: Option<&'a str>,
+    remote: &'a str,
+) -> Vec<(&'static str, String)> {
+    let mut l = Vec::with_capacity(3);
+    if let Some(local) = local {
+        l.push(("local", local.to_owned()));
+    }
+    l.push(("remote", remote.to_owned()));
+    if let Some(ns) = netns {
+        l.push(("netns", ns.to_string()));
+    }
+    l
+}
+
+fn encode_remote_families(s: &MetricsSnapshot, enc: &mut DescriptorEncoder) -> fmt::Result {
+    if !s.time_wait_remotes.is_empty() {
+        let mut m = enc.encode_descriptor(
+            "tcp_time_wait_sockets",
+            "TIME_WAIT sockets now by remote endpoint (top remotes, the rest summed under remote=\"other\").",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &s.time_wait_remotes {
+            m.encode_family(&remote_labels(r.netns, None, &r.remote))?
+                .encode_gauge(&gauge(r.sockets))?;
+        }
+    }
+    if !s.ephemeral_ports.is_empty() {
+        let mut m = enc.encode_descriptor(
+            "tcp_ephemeral_ports_used_ratio",
+            "Share of the namespace's ephemeral port range used by sockets from a local address to a remote endpoint (top tuples, the rest summed under other).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &s.ephemeral_ports {
+            m.encode_family(&remote_labels(p.netns, Some(&p.local), &p.remote))?
+                .encode_gauge(&p.ratio)?;
+        }
+    }
+    counter(
+        enc,
+        "tcp_time_wait_table_full",
+        "Hand-overs to TIME_WAIT not tracked per remote because the table was full.",
+        s.time_wait_table_full_total,
+    )?;
+    counter(
+        enc,
+        "tcp_time_wait_resync_failures",
+        "Re-syncs of the per-remote TIME_WAIT counts from sock_diag that failed.",
+        s.time_wait_resync_failures_total,
+    )?;
+    counter(
+        enc,
+        "tcp_close_wait_leak_checks_unanswered",
+        "Leak candidates whose owner's last send could not be read (tcp_info); decided by CLOSE_WAIT age alone.",
+        s.leak_checks_unanswered_total,
+    )
+}
+
 fn encode_snapshot(s: &MetricsSnapshot, cap: usize, enc: &mut DescriptorEncoder) -> fmt::Result {
     if s.transitions.iter().flatten().any(|&v| v != 0) {
         let mut m = enc.encode_descriptor(
@@ -706,6 +801,8 @@ fn encode_snapshot(s: &MetricsSnapshot, cap: usize, enc: &mut DescriptorEncoder)
         "Sockets dropped from the tracer's table because it was full.",
         s.evictions_total,
     )?;
+
+    encode_remote_families(s, enc)?;
 
     let kernel_counters = [
         (
@@ -947,6 +1044,30 @@ mod tests {
             bpf_filtered_total: Some(0),
             bpf_run_time_ns: Some(1_500_000_000),
             bpf_run_count: Some(11),
+            time_wait_remotes: vec![
+                RemoteSeries {
+                    netns: None,
+                    remote: "127.0.0.1:5432".into(),
+                    sockets: 3000,
+                },
+                RemoteSeries {
+                    netns: Some(4026532000),
+                    remote: "[::1]:80".into(),
+                    sockets: 2,
+                },
+                RemoteSeries {
+                    netns: None,
+                    remote: "other".into(),
+                    sockets: 7,
+                },
+            ],
+            ephemeral_ports: vec![PortSeries {
+                netns: None,
+                local: "127.0.0.1".into(),
+                remote: "127.0.0.1:5432".into(),
+                ratio: 0.25,
+            }],
+            ..Default::default()
         };
         let om = render(snap.clone(), 100, Format::OpenMetrics);
         assert!(om.ends_with("# EOF\n"), "{om}");
@@ -967,10 +1088,14 @@ mod tests {
             "tracer_bpf_runs_total 11",
             "tracer_events_total 10",
             r#"tracer_build_info{version=""#,
+            r#"tracer_tcp_time_wait_sockets{remote="127.0.0.1:5432"} 3000"#,
+            r#"tracer_tcp_time_wait_sockets{remote="[::1]:80",netns="4026532000"} 2"#,
+            r#"tracer_tcp_time_wait_sockets{remote="other"} 7"#,
+            r#"tracer_tcp_ephemeral_ports_used_ratio{local="127.0.0.1",remote="127.0.0.1:5432"} 0.25"#,
         ] {
             assert!(om.contains(want), "missing {want:?} in\n{om}");
         }
-        assert_eq!(sample(&om, "tracer_tcp_closes_total").len(), 8);
+        assert_eq!(sample(&om, "tracer_tcp_closes_total").len(), 9);
         assert_eq!(sample(&om, "tracer_tcp_sockets{").len(), 12);
         assert_eq!(sample(&om, "tracer_tcp_transitions_total").len(), 1);
 
@@ -994,7 +1119,7 @@ mod tests {
     #[test]
     fn empty_snapshot_still_has_fixed_families() {
         let text = render(MetricsSnapshot::default(), 100, Format::Text);
-        assert_eq!(sample(&text, "tracer_tcp_closes_total").len(), 8);
+        assert_eq!(sample(&text, "tracer_tcp_closes_total").len(), 9);
         assert!(
             text.contains("tracer_tcp_close_wait_oldest_seconds 0\n")
                 || text.contains("tracer_tcp_close_wait_oldest_seconds 0.0\n"),

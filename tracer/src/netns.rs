@@ -153,6 +153,53 @@ pub fn open_diag_in(path: &Path, wanted: u32) -> Result<SockDiag, EnterError> {
     })
 }
 
+/// Reads `file` (a per-namespace file such as `/proc/sys/net/ipv4/ip_local_port_range`) from
+/// inside the namespace whose file is `path`, checking that it still names `wanted`. Network
+/// sysctls answer for the namespace of the task that reads them, so the read happens on a
+/// short-lived thread that entered it.
+pub fn read_file_in(path: &Path, wanted: u32, file: &Path) -> Result<String, EnterError> {
+    let shown = || path.display().to_string();
+    let ns = File::open(path).map_err(|source| EnterError::Open {
+        path: shown(),
+        source,
+    })?;
+    let found = ns
+        .metadata()
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+        .unwrap_or(0);
+    if found != wanted {
+        return Err(EnterError::Moved {
+            path: shown(),
+            wanted,
+            found,
+        });
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this (scoped, short-lived) thread only; the fd is valid for the
+            // call (`ns` outlives the scope).
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(EnterError::Setns {
+                    path: shown(),
+                    source: io::Error::last_os_error(),
+                });
+            }
+            std::fs::read_to_string(file).map_err(|source| EnterError::Open {
+                path: file.display().to_string(),
+                source,
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(EnterError::Setns {
+                path: shown(),
+                source: io::Error::other("the namespace thread panicked"),
+            })
+        })
+    })
+}
+
 /// Counters of a [`Namespaces`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetnsStats {
@@ -261,6 +308,34 @@ impl Namespaces {
             self.others.insert(netns, sock);
         }
         self.others.get_mut(&netns)
+    }
+
+    /// Reads a per-namespace file (a network sysctl) as seen from inside namespace `netns`
+    /// (0 = the tracer's own). `None` when the namespace cannot be reached or the read fails.
+    pub fn read_in(&mut self, netns: u32, file: &Path, now: Instant) -> Option<String> {
+        if netns == 0 || netns == self.own {
+            return std::fs::read_to_string(file).ok();
+        }
+        if !self.known.contains_key(&netns) {
+            let due = self
+                .last_discovery
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.min_rediscover);
+            if due {
+                self.discover(now);
+            }
+        }
+        let Some(path) = self.known.get(&netns).cloned() else {
+            self.stats.unreachable += 1;
+            return None;
+        };
+        match read_file_in(&path, netns, file) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!("network namespace {netns}: {e}");
+                self.stats.enter_failed += 1;
+                None
+            }
+        }
     }
 
     fn enter(&mut self, netns: u32, now: Instant) -> Option<SockDiag> {

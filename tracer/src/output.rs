@@ -275,6 +275,15 @@ impl<W: Write> Output<W> {
                 if r.time_wait {
                     b.push_str("  →TIME_WAIT");
                 }
+                match r.reset_by {
+                    Some(by) => {
+                        let _ = write!(b, "  RST by {}", by.name());
+                    }
+                    None if r.kind == crate::record::CloseKind::Reset => {
+                        b.push_str("  RST by ?");
+                    }
+                    None => {}
+                }
                 if r.leaked {
                     b.push_str("  LEAKED");
                 }
@@ -307,9 +316,20 @@ impl<W: Write> Output<W> {
                 }
                 let _ = write!(
                     b,
-                    "}},\"lifetime_ns\":{},\"time_wait\":{},\"leaked\":{}",
+                    "}},\"lifetime_ns\":{},\"time_wait\":{},\"reset_by\":",
                     OptNum(r.lifetime_ns),
                     r.time_wait,
+                );
+                match r.reset_by {
+                    Some(by) => {
+                        let _ = write!(b, "\"{}\"", by.name());
+                    }
+                    None => b.push_str("null"),
+                }
+                let _ = write!(
+                    b,
+                    ",\"sk_err\":{},\"leaked\":{}",
+                    OptNum(r.sk_err.map(u64::from)),
                     r.leaked
                 );
                 owner_json(b, r.owner.as_ref());
@@ -339,6 +359,9 @@ impl<W: Write> Output<W> {
                         ""
                     },
                 );
+                if let Some(idle) = r.idle_ns {
+                    let _ = write!(b, "  idle {}", Dur(idle));
+                }
                 match &r.owner {
                     Some(o) => {
                         let _ = write!(b, "  pid {} ({})", o.pid, o.comm);
@@ -370,9 +393,10 @@ impl<W: Write> Output<W> {
                 id_json(b, r.ts_ns, &r.id);
                 let _ = write!(
                     b,
-                    ",\"age_ns\":{},\"age_source\":\"{}\"",
+                    ",\"age_ns\":{},\"age_source\":\"{}\",\"idle_ns\":{}",
                     r.age_ns,
-                    r.age_source.name()
+                    r.age_source.name(),
+                    OptNum(r.idle_ns)
                 );
                 owner_json(b, r.owner.as_ref());
                 b.push_str(",\"cmdline\":");

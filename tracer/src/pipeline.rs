@@ -24,13 +24,16 @@ use std::time::{Duration, Instant};
 
 use crate::attribution::{self, Attributor, AttributorConfig, ProcFs};
 use crate::container::Containers;
-use crate::engine::{BaselineSummary, Engine, EngineConfig, Seed, Summary};
+use crate::engine::{
+    BaselineSummary, Engine, EngineConfig, LeakCheck, LeakDecision, Seed, Summary,
+};
 use crate::event::{self, TcpState, Transition};
 use crate::metrics::{HistogramSnapshot, MetricsSnapshot, OwnerCloseWait};
 use crate::netns::{Namespaces, NetnsStats};
 use crate::output::{Output, RecordContext};
 use crate::record::{CloseKind, CloseRecord, LeakRecord, Owner, OwnerSource, Record, SocketId};
 use crate::sockdiag::{DiagSocket, FourTuple, SockDiagError, StateMask};
+use crate::timewait::{PortUse, RemoteCount, TimeWait};
 
 /// Where a front-end sends what the path produces. Called only for what passes the `--pid`
 /// filter.
@@ -66,6 +69,13 @@ pub struct PathCounts {
     pub undecodable: u64,
     /// Transitions per (from, to), by [`TcpState::index`].
     pub transitions: [[u64; 12]; 12],
+    /// Leak candidates whose owner's activity was asked through sock_diag (tcp_info).
+    pub leak_checks: u64,
+    /// Of those, the owner had sent data within the threshold: re-checked later.
+    pub leak_checks_deferred: u64,
+    /// Of those, no answer (socket not found, no tcp_info, namespace unreachable, sock_diag
+    /// error): decided by the CLOSE_WAIT age alone.
+    pub leak_checks_unanswered: u64,
 }
 
 /// What the startup baseline found.
@@ -91,6 +101,34 @@ pub struct PipelineConfig {
     /// `--pid`: only this process's sockets reach the sink.
     pub pid: Option<u32>,
 }
+
+/// Limits of the per-remote TIME_WAIT and ephemeral-port accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeWaitConfig {
+    /// Most (namespace, local address, remote endpoint) tuples tracked.
+    pub capacity: usize,
+    /// Most remotes (and tuples) named in the metrics; the rest are summed under `other`.
+    pub series: usize,
+    /// Least time between two re-syncs from sock_diag. A re-sync is also never closer to the
+    /// last than 20 times what the last one took.
+    pub resync_every: Duration,
+}
+
+impl Default for TimeWaitConfig {
+    fn default() -> Self {
+        TimeWaitConfig {
+            capacity: TimeWait::DEFAULT_CAPACITY,
+            series: 20,
+            resync_every: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Resolution of tcp_info's "ms ago" stamps: one jiffy, at most 10 ms (HZ=100).
+const IDLE_RESOLUTION_NS: u64 = 10_000_000;
+
+/// A re-sync takes at most this share of the reader's time.
+const RESYNC_DUTY: u32 = 20;
 
 /// Who owns what, as the trace and the baseline show it.
 #[derive(Default)]
@@ -166,6 +204,13 @@ pub struct Pipeline {
     live: Option<Live>,
     pid: Option<u32>,
     records: Vec<Record>,
+    /// Leak checks taken from the engine (buffer reused).
+    checks: Vec<LeakCheck>,
+    /// TIME_WAIT sockets and ephemeral ports per remote endpoint.
+    tw: TimeWait,
+    tw_cfg: TimeWaitConfig,
+    /// When the TIME_WAIT table was last re-synced from sock_diag, and how long that took.
+    tw_last_resync: Option<(Instant, Duration)>,
     counts: PathCounts,
     own_netns: u32,
     next_stand_in: u64,
@@ -182,6 +227,10 @@ impl Pipeline {
             live: None,
             pid: cfg.pid,
             records: Vec::with_capacity(256),
+            checks: Vec::new(),
+            tw: TimeWait::new(TimeWait::DEFAULT_CAPACITY),
+            tw_cfg: TimeWaitConfig::default(),
+            tw_last_resync: None,
             counts: PathCounts::default(),
             own_netns: 0,
             next_stand_in: STAND_IN_BASE,
@@ -195,6 +244,10 @@ impl Pipeline {
         let namespaces = Namespaces::open()?;
         let own_netns = namespaces.own();
         let proc = ProcFs::default();
+        let mut offline = Self::offline(cfg);
+        // A CLOSE_WAIT socket is a leak only once its owner has also sent nothing for the
+        // threshold: asked through tcp_info when the threshold passes (`check_leaks`).
+        offline.engine.confirm_leaks(true);
         Ok(Pipeline {
             live: Some(Live {
                 attributor: Attributor::new(AttributorConfig::default()),
@@ -203,12 +256,23 @@ impl Pipeline {
                 proc,
             }),
             own_netns,
-            ..Self::offline(cfg)
+            ..offline
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Sets the limits of the TIME_WAIT accounting (before the baseline).
+    pub fn set_time_wait_config(&mut self, cfg: TimeWaitConfig) {
+        self.tw_cfg = cfg;
+        self.tw = TimeWait::new(cfg.capacity);
+    }
+
+    /// The per-remote TIME_WAIT table.
+    pub fn time_wait(&self) -> &TimeWait {
+        &self.tw
     }
 
     pub fn counts(&self) -> &PathCounts {
@@ -311,10 +375,12 @@ impl Pipeline {
     }
 
     pub fn summary(&self, now_ns: u64) -> Summary {
-        Summary {
+        let mut s = Summary {
             baseline: self.baseline,
             ..self.engine.summary(now_ns)
-        }
+        };
+        s.time_wait_top = self.top_remotes(now_ns, 5);
+        s
     }
 
     fn passes(&self, owner: Option<&Owner>) -> bool {
@@ -350,6 +416,15 @@ impl Pipeline {
                 }
             }
             report.namespaces += 1;
+            if let Some((lo, hi)) = live
+                .namespaces
+                .read_in(ns, std::path::Path::new(PORT_RANGE), started)
+                .as_deref()
+                .and_then(TimeWait::parse_range)
+            {
+                self.tw.set_range(ns, lo, hi);
+            }
+            self.tw.resync(ns, now_ns, &buf);
             sockets.extend(buf.drain(..).map(|s| (ns, s)));
         }
         // With --pid only that process's fd table is read.
@@ -412,12 +487,16 @@ impl Pipeline {
             namespaces_failed: report.namespaces_failed as u64,
             took_us: report.elapsed.as_micros() as u64,
         });
+        self.tw_last_resync = Some((started, report.elapsed));
         Ok(report)
     }
 
     /// Sends the records the engine produced to the sink: leak owners confirmed first (so
     /// per-owner counts see every confirmed holder), then each record with its context.
     fn emit(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        if self.engine.has_leak_checks() {
+            self.check_leaks();
+        }
         if self.records.is_empty() {
             return Ok(());
         }
@@ -441,6 +520,12 @@ impl Pipeline {
             }
             result = match rec {
                 Record::Close(c) => {
+                    if c.time_wait {
+                        let id = &c.id;
+                        let ns = self.ns(id.netns);
+                        self.tw
+                            .on_handover(ns, id.saddr, id.sport, id.daddr, id.dport, c.ts_ns);
+                    }
                     if !self.passes(c.owner.as_ref()) {
                         continue;
                     }
@@ -472,6 +557,67 @@ impl Pipeline {
         result
     }
 
+    /// Answers the engine's leak checks: a CLOSE_WAIT socket past the threshold is a leak only
+    /// if its owner has also sent nothing for the threshold. The socket is looked up by its
+    /// 4-tuple in its own namespace; `tcpi_last_data_sent` says how long ago data was last
+    /// sent, and data still queued (`send_queue`, written and not yet acknowledged) counts as
+    /// sending now. A socket still sending is re-checked when it will have been idle for the
+    /// threshold. Without an answer the age alone decides (counted). Runs only when a
+    /// threshold passes: one sock_diag lookup per socket per threshold period.
+    fn check_leaks(&mut self) {
+        let mut checks = std::mem::take(&mut self.checks);
+        self.engine.take_leak_checks(&mut checks);
+        let thr = self.engine.config().close_wait_threshold_ns;
+        let now = Instant::now();
+        for c in &checks {
+            self.counts.leak_checks += 1;
+            let idle_ns = self.owner_idle_ns(&c.id, now);
+            let decision = match idle_ns {
+                // tcp_info's stamps have one-jiffy resolution: an owner that sent nothing
+                // since before CLOSE_WAIT began can read a few ms short of the threshold.
+                Some(idle) if idle.saturating_add(IDLE_RESOLUTION_NS) < thr => {
+                    self.counts.leak_checks_deferred += 1;
+                    LeakDecision::RecheckAt {
+                        at_ns: c.at_ns.saturating_add(thr - idle),
+                    }
+                }
+                Some(idle) => LeakDecision::Leak {
+                    idle_ns: Some(idle),
+                },
+                None => {
+                    self.counts.leak_checks_unanswered += 1;
+                    LeakDecision::Leak { idle_ns: None }
+                }
+            };
+            self.engine.decide_leak(c, decision, &mut self.records);
+        }
+        checks.clear();
+        self.checks = checks;
+    }
+
+    /// How long the owner of a CLOSE_WAIT socket has sent nothing, from tcp_info in the
+    /// socket's namespace; `None` when it cannot be learnt.
+    fn owner_idle_ns(&mut self, id: &SocketId, now: Instant) -> Option<u64> {
+        let netns = self.ns(id.netns);
+        let live = self.live.as_mut()?;
+        let diag = live.namespaces.diag(netns, now)?;
+        let found = match diag.lookup(&FourTuple::from(id)) {
+            Ok(f) => f?,
+            Err(e) => {
+                tracing::debug!("leak check: sock_diag lookup: {e}");
+                return None;
+            }
+        };
+        if found.state != TcpState::CloseWait {
+            return None;
+        }
+        let info = found.info?;
+        if found.send_queue > 0 {
+            return Some(0);
+        }
+        Some(u64::from(info.last_data_sent_ms) * 1_000_000)
+    }
+
     /// The owner's cgroup: read afresh for a leak, from the short-lived cache otherwise.
     fn cgroup(
         &mut self,
@@ -498,6 +644,88 @@ impl Pipeline {
         let live = self.live.as_mut()?;
         let diag = live.namespaces.diag(netns, now)?;
         live.attributor.resolve(diag, &l.id, now)
+    }
+
+    /// Re-syncs the per-remote TIME_WAIT counts and the ephemeral-port use with the kernel:
+    /// one sock_diag dump (every state, streamed one datagram at a time) per network
+    /// namespace, each read inside its namespace with its `ip_local_port_range`. Rate-limited:
+    /// does nothing until `resync_every` has passed since the last one, and at least 20 times
+    /// what the last one took. Returns how long it took when it ran. Call after draining the
+    /// ring buffer, so that closes the dump already reflects are not counted twice.
+    pub fn resync_time_wait(&mut self, now_ns: u64) -> Option<Duration> {
+        // `--pid` follows one process: host-wide dumps are not its business.
+        if self.pid.is_some() {
+            return None;
+        }
+        let started = Instant::now();
+        if let Some((at, took)) = self.tw_last_resync {
+            let gap = self.tw_cfg.resync_every.max(took * RESYNC_DUTY);
+            if started.saturating_duration_since(at) < gap {
+                return None;
+            }
+        }
+        let live = self.live.as_mut()?;
+        for ns in live.namespaces.discover(started) {
+            if let Some((lo, hi)) = live
+                .namespaces
+                .read_in(ns, std::path::Path::new(PORT_RANGE), started)
+                .as_deref()
+                .and_then(TimeWait::parse_range)
+            {
+                self.tw.set_range(ns, lo, hi);
+            }
+            let Some(diag) = live.namespaces.diag(ns, started) else {
+                self.tw.resync_failed();
+                continue;
+            };
+            let tw = &mut self.tw;
+            let mut r = tw.begin_resync(ns, now_ns);
+            match diag.dump_each(StateMask::ALL, |s| tw.feed(&mut r, s)) {
+                Ok(()) => tw.finish_resync(r),
+                Err(e) => {
+                    // What was read so far stands until the next re-sync.
+                    tracing::warn!("network namespace {ns}: TIME_WAIT re-sync: {e}");
+                    tw.finish_resync(r);
+                    tw.resync_failed();
+                }
+            }
+        }
+        self.tw.prune(now_ns);
+        let took = started.elapsed();
+        self.tw_last_resync = Some((started, took));
+        Some(took)
+    }
+
+    /// The top remotes by TIME_WAIT sockets, with their busiest local address's ephemeral
+    /// port use.
+    /// The `n` remote endpoints with the most TIME_WAIT sockets now, most first.
+    pub fn time_wait_remotes(&self, now_ns: u64, n: usize) -> Vec<crate::timewait::RemoteCount> {
+        let mut v = self.tw.remotes(now_ns);
+        v.truncate(n);
+        v
+    }
+
+    fn top_remotes(&self, now_ns: u64, n: usize) -> Vec<crate::engine::summary::RemoteSummary> {
+        let ports = self.tw.port_use(now_ns);
+        self.tw
+            .remotes(now_ns)
+            .into_iter()
+            .take(n)
+            .map(|r| {
+                let busiest = ports
+                    .iter()
+                    .filter(|p| (p.netns, p.remote, p.rport) == (r.netns, r.remote, r.rport))
+                    .max_by_key(|p| p.used);
+                let (lo, hi) = self.tw.range(r.netns);
+                crate::engine::summary::RemoteSummary {
+                    remote: crate::event::EndpointFmt(r.remote, r.rport).to_string(),
+                    netns: (r.netns != self.own_netns && r.netns != 0).then_some(r.netns),
+                    time_wait: r.time_wait,
+                    ephemeral_ports_used: busiest.map_or(0, |p| p.used),
+                    ephemeral_port_range: busiest.map_or(u64::from(hi - lo) + 1, |p| p.range),
+                }
+            })
+            .collect()
     }
 
     /// The metrics view, taken at scrape time. Kernel and reader counters are the caller's.
@@ -561,6 +789,19 @@ impl Pipeline {
             events_malformed_total: self.counts.undecodable,
             tracked_sockets: e.tracked() as u64,
             evictions_total: e.stats().evicted + e.stats().evicted_leaking,
+            time_wait_remotes: remote_series(
+                &self.tw.remotes(now_ns),
+                self.tw_cfg.series,
+                self.own_netns,
+            ),
+            ephemeral_ports: port_series(
+                &self.tw.port_use(now_ns),
+                self.tw_cfg.series,
+                self.own_netns,
+            ),
+            time_wait_table_full_total: self.tw.stats().table_full,
+            time_wait_resync_failures_total: self.tw.stats().resync_failures,
+            leak_checks_unanswered_total: self.counts.leak_checks_unanswered,
             ..MetricsSnapshot::default()
         }
     }
@@ -588,6 +829,60 @@ impl Pipeline {
         }
         sockets
     }
+}
+
+/// `ip_local_port_range` of the namespace the reading task is in.
+const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// The namespace as a label: none for the tracer's own.
+fn ns_label(netns: u32, own: u32) -> Option<u32> {
+    (netns != 0 && netns != own).then_some(netns)
+}
+
+/// The first `cap` remotes (already sorted, most first) as series, the rest summed under
+/// `other`.
+fn remote_series(all: &[RemoteCount], cap: usize, own: u32) -> Vec<crate::metrics::RemoteSeries> {
+    let mut v: Vec<_> = all
+        .iter()
+        .take(cap)
+        .map(|r| crate::metrics::RemoteSeries {
+            netns: ns_label(r.netns, own),
+            remote: crate::event::EndpointFmt(r.remote, r.rport).to_string(),
+            sockets: r.time_wait,
+        })
+        .collect();
+    if all.len() > cap {
+        v.push(crate::metrics::RemoteSeries {
+            netns: None,
+            remote: "other".into(),
+            sockets: all[cap..].iter().map(|r| r.time_wait).sum(),
+        });
+    }
+    v
+}
+
+/// The first `cap` tuples (sorted, highest share first) as series, the rest's shares summed
+/// under `other`.
+fn port_series(all: &[PortUse], cap: usize, own: u32) -> Vec<crate::metrics::PortSeries> {
+    let mut v: Vec<_> = all
+        .iter()
+        .take(cap)
+        .map(|p| crate::metrics::PortSeries {
+            netns: ns_label(p.netns, own),
+            local: crate::event::AddrFmt(p.local).to_string(),
+            remote: crate::event::EndpointFmt(p.remote, p.rport).to_string(),
+            ratio: p.ratio(),
+        })
+        .collect();
+    if all.len() > cap {
+        v.push(crate::metrics::PortSeries {
+            netns: None,
+            local: "other".into(),
+            remote: "other".into(),
+            ratio: all[cap..].iter().map(PortUse::ratio).sum(),
+        });
+    }
+    v
 }
 
 /// CLOSE_WAIT sockets per owning pid now.
@@ -746,5 +1041,59 @@ mod tests {
         assert_eq!(p.engine().owner(0xa), Some(hint));
         p.on_bytes(&[1, 2, 3], &mut s).unwrap();
         assert_eq!(p.counts().undecodable, 1);
+    }
+
+    /// Active closes are counted per remote endpoint, in the summary (JSON and text) and in
+    /// the metrics, with the rest of the remotes summed under `other`.
+    #[test]
+    fn time_wait_per_remote_in_summary_and_metrics() {
+        use TcpState::*;
+        let mut p = Pipeline::offline(PipelineConfig::default());
+        p.set_time_wait_config(TimeWaitConfig {
+            series: 1,
+            ..TimeWaitConfig::default()
+        });
+        let mut s = Collect::default();
+        let mut sk = 0x100;
+        for (dport, n) in [(5432u16, 3u64), (80, 1)] {
+            for i in 0..n {
+                sk += 1;
+                let mut t = tr(1_000 + sk, sk, 0, FinWait1, FinWait2, 0);
+                (t.sport, t.dport) = (40_000 + i as u16, dport);
+                p.on_transition(&t, None, &mut s).unwrap();
+                t.ts_ns += 1;
+                (t.old, t.new) = (FinWait2, Close);
+                p.on_transition(&t, None, &mut s).unwrap();
+            }
+        }
+        let sum = p.summary(2_000 + sk);
+        assert_eq!(sum.time_wait_top.len(), 2);
+        assert_eq!(
+            (
+                sum.time_wait_top[0].remote.as_str(),
+                sum.time_wait_top[0].time_wait
+            ),
+            ("127.0.0.1:5432", 3)
+        );
+        assert_eq!(sum.time_wait_top[0].ephemeral_ports_used, 3);
+        let json = serde_json::to_value(&sum).unwrap();
+        assert_eq!(json["time_wait_top"][1]["remote"], "127.0.0.1:80");
+        assert!(json["time_wait_top"][0].get("netns").is_none());
+        let text = sum.render_text();
+        assert!(text.contains("TIME_WAIT by remote (top 2):"), "{text}");
+        assert!(text.contains("127.0.0.1:5432"), "{text}");
+        let m = p.metrics(2_000 + sk);
+        let got: Vec<_> = m
+            .time_wait_remotes
+            .iter()
+            .map(|r| (r.remote.as_str(), r.sockets))
+            .collect();
+        assert_eq!(got, [("127.0.0.1:5432", 3), ("other", 1)]);
+        // 60 s later they are gone.
+        assert!(
+            p.summary(2_000 + sk + 62_000_000_000)
+                .time_wait_top
+                .is_empty()
+        );
     }
 }

@@ -17,28 +17,35 @@ pub enum CloseKind {
     Passive,
     /// Both sides sent FIN before seeing the other's: FIN_WAIT1→CLOSING→CLOSE.
     Simultaneous,
-    /// Closed by a reset, sent or received: ESTABLISHED→CLOSE (and FIN_WAIT1/FIN_WAIT2→CLOSE
-    /// without the timewait hand-over), SYN_RECV→CLOSE.
+    /// Closed by a reset the peer sent (`reset_by: peer`), or a reset whose sender cannot be
+    /// told (`reset_by: null`): the kernel's pending error at X→CLOSE was ECONNRESET/EPIPE, or
+    /// is unknown.
     Reset,
-    /// CLOSE_WAIT→CLOSE: the application closed with unread data, so the kernel sent RST
-    /// instead of FIN (LAST_ACK skipped).
+    /// This side sent the RST (`reset_by: local`): SO_LINGER {1,0}, close() with unread data, a
+    /// listener closed with connections it never accepted, `tcp_abort` (`ss -K`).
     Abort,
     /// SYN_SENT→CLOSE: the connect failed (refused, timed out, or was cancelled).
     ConnectFailed,
     /// A listening socket closed: LISTEN→CLOSE.
     Listener,
+    /// The kernel gave up on an established connection: retransmissions, keepalive probes or
+    /// the FIN's retransmissions went unanswered (ETIMEDOUT). No RST was exchanged.
+    Timeout,
     /// The close sequence was not seen from its start (tracer started mid-life, or events were
     /// lost) and the seen part fits no other kind.
     Unknown,
 }
 
 impl CloseKind {
-    pub const ALL: [CloseKind; 8] = [
+    /// Every kind, in display order (per-kind arrays are indexed by `kind as usize`, the
+    /// declaration order).
+    pub const ALL: [CloseKind; 9] = [
         CloseKind::Active,
         CloseKind::Passive,
         CloseKind::Simultaneous,
         CloseKind::Reset,
         CloseKind::Abort,
+        CloseKind::Timeout,
         CloseKind::ConnectFailed,
         CloseKind::Listener,
         CloseKind::Unknown,
@@ -54,12 +61,31 @@ impl CloseKind {
             CloseKind::Abort => "abort",
             CloseKind::ConnectFailed => "connect_failed",
             CloseKind::Listener => "listener",
+            CloseKind::Timeout => "timeout",
             CloseKind::Unknown => "unknown",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// Which end of a connection sent the RST that ended it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResetBy {
+    /// This socket's side.
+    Local,
+    /// The remote end.
+    Peer,
+}
+
+impl ResetBy {
+    pub fn name(self) -> &'static str {
+        match self {
+            ResetBy::Local => "local",
+            ResetBy::Peer => "peer",
+        }
     }
 }
 
@@ -218,6 +244,12 @@ pub struct CloseRecord {
     pub lifetime_ns: Option<u64>,
     /// Handed to a timewait socket (FIN_WAIT2→CLOSE, or CLOSING→CLOSE after our FIN).
     pub time_wait: bool,
+    /// For a close that ended in a reset (`reset`, `abort`, a refused connect): who sent the
+    /// RST, `None` when it cannot be told. Always `None` for other kinds.
+    pub reset_by: Option<ResetBy>,
+    /// The socket's pending error at its X→CLOSE (errno, 0 = none); `None` when the kernel
+    /// program could not read it.
+    pub sk_err: Option<u16>,
     /// A leak record was emitted for this socket.
     pub leaked: bool,
     pub owner: Option<Owner>,
@@ -232,6 +264,9 @@ pub struct LeakRecord {
     pub age_ns: u64,
     pub age_source: AgeSource,
     pub owner: Option<Owner>,
+    /// How long the owner had sent no data (tcp_info `tcpi_last_data_sent`) when the leak was
+    /// confirmed; `None` when it was not asked (replay) or could not be learnt.
+    pub idle_ns: Option<u64>,
 }
 
 /// What the engine emits.

@@ -305,6 +305,9 @@ pub struct DiagSocket {
     pub send_queue: u32,
     /// `None` for TIME_WAIT and request sockets (the kernel has no `tcp_info` for them).
     pub info: Option<TcpInfoAges>,
+    /// Time left on the socket's pending timer, ms (`idiag_expires`): for a TIME_WAIT socket,
+    /// until the kernel frees it; 0 when no timer is pending.
+    pub timer_ms: u32,
 }
 
 impl DiagSocket {
@@ -373,6 +376,7 @@ impl DiagSocket {
             recv_queue: h.recv_queue,
             send_queue: h.send_queue,
             info,
+            timer_ms: 0,
         })
     }
 }
@@ -419,7 +423,12 @@ fn walk_datagram(
             Ok(msg) => match msg.payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                     match DiagSocket::from_response(&r) {
-                        Some(s) => out.push(s),
+                        Some(mut s) => {
+                            // The sock-diag crate drops the TIME_WAIT timer's expiry; read
+                            // `idiag_expires` from the message itself.
+                            s.timer_ms = idiag_expires(&rest[..len]).unwrap_or(0);
+                            out.push(s);
+                        }
                         None => *skipped += 1,
                     }
                 }
@@ -448,6 +457,14 @@ fn walk_datagram(
         return Ok(Walk::Done);
     }
     Ok(Walk::More)
+}
+
+/// `idiag_expires` of an `inet_diag_msg` in a netlink message: after the 16-byte netlink
+/// header, 4 one-byte fields and the 48-byte `inet_diag_sockid` (uapi linux/inet_diag.h).
+fn idiag_expires(msg: &[u8]) -> Option<u32> {
+    const OFFSET: usize = 16 + 4 + 48;
+    let b = msg.get(OFFSET..OFFSET + 4)?;
+    Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 const OP_DUMP: &str = "dump";
@@ -508,6 +525,40 @@ impl SockDiag {
             other => other?,
         }
         Ok(out)
+    }
+
+    /// Every TCP socket (AF_INET, then AF_INET6) in one of `states`, handed to `f` one reply
+    /// datagram at a time: memory stays that of one datagram (~32 KiB), however many sockets
+    /// there are.
+    pub fn dump_each(
+        &mut self,
+        states: StateMask,
+        mut f: impl FnMut(&DiagSocket),
+    ) -> Result<(), SockDiagError> {
+        let mut batch = Vec::with_capacity(256);
+        for family in [Family::V4, Family::V6] {
+            let socket_id = match family {
+                Family::V4 => DiagSocketId::new_v4(),
+                Family::V6 => DiagSocketId::new_v6(),
+            };
+            let seq = self.send(OP_DUMP, family, states, socket_id, true)?;
+            loop {
+                batch.clear();
+                let walk = match self.recv(OP_DUMP, family, seq, &mut batch) {
+                    Ok(w) => w,
+                    // No IPv6 in this kernel: no IPv6 sockets.
+                    Err(e) if family == Family::V6 && e.kernel_errno() == Some(libc::ENOENT) => {
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                batch.iter().for_each(&mut f);
+                if walk == Walk::Done {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every TCP socket of one family in one of `states`, appended to `out`.

@@ -119,6 +119,7 @@ fn rich_snapshot() -> MetricsSnapshot {
         bpf_filtered_total: Some(6_000),
         bpf_run_time_ns: Some(987_654_321),
         bpf_run_count: Some(130_000),
+        ..Default::default()
     }
 }
 

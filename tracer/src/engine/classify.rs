@@ -3,7 +3,102 @@
 //! Pure functions over [`TcpState`]s; the engine calls [`classify`] once per close record.
 
 use crate::event::TcpState;
-use crate::record::{CloseKind, Role, StatePath};
+use crate::record::{CloseKind, ResetBy, Role, StatePath};
+
+/// What a close record says about how the connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub kind: CloseKind,
+    /// Who sent the RST, for closes that ended in one; `None` when it cannot be told.
+    pub reset_by: Option<ResetBy>,
+    /// Handed to a timewait socket.
+    pub time_wait: bool,
+}
+
+/// errnos the kernel leaves in `sk->sk_err` before it takes a socket to CLOSE
+/// (include/uapi/asm-generic/errno*.h; the same on every Linux architecture that matters here).
+pub mod errno {
+    pub const EPIPE: u16 = 32;
+    pub const ECONNABORTED: u16 = 103;
+    pub const ECONNRESET: u16 = 104;
+    pub const ETIMEDOUT: u16 = 110;
+    pub const ECONNREFUSED: u16 = 111;
+}
+
+/// The verdict on a close from the state path, the closing transition's old state `from` and
+/// the socket's pending error at that transition (`sk_err`: `Some(errno)`, 0 = none; `None`
+/// when the kernel program could not read it).
+///
+/// The kernel sets `sk_err` *before* `tcp_done()` when the close comes from outside this
+/// side's own call: a received RST (`tcp_reset`: ECONNRESET, EPIPE in CLOSE_WAIT, ECONNREFUSED
+/// in SYN_SENT), a timeout (`tcp_write_err`: ETIMEDOUT) or `tcp_abort` (`ss -K`:
+/// ECONNABORTED, which sends our RST). A close this side starts (close() with unread data,
+/// SO_LINGER {1,0}, `tcp_disconnect`, a listener dropping its un-accepted children) sets it
+/// only after the state change, so its X→CLOSE shows 0. Hence, for X→CLOSE:
+///
+/// | X | `sk_err` 0 | ECONNRESET / EPIPE | ECONNABORTED | ETIMEDOUT | other errno, or unknown |
+/// |---|---|---|---|---|---|
+/// | ESTABLISHED, SYN_RECV, CLOSE_WAIT | `abort`, local | `reset`, peer | `abort`, local | `timeout` | `reset`, null |
+/// | FIN_WAIT1 | `abort`, local | `reset`, **null** | `abort`, local | `timeout` | `reset`, null |
+/// | FIN_WAIT2 | `active` (→TIME_WAIT) | `reset`, peer | `abort`, local | `timeout` | `active` |
+/// | CLOSING | `simultaneous` (→TIME_WAIT) | `reset`, peer | `abort`, local | `timeout` | as for FIN_WAIT2 |
+/// | LAST_ACK | `passive` | `reset`, peer | `abort`, local | `timeout` | as for FIN_WAIT2 |
+/// | SYN_SENT | `connect_failed` | | | `connect_failed` | `connect_failed` |
+///
+/// (SYN_SENT with ECONNREFUSED: `connect_failed`, reset_by peer.) FIN_WAIT1 with ECONNRESET
+/// is either the peer's RST or this side's: an orphaned socket (close() was called) that
+/// receives data after its FIN answers with RST and `tcp_reset()` sets ECONNRESET on itself
+/// (TCPAbortOnData), so it is `null`. In FIN_WAIT2 that needs a full socket that was shut for
+/// reading and then gets data (SHUT_RD, or orphaned with `tcp_fin_timeout` > 60 s, when it is
+/// not handed to a timewait socket); outside those, ECONNRESET in FIN_WAIT2 is the peer's.
+///
+/// The on-CPU task is not used to decide: a received RST runs in softirq, which on loopback
+/// is the sending peer's task and on a real network whatever task was running — the owner's
+/// own process included — and this side's resets run in the owner's context or a timer's.
+/// The task is kept on the transition for a reader to weigh.
+pub fn verdict(path: &StatePath, from: TcpState, sk_err: Option<u16>) -> Verdict {
+    use errno::*;
+    let base = classify(path, from);
+    let plain = Verdict {
+        kind: base,
+        reset_by: None,
+        time_wait: hands_to_time_wait(from),
+    };
+    if base == CloseKind::Unknown {
+        return plain;
+    }
+    let v = |kind, reset_by| Verdict {
+        kind,
+        reset_by,
+        time_wait: false,
+    };
+    match from {
+        TcpState::SynSent => Verdict {
+            reset_by: (sk_err == Some(ECONNREFUSED)).then_some(ResetBy::Peer),
+            ..plain
+        },
+        TcpState::Established | TcpState::SynRecv | TcpState::CloseWait | TcpState::FinWait1 => {
+            match sk_err {
+                Some(0 | ECONNABORTED) => v(CloseKind::Abort, Some(ResetBy::Local)),
+                Some(ECONNRESET | EPIPE) if from != TcpState::FinWait1 => {
+                    v(CloseKind::Reset, Some(ResetBy::Peer))
+                }
+                Some(ETIMEDOUT) => v(CloseKind::Timeout, None),
+                _ => v(CloseKind::Reset, None),
+            }
+        }
+        TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck => match sk_err {
+            None | Some(0) => plain,
+            Some(ECONNRESET | EPIPE) => v(CloseKind::Reset, Some(ResetBy::Peer)),
+            Some(ECONNABORTED) => v(CloseKind::Abort, Some(ResetBy::Local)),
+            Some(ETIMEDOUT) => v(CloseKind::Timeout, None),
+            // The FIN exchange does not touch sk_err: another errno is an older error (an ICMP
+            // report with IP_RECVERR) that the application has not read.
+            Some(_) => plain,
+        },
+        _ => plain,
+    }
+}
 
 /// Classifies a close from the path of states the socket was seen in (`path`, first seen state
 /// … `CLOSE`) and the old state of its closing transition (`closing_from`, the `X` of `X→CLOSE`;

@@ -81,7 +81,7 @@ pub use snapshot::CloseWaitSocket;
 pub use summary::{BaselineSummary, Summary};
 pub use synthetic::{SyntheticStream, synthetic_stream};
 
-use classify::{classify, hands_to_time_wait, is_birth, role_of_first, role_of_state};
+use classify::{is_birth, role_of_first, role_of_state};
 use table::{CompactDwell, Entry, NIL, Table, Which, flag};
 
 /// Engine limits.
@@ -129,13 +129,20 @@ pub struct Stats {
     /// Close records emitted.
     pub closes: u64,
     /// Close records per kind, indexed by `CloseKind as usize` (order of [`CloseKind::ALL`]).
-    pub closes_by_kind: [u64; 8],
+    pub closes_by_kind: [u64; 9],
     /// Close records per role, indexed by `Role as usize` (order of [`Role::ALL`]).
     pub closes_by_role: [u64; 4],
     /// Close records with `time_wait` (handed to a timewait socket).
     pub closes_time_wait: u64,
     /// Leak records emitted.
     pub leaks: u64,
+    /// CLOSE_WAIT sockets whose threshold passed and whose owner's activity was asked about
+    /// (with [`Engine::confirm_leaks`]).
+    pub leak_checks: u64,
+    /// Of those answers, "still sending: re-check later".
+    pub leaks_deferred: u64,
+    /// Of those answers, "a leak".
+    pub leaks_confirmed: u64,
     /// Entries evicted (not leaking) to stay within capacity.
     pub evicted: u64,
     /// Leaking entries evicted because every entry left was leaking.
@@ -210,12 +217,39 @@ pub struct OwnerCloseWait {
     pub oldest_age_ns: u64,
 }
 
-/// A CLOSE_WAIT socket waiting for its threshold. Ordered by entry time.
+/// A CLOSE_WAIT socket waiting for its threshold (or for a re-check). Ordered by due time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct CwItem {
+    /// When it is due: entry time + threshold, or the re-check time a [`LeakDecision`] set.
+    due_ns: u64,
     entered_ns: u64,
     ticket: u32,
     idx: u32,
+}
+
+/// A CLOSE_WAIT socket whose age reached the threshold, waiting for the caller to say whether
+/// its owner is still sending ([`Engine::confirm_leaks`], [`Engine::decide_leak`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeakCheck {
+    pub id: SocketId,
+    pub owner: Option<Owner>,
+    /// Time in CLOSE_WAIT at the engine clock.
+    pub age_ns: u64,
+    /// The engine clock when the check was asked for.
+    pub at_ns: u64,
+    idx: u32,
+    ticket: u32,
+}
+
+/// The caller's answer to a [`LeakCheck`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakDecision {
+    /// It is a leak: the owner has sent nothing for `idle_ns` (`>=` the threshold), or `None`
+    /// when that could not be learnt (the age alone decides).
+    Leak { idle_ns: Option<u64> },
+    /// Not yet: the owner sent data recently. Check again at `at_ns` (engine clock), when it
+    /// will have been idle for the threshold if it sends nothing more.
+    RecheckAt { at_ns: u64 },
 }
 
 /// The state machine. See the module documentation.
@@ -237,6 +271,10 @@ pub struct Engine {
     dwell_hist: [Histogram; 12],
     /// Time in the old state of the last transition fed, when known.
     last_dwell_ns: Option<u64>,
+    /// Leaks wait for [`Engine::decide_leak`] instead of being reported at the threshold.
+    confirm_leaks: bool,
+    /// Checks asked for and not yet decided.
+    checks: Vec<LeakCheck>,
 }
 
 impl Engine {
@@ -258,6 +296,55 @@ impl Engine {
             per_state: [0; 12],
             dwell_hist: std::array::from_fn(|_| Histogram::new()),
             last_dwell_ns: None,
+            confirm_leaks: false,
+            checks: Vec::new(),
+        }
+    }
+
+    /// With `on`, a CLOSE_WAIT socket whose age reaches the threshold is not reported at
+    /// once: it becomes a [`LeakCheck`] ([`Engine::take_leak_checks`]) and is reported only
+    /// when the caller answers [`LeakDecision::Leak`]; [`LeakDecision::RecheckAt`] puts it
+    /// back to wait. The engine stays pure: whoever can ask the kernel (the live pipeline,
+    /// through tcp_info) decides. Off by default (replay: the age alone decides).
+    pub fn confirm_leaks(&mut self, on: bool) {
+        self.confirm_leaks = on;
+    }
+
+    /// Whether checks are waiting for a decision. O(1).
+    pub fn has_leak_checks(&self) -> bool {
+        !self.checks.is_empty()
+    }
+
+    /// Moves the waiting checks into `into` (which is cleared first); the engine keeps its
+    /// buffer's capacity by swapping.
+    pub fn take_leak_checks(&mut self, into: &mut Vec<LeakCheck>) {
+        into.clear();
+        std::mem::swap(into, &mut self.checks);
+    }
+
+    /// Answers a check. A check whose socket has since left CLOSE_WAIT (or was replaced) is
+    /// ignored. A confirmed leak is pushed into `out`.
+    pub fn decide_leak(&mut self, c: &LeakCheck, d: LeakDecision, out: &mut Vec<Record>) {
+        let e = self.table.get(c.idx);
+        if e.flags & (flag::FREE | flag::CW_CHECKING) != flag::CW_CHECKING
+            || e.sk != c.id.sk
+            || e.cw_ticket != c.ticket
+        {
+            return;
+        }
+        match d {
+            LeakDecision::Leak { idle_ns } => {
+                self.table.get_mut(c.idx).flags &= !(flag::CW_CHECKING | flag::CW_DEFERRED);
+                self.stats.leaks_confirmed += 1;
+                self.start_leak_now(c.idx, idle_ns, out);
+            }
+            LeakDecision::RecheckAt { at_ns } => {
+                self.stats.leaks_deferred += 1;
+                let e = self.table.get_mut(c.idx);
+                e.flags &= !flag::CW_CHECKING;
+                e.flags |= flag::CW_DEFERRED;
+                self.push_cw(c.idx, at_ns.max(self.clock_ns.saturating_add(1)));
+            }
         }
     }
 
@@ -436,10 +523,7 @@ impl Engine {
     /// When the next leak is due (kernel monotonic ns), if any socket is waiting in
     /// CLOSE_WAIT. Lets a replayer tick exactly at due times.
     pub fn next_leak_due_ns(&self) -> Option<u64> {
-        self.cw_heap.peek().map(|Reverse(it)| {
-            it.entered_ns
-                .saturating_add(self.cfg.close_wait_threshold_ns)
-        })
+        self.cw_heap.peek().map(|Reverse(it)| it.due_ns)
     }
 
     /// CLOSE_WAIT sockets per owner: count, how many are over the threshold at `now_ns` (or
@@ -462,7 +546,11 @@ impl Engine {
                 oldest_age_ns: 0,
             });
             o.close_wait += 1;
-            if e.has(flag::LEAKING) || (!e.has(flag::CW_UNCLOCKED) && age >= thr) {
+            // A socket whose owner is still sending (deferred, or being checked) is not leaking.
+            if e.has(flag::LEAKING)
+                || (e.flags & (flag::CW_UNCLOCKED | flag::CW_DEFERRED | flag::CW_CHECKING) == 0
+                    && age >= thr)
+            {
                 o.leaking += 1;
             }
             o.oldest_age_ns = o.oldest_age_ns.max(age);
@@ -755,14 +843,19 @@ impl Engine {
             age_ns: t.dwell_ns.unwrap_or(0),
             age_source: AgeSource::Traced,
             owner,
+            idle_ns: None,
         }));
     }
 
     fn emit_close(stats: &mut Stats, e: &Entry, t: &Transition, out: &mut Vec<Record>) {
         let mut states = e.path;
         states.push(TcpState::Close);
-        let kind = classify(&states, t.old);
-        let time_wait = hands_to_time_wait(t.old);
+        let sk_err = t.sk_err_known();
+        let classify::Verdict {
+            kind,
+            reset_by,
+            time_wait,
+        } = classify::verdict(&states, t.old, sk_err);
         let rec = CloseRecord {
             ts_ns: t.ts_ns,
             id: e.id(),
@@ -772,6 +865,8 @@ impl Engine {
             dwell_ns: e.dwell_record(),
             lifetime_ns: (!e.has(flag::SEEDED)).then(|| t.ts_ns.saturating_sub(e.first_ns)),
             time_wait,
+            reset_by,
+            sk_err,
             leaked: e.has(flag::LEAKED),
             owner: e.owner,
         };
@@ -822,12 +917,20 @@ impl Engine {
             self.table.link_newest(Which::Leaks, i);
             return;
         }
+        let due = e.since_ns.saturating_add(self.cfg.close_wait_threshold_ns);
+        self.push_cw(i, due);
+    }
+
+    /// Puts a CLOSE_WAIT entry (back) in the pending heap, due at `due_ns`.
+    fn push_cw(&mut self, i: u32, due_ns: u64) {
         let ticket = self.next_ticket;
         self.next_ticket = self.next_ticket.wrapping_add(1);
+        let e = self.table.get_mut(i);
         e.cw_ticket = ticket;
         e.flags |= flag::CW_PENDING;
         let entered_ns = e.since_ns;
         self.cw_heap.push(Reverse(CwItem {
+            due_ns,
             entered_ns,
             ticket,
             idx: i,
@@ -840,7 +943,12 @@ impl Engine {
     fn exit_cw(&mut self, i: u32) {
         let e = self.table.get_mut(i);
         let f = e.flags;
-        e.flags &= !(flag::CW_PENDING | flag::LEAKING | flag::CW_UNCLOCKED | flag::AGE_ESTIMATE);
+        e.flags &= !(flag::CW_PENDING
+            | flag::LEAKING
+            | flag::CW_UNCLOCKED
+            | flag::AGE_ESTIMATE
+            | flag::CW_CHECKING
+            | flag::CW_DEFERRED);
         if f & flag::CW_PENDING != 0 {
             self.cw_pending = self.cw_pending.saturating_sub(1);
             self.clean_heap_top();
@@ -878,24 +986,52 @@ impl Engine {
     }
 
     fn fire_due(&mut self, out: &mut Vec<Record>) {
-        let thr = self.cfg.close_wait_threshold_ns;
         while let Some(&Reverse(top)) = self.cw_heap.peek() {
-            if top.entered_ns.saturating_add(thr) > self.clock_ns {
+            if top.due_ns > self.clock_ns {
                 break;
             }
             self.cw_heap.pop();
             if Self::item_valid(&self.table, &top) {
-                self.start_leak(top.idx, out);
+                if self.confirm_leaks {
+                    self.ask_check(top.idx);
+                } else {
+                    self.start_leak(top.idx, out);
+                }
             }
             self.clean_heap_top();
         }
     }
 
+    /// Takes a due entry off the heap and asks the caller about it.
+    fn ask_check(&mut self, i: u32) {
+        self.cw_pending = self.cw_pending.saturating_sub(1);
+        let clock = self.clock_ns;
+        let e = self.table.get_mut(i);
+        e.flags &= !flag::CW_PENDING;
+        e.flags |= flag::CW_CHECKING;
+        self.checks.push(LeakCheck {
+            id: e.id(),
+            owner: e.owner,
+            age_ns: clock.saturating_sub(e.since_ns),
+            at_ns: clock,
+            idx: i,
+            ticket: e.cw_ticket,
+        });
+        self.stats.leak_checks += 1;
+    }
+
     fn start_leak(&mut self, i: u32, out: &mut Vec<Record>) {
+        self.cw_pending = self.cw_pending.saturating_sub(1);
+        self.start_leak_now(i, None, out);
+    }
+
+    /// Reports entry `i` (off the heap) as leaking now.
+    fn start_leak_now(&mut self, i: u32, idle_ns: Option<u64>, out: &mut Vec<Record>) {
         let e = self.table.get_mut(i);
         e.flags &= !flag::CW_PENDING;
         e.flags |= flag::LEAKING | flag::LEAKED;
         let rec = LeakRecord {
+            idle_ns,
             ts_ns: self.clock_ns,
             id: e.id(),
             age_ns: self.clock_ns.saturating_sub(e.since_ns),
@@ -906,7 +1042,6 @@ impl Engine {
             },
             owner: e.owner,
         };
-        self.cw_pending = self.cw_pending.saturating_sub(1);
         self.table.unlink(Which::Lru, i);
         self.table.link_newest(Which::Leaks, i);
         self.stats.leaks += 1;
@@ -928,6 +1063,14 @@ impl Engine {
             let e = self.table.get(i);
             if e.flags & (flag::FREE | flag::CW_UNCLOCKED) == flag::CW_UNCLOCKED
                 && e.cw_ticket as usize == k
+            {
+                f(e);
+            }
+        }
+        for c in &self.checks {
+            let e = self.table.get(c.idx);
+            if e.flags & (flag::FREE | flag::CW_CHECKING) == flag::CW_CHECKING
+                && e.cw_ticket == c.ticket
             {
                 f(e);
             }

@@ -25,7 +25,7 @@ pub struct DwellSummary {
 /// A value per close kind; serialised as `{"active": n, …}` with every kind, in
 /// [`CloseKind::ALL`] order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct KindCounts(pub [u64; 8]);
+pub struct KindCounts(pub [u64; 9]);
 
 impl KindCounts {
     pub fn get(&self, k: CloseKind) -> u64 {
@@ -35,7 +35,7 @@ impl KindCounts {
 
 impl Serialize for KindCounts {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(8))?;
+        let mut m = s.serialize_map(Some(CloseKind::ALL.len()))?;
         for k in CloseKind::ALL {
             m.serialize_entry(k.name(), &self.get(k))?;
         }
@@ -145,6 +145,10 @@ pub struct Summary {
     /// What the startup baseline read (filled in by the live path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselineSummary>,
+    /// The remote endpoints with the most TIME_WAIT sockets now (at most 5; filled in by the
+    /// pipeline). Left out when there is none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub time_wait_top: Vec<RemoteSummary>,
 }
 
 /// The startup baseline: sockets that existed before tracing began, read with sock_diag in
@@ -159,6 +163,22 @@ pub struct BaselineSummary {
     pub namespaces_failed: u64,
     /// How long it took (wall clock, µs).
     pub took_us: u64,
+}
+
+/// TIME_WAIT and ephemeral ports of one remote endpoint, for the summary.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RemoteSummary {
+    /// `addr:port` (`[v6]:port`).
+    pub remote: String,
+    /// The network namespace, when it is not the tracer's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    /// TIME_WAIT sockets to it now.
+    pub time_wait: u64,
+    /// Ephemeral ports in use towards it from the busiest local address (any state).
+    pub ephemeral_ports_used: u64,
+    /// Size of the namespace's ephemeral port range.
+    pub ephemeral_port_range: u64,
 }
 
 impl Engine {
@@ -221,6 +241,7 @@ impl Engine {
             time_jumps: None,
             restarts: None,
             restart_forgotten: None,
+            time_wait_top: Vec::new(),
         }
     }
 }
@@ -286,6 +307,24 @@ impl Summary {
             if now.is_empty() { "" } else { ": " },
             now.join(", ")
         );
+        if !self.time_wait_top.is_empty() {
+            let _ = writeln!(o, "TIME_WAIT by remote (top {}):", self.time_wait_top.len());
+            for r in &self.time_wait_top {
+                let _ = write!(
+                    o,
+                    "  {:<28} {:>8} TIME_WAIT, ephemeral ports {}/{} ({:.1}%)",
+                    r.remote,
+                    r.time_wait,
+                    r.ephemeral_ports_used,
+                    r.ephemeral_port_range,
+                    r.ephemeral_ports_used as f64 * 100.0 / r.ephemeral_port_range.max(1) as f64
+                );
+                if let Some(ns) = r.netns {
+                    let _ = write!(o, "  netns {ns}");
+                }
+                o.push('\n');
+            }
+        }
         let _ = write!(
             o,
             "CLOSE_WAIT now: {}, leaking {}",

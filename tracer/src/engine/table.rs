@@ -41,6 +41,11 @@ pub(crate) mod flag {
     pub const SADDR_V6: u16 = 1 << 9;
     /// `daddr` holds an IPv6 address.
     pub const DADDR_V6: u16 = 1 << 10;
+    /// In CLOSE_WAIT past its due time, waiting for the caller's leak decision (off the heap).
+    pub const CW_CHECKING: u16 = 1 << 11;
+    /// In CLOSE_WAIT past the threshold, but its owner was still sending: back on the heap for
+    /// a re-check.
+    pub const CW_DEFERRED: u16 = 1 << 12;
 }
 
 /// Per-state dwell, compact: 2 unit bits (ns, µs, ms, s) + 30-bit mantissa. Exact to the ns

@@ -230,12 +230,66 @@ fn reset_from_syn_recv_and_fin_wait1() {
 }
 
 #[test]
-fn abort_close_wait_to_close() {
+fn close_wait_to_close_without_sk_err_is_a_reset_of_unknown_origin() {
     let mut h = H::new();
     let c = only_close(&h.seq(40, 0, MS, &[Listen, SynRecv, Established, CloseWait, Close]));
-    assert_eq!((c.kind, c.time_wait), (CloseKind::Abort, false));
+    assert_eq!(
+        (c.kind, c.time_wait, c.reset_by, c.sk_err),
+        (CloseKind::Reset, false, None, None)
+    );
     assert_eq!(c.dwell_ns[CloseWait.index()], Some(MS));
     assert_eq!(h.e.close_wait_now(), 0);
+}
+
+/// The closing transition's sk_err (known when the event names a namespace) decides who sent
+/// the RST.
+#[test]
+fn sk_err_decides_who_reset() {
+    use crate::engine::classify::errno::*;
+    use crate::record::ResetBy;
+    let cases = [
+        (Established, 0, CloseKind::Abort, Some(ResetBy::Local)),
+        (
+            Established,
+            ECONNRESET,
+            CloseKind::Reset,
+            Some(ResetBy::Peer),
+        ),
+        (CloseWait, 0, CloseKind::Abort, Some(ResetBy::Local)),
+        (CloseWait, EPIPE, CloseKind::Reset, Some(ResetBy::Peer)),
+        (
+            Established,
+            ECONNABORTED,
+            CloseKind::Abort,
+            Some(ResetBy::Local),
+        ),
+        (Established, ETIMEDOUT, CloseKind::Timeout, None),
+        (FinWait1, ECONNRESET, CloseKind::Reset, None),
+        (FinWait2, ECONNRESET, CloseKind::Reset, Some(ResetBy::Peer)),
+        (FinWait2, 0, CloseKind::Active, None),
+        (LastAck, 0, CloseKind::Passive, None),
+        (
+            SynSent,
+            ECONNREFUSED,
+            CloseKind::ConnectFailed,
+            Some(ResetBy::Peer),
+        ),
+        (SynSent, ETIMEDOUT, CloseKind::ConnectFailed, None),
+    ];
+    let mut h = H::new();
+    for (i, (from, err, kind, by)) in cases.into_iter().enumerate() {
+        let sk = 0x100 + i as u64;
+        let ts = 1000 * (i as u64 + 1);
+        let mut t = tr(ts, sk, from, Close);
+        t.netns = 7;
+        t.sk_err = err;
+        let mut out = Vec::new();
+        h.e.on_transition(&t, &mut out);
+        let c = only_close(&out);
+        assert_eq!((c.kind, c.reset_by), (kind, by), "{from:?} sk_err {err}");
+        assert_eq!(c.sk_err, Some(err));
+        assert_eq!(c.time_wait, kind == CloseKind::Active, "{from:?} {err}");
+    }
 }
 
 #[test]
@@ -350,7 +404,7 @@ fn close_wait_leaving_just_below_or_at_threshold() {
     assert!(c.leaked);
     assert_eq!(
         (c.kind, c.dwell_ns[CloseWait.index()]),
-        (CloseKind::Abort, Some(THR))
+        (CloseKind::Reset, Some(THR))
     );
 }
 
@@ -953,4 +1007,79 @@ fn last_dwell_comes_from_event_times() {
     let mut t = tr(10_000, 9, Established, CloseWait);
     t.dwell_ns = Some(42);
     assert_eq!(feed(t), Some(42));
+}
+
+/// With leak confirmation, a CLOSE_WAIT socket past the threshold is asked about; "still
+/// sending" puts it back until the re-check time, and it is never counted as leaking
+/// meanwhile; "idle" reports it, with the idle time; a passive close after a deferral is not
+/// `leaked`.
+#[test]
+fn confirmed_leaks_wait_for_the_callers_decision() {
+    let mut h = H::new();
+    h.e.confirm_leaks(true);
+    h.seq(1, 0, 0, &[Established, CloseWait]);
+    h.seq(2, 0, 0, &[Established, CloseWait]);
+    assert!(h.tick(THR).is_empty(), "no leak before the decision");
+    let mut checks = Vec::new();
+    h.e.take_leak_checks(&mut checks);
+    assert_eq!(checks.len(), 2);
+    assert!(!h.e.has_leak_checks());
+    assert_eq!(h.e.close_wait_now(), 2);
+    let (a, b) = (checks[0], checks[1]);
+    let (a, b) = if a.id.sk == 1 { (a, b) } else { (b, a) };
+    assert_eq!(a.age_ns, THR);
+    // Socket 1 sent data 10 s ago: re-check in 20 s. Socket 2 has been idle: a leak.
+    let mut out = Vec::new();
+    h.e.decide_leak(
+        &a,
+        LeakDecision::RecheckAt {
+            at_ns: THR + 20 * S,
+        },
+        &mut out,
+    );
+    assert!(out.is_empty());
+    assert_eq!(
+        h.e.close_wait_by_owner(THR)[0].leaking,
+        0,
+        "deferred: not leaking"
+    );
+    h.e.decide_leak(
+        &b,
+        LeakDecision::Leak {
+            idle_ns: Some(THR + S),
+        },
+        &mut out,
+    );
+    let l = leaks(&out);
+    assert_eq!((l.len(), l[0].id.sk, l[0].idle_ns), (1, 2, Some(THR + S)));
+    // A second answer to the same check changes nothing.
+    out.clear();
+    h.e.decide_leak(&b, LeakDecision::Leak { idle_ns: None }, &mut out);
+    assert!(out.is_empty());
+    h.check_invariants();
+    assert_eq!(h.e.next_leak_due_ns(), Some(THR + 20 * S));
+    assert!(h.tick(THR + 19 * S).is_empty());
+    assert_eq!(h.e.close_wait_by_owner(THR + 19 * S)[0].leaking, 1);
+    assert!(!h.e.has_leak_checks());
+    h.tick(THR + 20 * S);
+    h.e.take_leak_checks(&mut checks);
+    assert_eq!(checks.len(), 1);
+    h.e.decide_leak(
+        &checks[0],
+        LeakDecision::RecheckAt { at_ns: 3 * THR },
+        &mut out,
+    );
+    h.check_invariants();
+    // It closes while deferred: passive, not leaked, the whole CLOSE_WAIT dwell.
+    let recs = h.seq(1, 2 * THR, 0, &[CloseWait, LastAck, Close]);
+    let c = only_close(&recs);
+    assert_eq!((c.kind, c.leaked), (CloseKind::Passive, false));
+    assert_eq!(c.dwell_ns[CloseWait.index()], Some(2 * THR));
+    assert_eq!(h.e.stats().leak_checks, 3);
+    assert_eq!(h.e.stats().leaks_deferred, 2);
+    assert_eq!(h.e.stats().leaks_confirmed, 1);
+    // A check answered after its socket left CLOSE_WAIT is ignored.
+    h.e.decide_leak(&checks[0], LeakDecision::Leak { idle_ns: None }, &mut out);
+    assert_eq!(h.e.stats().leaks, 1);
+    h.check_invariants();
 }

@@ -137,7 +137,9 @@ impl Top {
                     self.kernel.drain(&mut self.path, &mut self.sink)?;
                 }
                 _ = drain_timer.tick() => {
-                    self.kernel.timer_drain(&mut self.path, &mut self.sink)?;
+                    let now = self.kernel.timer_drain(&mut self.path, &mut self.sink)?;
+                    // Rate-limited inside; after the drain, so the dump and the trace agree.
+                    self.path.resync_time_wait(now);
                     if let Some(pid) = self.cfg.pid
                         && !self.exited
                     {
@@ -266,15 +268,23 @@ fn snapshot(path: &Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
                 .get(i)
                 .map_or_else(Histogram::new, |st| e.dwell_histogram(*st).clone())
         }),
-        time_wait_by_remote: time_wait_by_remote(path),
+        time_wait_by_remote: time_wait_by_remote(path, now_ns),
     }
 }
 
-/// Hook for the TIME_WAIT-by-remote panel. Issue #11 adds TIME_WAIT per remote endpoint to
-/// the path; once it exists, return it from here (top remotes first) and the panel appears
-/// beside the dwell panel. Until then there is nothing to show and no panel is drawn.
-fn time_wait_by_remote(_path: &Pipeline) -> Option<Vec<RemoteTimeWait>> {
-    None
+/// The remote endpoints with the most TIME_WAIT sockets now (the path's per-remote count:
+/// hand-overs seen in the trace, re-synced from sock_diag); no panel when there is none.
+fn time_wait_by_remote(path: &Pipeline, now_ns: u64) -> Option<Vec<RemoteTimeWait>> {
+    let v: Vec<RemoteTimeWait> = path
+        .time_wait_remotes(now_ns, 8)
+        .into_iter()
+        .map(|r| RemoteTimeWait {
+            addr: r.remote,
+            port: Some(r.rport),
+            time_wait: r.time_wait,
+        })
+        .collect();
+    (!v.is_empty()).then_some(v)
 }
 
 /// Terminal events, read on a thread of its own (crossterm's reader blocks) and forwarded.

@@ -55,7 +55,7 @@ pub const DWELL_STATES: [TcpState; 9] = [
 struct Activity {
     comm: Comm,
     /// Closes per kind since the last [`Model::update`], by `CloseKind as usize`.
-    window: [u64; 8],
+    window: [u64; CloseKind::ALL.len()],
     /// CLOSE_WAIT dwell of its sockets that left CLOSE_WAIT.
     close_wait_dwell: Histogram,
     /// Update generation of its last close or leak record.
@@ -96,7 +96,7 @@ impl TopSink {
             }
             std::collections::hash_map::Entry::Vacant(e) => e.insert(Activity {
                 comm,
-                window: [0; 8],
+                window: [0; CloseKind::ALL.len()],
                 close_wait_dwell: Histogram::new(),
                 last_record: generation,
             }),
@@ -297,7 +297,7 @@ impl Model {
                 r.rates[k] = a.window[*kind as usize] as f64 / secs;
             }
             r.p99_close_wait_ns = a.close_wait_dwell.quantile(0.99);
-            a.window = [0; 8];
+            a.window = [0; CloseKind::ALL.len()];
         }
         for r in rows.iter_mut() {
             r.container = r.owner.and_then(&mut container);
@@ -552,6 +552,8 @@ mod tests {
             dwell_ns: dwell,
             lifetime_ns: None,
             time_wait: false,
+            reset_by: None,
+            sk_err: None,
             leaked: false,
             owner,
         }

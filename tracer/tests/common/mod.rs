@@ -20,8 +20,14 @@ pub struct Traced {
 impl Traced {
     /// Starts `tracer ARGS` and waits until it says it is tracing.
     pub fn start(args: &[&str]) -> Traced {
+        Traced::start_env(args, &[])
+    }
+
+    /// Like [`Traced::start`], with extra environment variables (e.g. `TRACER_ATTACH`).
+    pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Traced {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
             .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
