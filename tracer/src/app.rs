@@ -214,7 +214,10 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         .context("installing the SIGINT handler")?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    eprintln!("tracer: tracing TCP state changes (sock:inet_sock_set_state); Ctrl-C to stop");
+    eprintln!(
+        "tracer: tracing TCP state changes (sock:inet_sock_set_state via {}); Ctrl-C to stop",
+        tracer.attach_kind()
+    );
     ready.store(true, Ordering::Release);
     let daemon = cfg.metrics_addr.is_some();
     let mut ctx = Ctx {
