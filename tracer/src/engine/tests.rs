@@ -664,7 +664,10 @@ fn child_born_without_its_peer_gets_it_from_its_next_event() {
         h.ev(full(30 + THR, 9, CloseWait, LastAck));
         let c = only_close(&h.ev(full(40 + THR, 9, LastAck, Close)));
         has_peer(&c.id);
-        assert_eq!((c.role, c.kind, c.leaked), (Role::Server, CloseKind::Passive, true));
+        assert_eq!(
+            (c.role, c.kind, c.leaked),
+            (Role::Server, CloseKind::Passive, true)
+        );
         assert_eq!(path(&c), &SERVER_PASSIVE[1..]);
         h.check_invariants();
     }
