@@ -83,6 +83,20 @@ impl Traced {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until `pred` holds for the stderr collected so far; false after `timeout`.
+    pub fn wait_stderr(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.stderr.lock().unwrap()) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Collects stdout lines until `pred` matches one of the JSON lines or `timeout` passes.
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + timeout;
