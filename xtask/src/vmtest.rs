@@ -535,7 +535,9 @@ fn guest_script(
          mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing\n\
          mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug\n\
          mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n\
-         {{ ulimit -n; cat /proc/mounts; }} > \"$OUT/setup.log\" 2>&1\n\
+         {{ ulimit -n; cat /proc/mounts; \
+         cat /sys/kernel/tracing/events/sock/inet_sock_set_state/format; }} \
+         > \"$OUT/setup.log\" 2>&1\n\
          cd {manifest}\n\
          echo 'vmtest: which program the tracer attaches'\n\
          timeout 300 {tracer} --duration 1s --show none > /dev/null 2> \"$OUT/attach.log\"\n\
