@@ -416,12 +416,10 @@ fn missing_pid_is_a_one_line_error() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "pid {pid} was reused"
     );
-    let (code, stdout, stderr, ran) = run_tracer(
-        &["--pid", &pid.to_string(), "--json"],
-        Duration::from_secs(10),
-    );
+    // Refused before anything is loaded: one line, no "tracing" line (how long that takes
+    // depends on the machine, so it is not timed).
+    let (code, stdout, stderr, _) = run_tracer(&["--pid", &pid.to_string(), "--json"], WAIT);
     assert_ne!(code, 0, "stderr:\n{stderr}");
-    assert!(ran < Duration::from_secs(5), "took {ran:?}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line: {stderr:?}");
     assert!(
@@ -802,7 +800,7 @@ fn pid_of_a_thread_follows_its_process() {
 fn malformed_pid_is_a_usage_error() {
     for bad in ["0", "-1", "abc", "", "4294967296"] {
         let arg = format!("--pid={bad}");
-        let (code, stdout, stderr, _) = run_tracer(&[&arg], Duration::from_secs(10));
+        let (code, stdout, stderr, _) = run_tracer(&[&arg], WAIT);
         assert_eq!(code, 2, "--pid {bad:?}: {stderr}");
         assert!(stderr.contains("--pid"), "--pid {bad:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");

@@ -784,11 +784,11 @@ fn taken_or_invalid_address_fails_before_tracing() {
         (addr.as_str(), "address already in use"),
         ("192.0.2.1:9977", "no local interface has this address"),
     ] {
-        let (code, stdout, stderr, ran) =
-            run_tracer(&["--metrics-addr", addr], Duration::from_secs(20));
+        // "At once": before anything is traced (no "tracing" line), not within a time that
+        // depends on the machine.
+        let (code, stdout, stderr, _) = run_tracer(&["--metrics-addr", addr], WAIT);
         assert_ne!(code, 0, "{addr}: {stderr}");
         assert_ne!(code, 2, "{addr}: not a usage error: {stderr}");
-        assert!(ran < Duration::from_secs(5), "{addr}: took {ran:?}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{addr}: one line: {stderr:?}");
         assert!(
@@ -810,9 +810,8 @@ fn taken_or_invalid_address_fails_before_tracing() {
         "127.0.0.1:",
         "",
     ] {
-        let (code, _, stderr, ran) = run_tracer(&["--metrics-addr", bad], Duration::from_secs(20));
+        let (code, _, stderr, _) = run_tracer(&["--metrics-addr", bad], WAIT);
         assert_eq!(code, 2, "{bad:?}: {stderr}");
-        assert!(ran < Duration::from_secs(5), "{bad:?}: took {ran:?}");
         assert!(stderr.contains("--metrics-addr"), "{bad:?}: {stderr}");
         assert!(!stderr.contains("tracing TCP state changes"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
