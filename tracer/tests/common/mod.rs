@@ -12,8 +12,8 @@ use serde_json::Value;
 /// How long a test waits for something that must happen (a line, an event, a fixture being
 /// ready, a process exiting): only a hang reaches it. It is a bound, not an expectation: tests
 /// wait for the thing itself, and under emulation (TCG) the same work takes 10–50x longer than
-/// on the host.
-pub const WAIT: Duration = Duration::from_secs(120);
+/// on the host (a debug tracer's start alone took over 2 minutes in a guest on a busy host).
+pub const WAIT: Duration = Duration::from_secs(300);
 
 /// A running tracer whose stdout lines are collected in the background.
 pub struct Traced {
