@@ -560,7 +560,7 @@ fn guest_script(
             args = args.join(" "),
         );
     }
-    s.push_str("echo done > \"$OUT/done\"\necho 'vmtest: done'\n");
+    s.push_str("dmesg > \"$OUT/dmesg.log\" 2>&1\necho done > \"$OUT/done\"\necho 'vmtest: done'\n");
     s
 }
 
@@ -662,13 +662,16 @@ fn run_vm(
         .ok()
         .and_then(|t| t.duration_since(started_at).ok());
     o.tests = Some(started.elapsed().saturating_sub(o.boot.unwrap_or_default()));
-    let console = fs::read_to_string(out.join("console.log")).unwrap_or_default();
-    for marker in ["Oops", "BUG:", "Kernel panic", "general protection fault"] {
-        if console.contains(marker) {
-            o.failed += 1;
-            o.failures.push(format!(
-                "the guest kernel logged {marker:?} (see console.log)"
-            ));
+    // The kernel's log (an Oops that does not panic shows only there; one that panics, only
+    // on the console).
+    for log in ["dmesg.log", "console.log"] {
+        let text = fs::read_to_string(out.join(log)).unwrap_or_default();
+        for marker in ["Oops", "BUG:", "Kernel panic", "general protection fault"] {
+            if text.contains(marker) {
+                o.failed += 1;
+                o.failures
+                    .push(format!("the guest kernel logged {marker:?} (see {log})"));
+            }
         }
     }
     if !out.join("done").exists() {
