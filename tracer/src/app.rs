@@ -70,6 +70,9 @@ impl<W: Write> Sink for LiveSink<W> {
     }
 }
 
+/// How long `--pid` keeps following the sockets of its process after the process is gone.
+const EXIT_FOLLOW: Duration = Duration::from_secs(2);
+
 /// Live tracing until a signal, `--duration`, or the end of `--pid`'s process.
 pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     cfg.pid = crate::live::resolve_pid(cfg.pid)?;
@@ -147,7 +150,10 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         .context("installing the SIGINT handler")?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    eprintln!("tracer: tracing TCP state changes (sock:inet_sock_set_state); Ctrl-C to stop");
+    eprintln!(
+        "tracer: tracing TCP state changes (sock:inet_sock_set_state via {}); Ctrl-C to stop",
+        kernel.attach_kind()
+    );
     ready.store(true, Ordering::Release);
     // Leaks found in the baseline are reported first.
     clock_tick(&mut lock(&shared), &mut sink, &mut kernel, &mut 0)?;
@@ -172,6 +178,12 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
                 kernel.drain(&mut sh.path, &mut sink).context("writing output")?;
                 sh.reader = kernel.reader_stats();
             }
+            // A drain that stopped at its batch limit goes on at once, after the other
+            // branches have had their turn.
+            _ = std::future::ready(()), if kernel.has_backlog() => {
+                let mut sh = lock(&shared);
+                kernel.drain(&mut sh.path, &mut sink).context("writing output")?;
+            }
             _ = drain_timer.tick() => {
                 {
                     let mut sh = lock(&shared);
@@ -189,8 +201,19 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
                 if let Some(pid) = cfg.pid
                     && !attribution::process_alive(pid)
                 {
-                    // The kernel closes what the process held ~1 ms after it exits.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // The kernel closes what the process held just after it exits (a socket
+                    // in LAST_ACK waits for the peer's ACK): follow until none is left, within
+                    // a bound for sockets whose end is never seen.
+                    let until = Instant::now() + EXIT_FOLLOW;
+                    loop {
+                        let mut sh = lock(&shared);
+                        kernel.drain(&mut sh.path, &mut sink).context("writing output")?;
+                        if sh.path.engine().sockets_owned_by(pid) == 0 || Instant::now() >= until {
+                            break;
+                        }
+                        drop(sh);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                     break format!("process {pid} exited");
                 }
             }

@@ -65,10 +65,16 @@ fn tgid_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
+/// Most events one drain takes from the ring buffer (~5 MiB of events; tens of milliseconds
+/// of work) before the loop gets a turn.
+pub const DRAIN_BATCH: usize = 65_536;
+
 /// The loaded program and its ring buffer, registered with the async runtime's epoll.
 pub struct Kernel {
     tracer: Tracer,
     ring: AsyncFd<RingBuf<MapData>>,
+    /// The last drain stopped at [`DRAIN_BATCH`].
+    backlog: bool,
     reader: ReaderStats,
     counters: KernelCounters,
 }
@@ -98,6 +104,7 @@ impl Kernel {
         Ok(Kernel {
             tracer,
             ring,
+            backlog: false,
             reader: ReaderStats::default(),
             counters: KernelCounters::default(),
         })
@@ -141,14 +148,26 @@ impl Kernel {
         Ok(())
     }
 
-    /// Drains everything the ring buffer holds into the path. Each item goes down the path at
-    /// once; the borrow of ring memory never outlives the loop body.
+    /// Drains the ring buffer into the path, at most [`DRAIN_BATCH`] events: under a flood a
+    /// drain ends, so that the loop can serve signals, `--duration`, scrapes and the clock;
+    /// [`Kernel::has_backlog`] then says to drain again at once. Each item goes down the path
+    /// at once; the borrow of ring memory never outlives the loop body.
     pub fn drain(&mut self, path: &mut Pipeline, sink: &mut impl Sink) -> io::Result<()> {
         let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
+        self.backlog = false;
+        for _ in 0..DRAIN_BATCH {
+            let Some(item) = ring.next() else {
+                return Ok(());
+            };
             path.on_bytes(&item, sink)?;
         }
+        self.backlog = true;
         Ok(())
+    }
+
+    /// The last drain stopped at its batch limit: events are still waiting.
+    pub fn has_backlog(&self) -> bool {
+        self.backlog
     }
 
     /// The drain timer's work: a drain, then [`Kernel::tick`]. Returns the time used.

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{Traced, of_type, on_ports, states};
+use common::{Traced, child_birth_has_peer, of_type, on_ports, states};
 
 /// The transitions of one socket life: the kernel recycles socket addresses, so take the
 /// events of `sk` from the birth at or before the anchor event (index into `values`) to the
@@ -54,19 +54,26 @@ fn one_connection(bind: &str) -> (u16, u16, u16) {
 fn check_family(bind: &str, family: u64) {
     let mut t = Traced::start(&["--json", "--show", "transitions"]);
     let (lport, cport, _) = one_connection(bind);
-    // The listener's LISTEN→CLOSE is the last event of the scenario.
-    let done = t.wait_for(Duration::from_secs(10), |v| {
-        v["type"] == "transition"
-            && v["sport"] == lport
-            && v["old"] == "LISTEN"
-            && v["new"] == "CLOSE"
-    });
-    assert!(
-        done.is_some(),
-        "listener close not seen; stderr:\n{}",
-        t.stderr()
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    // The last event of each of the three sockets: the client's FIN_WAIT2→CLOSE, the accepted
+    // socket's LAST_ACK→CLOSE and the listener's LISTEN→CLOSE. The bound is only for failure:
+    // under emulation they arrive seconds late.
+    for (sport, dport, old) in [(cport, lport, "FIN_WAIT2"), (lport, cport, "LAST_ACK")]
+        .into_iter()
+        .chain([(lport, 0, "LISTEN")])
+    {
+        let done = t.wait_for(Duration::from_secs(60), |v| {
+            v["type"] == "transition"
+                && v["sport"] == sport
+                && v["dport"] == dport
+                && v["old"] == old
+                && v["new"] == "CLOSE"
+        });
+        assert!(
+            done.is_some(),
+            "{old}→CLOSE of {sport}→{dport} not seen; stderr:\n{}",
+            t.stderr()
+        );
+    }
     let (code, values, stderr) = t.stop();
     assert_eq!(code, 0, "stderr:\n{stderr}");
 
@@ -83,16 +90,34 @@ fn check_family(bind: &str, family: u64) {
                 && v["new"] == "ESTABLISHED"
         })
         .expect("client ESTABLISHED");
+    // The accepted socket's birth: the only child of this test's listener. Before 6.15 it
+    // carries no peer (dport 0, unspecified daddr; see child_birth_has_peer).
+    let has_peer = child_birth_has_peer();
     let server_at = values
         .iter()
         .position(|v| {
             v["type"] == "transition"
                 && v["sport"] == lport
-                && v["dport"] == cport
                 && v["old"] == "LISTEN"
                 && v["new"] == "SYN_RECV"
         })
         .expect("server child LISTEN→SYN_RECV");
+    let birth = &values[server_at];
+    let birth_daddr: std::net::IpAddr = birth["daddr"].as_str().unwrap().parse().unwrap();
+    if has_peer {
+        assert_eq!(birth["dport"], cport, "birth with the peer: {birth}");
+        assert!(birth_daddr.is_loopback(), "birth with the peer: {birth}");
+    } else {
+        assert_eq!(
+            birth["dport"], 0,
+            "birth without the peer (kernel < 6.15): {birth}"
+        );
+        assert!(
+            birth_daddr.is_unspecified(),
+            "birth without the peer (kernel < 6.15): {birth}"
+        );
+    }
+    assert_eq!(birth["family"], family, "{birth}");
     let client_sk = values[client_at]["sk"].as_str().unwrap().to_owned();
     let server_sk = values[server_at]["sk"].as_str().unwrap().to_owned();
     let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
@@ -174,47 +199,23 @@ fn duration_stops_by_itself() {
 
 #[test]
 fn text_mode_prints_a_readable_line() {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
-        .args(["--duration", "2s", "--show", "transitions"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the tracer to say it is tracing (a fixed sleep is too short on a loaded host).
-    let stderr = child.stderr.take().unwrap();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("tracing TCP state changes") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("tracer did not start tracing within 60 s");
+    let mut t = Traced::start(&["--show", "transitions"]);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     drop(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap());
     drop(l);
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    assert!(out.starts_with("TIME"), "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.contains(&format!("127.0.0.1:{port}")) && l.contains("CLOSE -> LISTEN"))
-        .unwrap_or_else(|| panic!("no listener line for port {port} in:\n{out}"));
-    assert!(line.contains("CLOSE -> LISTEN"));
+    let want = format!("127.0.0.1:{port}");
+    let line = t.wait_for_line(Duration::from_secs(60), |l| {
+        l.contains(&want) && l.contains("CLOSE -> LISTEN")
+    });
+    let (code, out, stderr) = t.signal_and_finish_raw(libc::SIGINT);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        line.is_some(),
+        "no listener line for port {port} in:\n{}",
+        out.join("\n")
+    );
+    assert!(out[0].starts_with("TIME"), "{}", out.join("\n"));
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | run | test | lint | bench`.
+//! Developer tasks: `cargo xtask setup | run | test | lint | bench | vmtest`.
 //!
 //! `setup` makes a fresh machine able to build and test: rust-src for the nightly toolchain
 //! that builds the eBPF crate, bpf-linker built against that toolchain's own libLLVM (rebuilt
@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod loadgen;
+mod vmtest;
 
 /// The toolchain aya-build uses for the eBPF crate.
 const EBPF_TOOLCHAIN: &str = "nightly";
@@ -62,6 +63,8 @@ enum Cmd {
     },
     /// Benchmarks: workload slowdown, kernel cost per event, userspace CPU, engine throughput.
     Bench(bench::BenchArgs),
+    /// Every root test inside VMs booting Debian's 5.10, 6.1 and 6.12 kernels (or on the host).
+    Vmtest(vmtest::VmtestArgs),
 }
 
 fn main() {
@@ -145,6 +148,10 @@ fn real_main() -> Result<()> {
         Cmd::Bench(args) => {
             let tools = setup(SetupLevel::Test)?;
             bench::run(&tools, &args)
+        }
+        Cmd::Vmtest(args) => {
+            let tools = setup(SetupLevel::Test)?;
+            vmtest::run(&tools, &args)
         }
     }
 }
@@ -373,19 +380,45 @@ fn ensure_pip_tool(tools: &Tools, command: &str, requirement: &str) -> Result<()
 
 /// Installs a Debian package when the command it provides is missing.
 pub fn ensure_debian_tool(command: &str, package: &str) -> Result<()> {
-    if which(command) {
+    ensure_debian_tools(&[(command, package)])
+}
+
+/// Installs the Debian packages (`(command, package)`) whose commands are missing, with one
+/// `apt-get update` and one `apt-get install`.
+pub fn ensure_debian_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<(&str, &str)> = tools.iter().copied().filter(|(c, _)| !which(c)).collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing {package} (provides {command}) with apt-get");
+    let packages: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    eprintln!(
+        "xtask: installing {} with apt-get (for {})",
+        packages.join(" "),
+        missing
+            .iter()
+            .map(|(c, _)| *c)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     exec(Command::new("apt-get").args(["update", "-qq"]))
         .context("apt-get update failed (run as root on a Debian-based machine)")?;
     exec(
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", package])
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    if !which(command) {
-        bail!("{package} installed but {command} is still not on PATH");
+    let still: Vec<&str> = missing
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| !which(c))
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "{} installed but {} still not on PATH",
+            packages.join(" "),
+            still.join(", ")
+        );
     }
     Ok(())
 }

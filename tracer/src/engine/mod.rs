@@ -580,6 +580,16 @@ impl Engine {
         &self.dwell_hist[st.index()]
     }
 
+    /// Tracked sockets owned by `pid` now. O(tracked sockets): for rare questions (the end of
+    /// `--pid`'s process), never per event.
+    pub fn sockets_owned_by(&self, pid: u32) -> usize {
+        [Which::Lru, Which::Leaks]
+            .into_iter()
+            .flat_map(|w| self.table.iter_list(w))
+            .filter(|&i| self.table.get(i).owner.is_some_and(|o| o.pid == pid))
+            .count()
+    }
+
     /// Sockets tracked now (never more than the capacity).
     pub fn tracked(&self) -> usize {
         self.table.len()

@@ -685,6 +685,59 @@ fn late_birth_of_a_child_is_adopted() {
     assert_eq!(c.dwell_ns[SynRecv.index()], Some(10));
 }
 
+/// Kernels up to 6.12 report an accepted child's LISTEN→SYN_RECV without its peer (dport 0,
+/// daddr 0.0.0.0; 6.18 has it): the full 4-tuple arrives with SYN_RECV→ESTABLISHED. Leak and
+/// close records carry the full 4-tuple, whether the birth arrives first or late.
+#[test]
+fn child_born_without_its_peer_gets_it_from_its_next_event() {
+    let peer = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let peerless = |ts, sk| Transition {
+        sport: 80,
+        daddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        dport: 0,
+        ..tr(ts, sk, Listen, SynRecv)
+    };
+    let full = |ts, sk, old, new| Transition {
+        sport: 80,
+        daddr: peer,
+        dport: 40_001,
+        ..tr(ts, sk, old, new)
+    };
+    let has_peer = |id: &SocketId| {
+        assert_eq!((id.sport, id.daddr, id.dport), (80, peer, 40_001), "{id:?}");
+    };
+    for birth_first in [true, false] {
+        let mut h = H::new();
+        if birth_first {
+            assert!(h.ev(peerless(0, 9)).is_empty());
+            assert!(h.ev(full(10, 9, SynRecv, Established)).is_empty());
+        } else {
+            assert!(h.ev(full(10, 9, SynRecv, Established)).is_empty());
+            assert!(h.ev(peerless(0, 9)).is_empty());
+            assert_eq!(h.e.stats().late_births, 1);
+        }
+        h.ev(full(20, 9, Established, CloseWait));
+        let l = leaks(&h.tick(20 + THR));
+        assert_eq!(l.len(), 1, "birth first: {birth_first}");
+        has_peer(&l[0].id);
+        h.ev(full(30 + THR, 9, CloseWait, LastAck));
+        let c = only_close(&h.ev(full(40 + THR, 9, LastAck, Close)));
+        has_peer(&c.id);
+        assert_eq!(
+            (c.role, c.kind, c.leaked),
+            (Role::Server, CloseKind::Passive, true)
+        );
+        assert_eq!(path(&c), &SERVER_PASSIVE[1..]);
+        h.check_invariants();
+    }
+    // Reset while still in SYN_RECV: SYN_RECV→CLOSE carries the peer.
+    let mut h = H::new();
+    h.ev(peerless(0, 10));
+    let c = only_close(&h.ev(full(10, 10, SynRecv, Close)));
+    has_peer(&c.id);
+    assert_eq!((c.role, c.kind), (Role::Server, CloseKind::Reset));
+}
+
 #[test]
 fn recycled_addresses_start_a_new_record() {
     let mut h = H::new();

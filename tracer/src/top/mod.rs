@@ -136,6 +136,9 @@ impl Top {
                     woken?;
                     self.kernel.drain(&mut self.path, &mut self.sink)?;
                 }
+                _ = std::future::ready(()), if self.kernel.has_backlog() => {
+                    self.kernel.drain(&mut self.path, &mut self.sink)?;
+                }
                 _ = drain_timer.tick() => {
                     let now = self.kernel.timer_drain(&mut self.path, &mut self.sink)?;
                     // Rate-limited inside; after the drain, so the dump and the trace agree.

@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// How long a test waits for something that must happen (a line, an event, a fixture being
+/// ready, a process exiting): only a hang reaches it. It is a bound, not an expectation: tests
+/// wait for the thing itself, and under emulation (TCG) the same work takes 10–50x longer than
+/// on the host (a debug tracer's start alone took over 2 minutes in a guest on a busy host).
+pub const WAIT: Duration = Duration::from_secs(300);
+
 /// A running tracer whose stdout lines are collected in the background.
 pub struct Traced {
     child: Child,
@@ -63,12 +69,12 @@ impl Traced {
             stderr: err_buf,
             seen: Vec::new(),
         };
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if ready_rx.recv_timeout(WAIT).is_err() {
             let status = t.child.try_wait().ok().flatten();
             let _ = t.child.kill();
             std::thread::sleep(Duration::from_millis(100));
             panic!(
-                "tracer did not start tracing within 30 s (exit: {status:?}); stderr:\n{}",
+                "tracer did not start tracing within {WAIT:?} (exit: {status:?}); stderr:\n{}",
                 t.stderr()
             );
         }
@@ -81,6 +87,20 @@ impl Traced {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the stderr collected so far; false after `timeout`.
+    pub fn wait_stderr(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.stderr.lock().unwrap()) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Collects stdout lines until `pred` matches one of the JSON lines or `timeout` passes.
@@ -150,7 +170,7 @@ impl Traced {
         self.finish()
     }
 
-    /// Waits (up to 60 s) for the tracer to exit on its own; every stdout line must be JSON.
+    /// Waits (up to [`WAIT`]) for the tracer to exit on its own; every stdout line must be JSON.
     pub fn finish(self) -> (i32, Vec<Value>, String) {
         let (code, lines, stderr) = self.finish_raw();
         let values = lines
@@ -165,6 +185,32 @@ impl Drop for Traced {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
+}
+
+/// The running kernel's (major, minor), from uname(2).
+pub fn kernel_version() -> (u32, u32) {
+    // SAFETY: uname fills the zeroed struct it is given.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::uname(&mut u) }, 0, "uname failed");
+    // SAFETY: the kernel NUL-terminates the release.
+    let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let v = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    assert!(v.0 > 0, "cannot parse the kernel release {release:?}");
+    v
+}
+
+/// Whether an accepted child's LISTEN→SYN_RECV event carries its peer. Before 6.15 the kernel
+/// sets SYN_RECV on the clone before copying the request's addresses into it (fixed by
+/// "inet: consolidate inet_csk_clone_lock()"), so that event has dport 0 and an unspecified
+/// daddr; measured on 5.10, 6.1 and 6.12 (none) and 6.18 (the peer). The full 4-tuple
+/// appears from SYN_RECV→ESTABLISHED on, on every kernel.
+pub fn child_birth_has_peer() -> bool {
+    kernel_version() >= (6, 15)
 }
 
 /// True when a JSON record is about the connection between these two local ports in this
@@ -240,7 +286,7 @@ impl Traced {
         self.finish()
     }
 
-    /// Sends `signal`, waits (up to 60 s) for the exit, and returns (exit code, raw stdout
+    /// Sends `signal`, waits (up to [`WAIT`]) for the exit, and returns (exit code, raw stdout
     /// lines, stderr).
     pub fn signal_and_finish_raw(self, signal: i32) -> (i32, Vec<String>, String) {
         // SAFETY: plain kill(2) on our own child.
@@ -248,10 +294,10 @@ impl Traced {
         self.finish_raw()
     }
 
-    /// Waits (up to 60 s) for the tracer to exit on its own; returns (exit code, raw stdout
+    /// Waits (up to [`WAIT`]) for the tracer to exit on its own; returns (exit code, raw stdout
     /// lines, stderr). Unlike [`Traced::finish`], lines need not be JSON.
     pub fn finish_raw(mut self) -> (i32, Vec<String>, String) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + WAIT;
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
@@ -375,7 +421,7 @@ impl Fixture {
             port: 0,
         };
         if args.first() == Some(&"serve") {
-            let ready = f.expect("ready ", Duration::from_secs(10));
+            let ready = f.expect("ready ", WAIT);
             let mut w = ready.split_whitespace().skip(1);
             f.port = w.next().and_then(|p| p.parse().ok()).expect("port");
             f.pid = w.next().and_then(|p| p.parse().ok()).expect("pid");
