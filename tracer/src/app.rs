@@ -206,12 +206,14 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
                     // a bound for sockets whose end is never seen.
                     let until = Instant::now() + EXIT_FOLLOW;
                     loop {
-                        let mut sh = lock(&shared);
-                        kernel.drain(&mut sh.path, &mut sink).context("writing output")?;
-                        if sh.path.engine().sockets_owned_by(pid) == 0 || Instant::now() >= until {
+                        let left = {
+                            let mut sh = lock(&shared);
+                            kernel.drain(&mut sh.path, &mut sink).context("writing output")?;
+                            sh.path.engine().sockets_owned_by(pid)
+                        };
+                        if left == 0 || Instant::now() >= until {
                             break;
                         }
-                        drop(sh);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     break format!("process {pid} exited");
