@@ -54,10 +54,11 @@
 //! a kernel-measured CLOSE_WAIT dwell `>=` the threshold gets its leak record at that exit.
 //!
 //! # Memory
-//! An entry is 168 bytes (`Engine::entry_size`): 4-tuple as two 16-byte arrays, per-state dwell
+//! An entry is 176 bytes (`Engine::entry_size`): 4-tuple as two 16-byte arrays and the network
+//! namespace, per-state dwell
 //! as 12 compact u32s (exact to the ns below 1.07 s, to the µs below 17.9 min, to the ms below
 //! 12.4 days, then seconds), the path inline, owner inline, list links as u32 slab indices. With
-//! the hash index (hashbrown: 2^21 buckets of 16 + 1 bytes at 1M sockets) that is 204 bytes per
+//! the hash index (hashbrown: 2^21 buckets of 16 + 1 bytes at 1M sockets) that is 211 bytes per
 //! socket at 1M ([`Engine::bytes_per_socket_at`]); a socket in CLOSE_WAIT adds a 16-byte heap
 //! item. [`Engine::approx_bytes_per_socket`] measures the allocated capacity at run time.
 
