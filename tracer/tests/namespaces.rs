@@ -55,14 +55,14 @@ fn twin_four_tuples_in_two_namespaces_are_told_apart() {
     let args = ["--port", ps.as_str(), "--from", qs.as_str(), "--self", "1"];
     let mut root = Fixture::serve("twin-root", &args);
     let mut inner = Fixture::spawn_in_new_netns(&[&["serve", "twin-netns"], &args[..]].concat());
-    root.expect("self-closed 1", Duration::from_secs(10));
-    inner.expect("self-closed 1", Duration::from_secs(10));
+    root.expect("self-closed 1", common::WAIT);
+    inner.expect("self-closed 1", common::WAIT);
     let (root_ns, inner_ns) = (netns_of(root.pid), netns_of(inner.pid));
     assert_eq!(root_ns, own_netns());
     assert_ne!(root_ns, inner_ns, "the fixture has a namespace of its own");
 
     for f in [&root, &inner] {
-        let got = t.wait_for(Duration::from_secs(20), |v| is_leak_of(v, f.pid));
+        let got = t.wait_for(common::WAIT, |v| is_leak_of(v, f.pid));
         assert!(
             got.is_some(),
             "no leak for {}; stderr:\n{}",
@@ -72,11 +72,11 @@ fn twin_four_tuples_in_two_namespaces_are_told_apart() {
     }
     root.send("close");
     inner.send("close");
-    root.expect("closed 1", Duration::from_secs(10));
-    inner.expect("closed 1", Duration::from_secs(10));
+    root.expect("closed 1", common::WAIT);
+    inner.expect("closed 1", common::WAIT);
     for f in [&root, &inner] {
         let pid = f.pid;
-        let got = t.wait_for(Duration::from_secs(20), |v| {
+        let got = t.wait_for(common::WAIT, |v| {
             v["type"] == "close" && v["pid"] == pid && port(v, "sport") == p
         });
         assert!(got.is_some(), "no close for {pid}; stderr:\n{}", t.stderr());
@@ -125,20 +125,20 @@ fn twin_four_tuples_in_two_namespaces_are_told_apart() {
 #[test]
 fn baseline_covers_other_namespaces_and_their_listeners() {
     let mut f = Fixture::spawn_in_new_netns(&["serve", "pre-netns", "--self", "2"]);
-    f.expect("self-closed 2", Duration::from_secs(10));
+    f.expect("self-closed 2", common::WAIT);
     let ns = netns_of(f.pid);
     assert_ne!(ns, own_netns());
     // Old enough to be over the threshold at once.
     std::thread::sleep(Duration::from_millis(1200));
     let mut t = Traced::start(&["--json", "--close-wait-threshold", "1s"]);
-    let n = t.wait_for_n(Duration::from_secs(20), 2, |v| is_leak_of(v, f.pid));
+    let n = t.wait_for_n(common::WAIT, 2, |v| is_leak_of(v, f.pid));
     assert_eq!(n, 2, "pre-existing leaks; stderr:\n{}", t.stderr());
 
     // New connections to the listener that existed before the tracer (its owner comes from
     // the baseline, keyed by namespace and port).
     f.send("self 3");
-    f.expect("self-closed 3", Duration::from_secs(10));
-    let n = t.wait_for_n(Duration::from_secs(20), 5, |v| is_leak_of(v, f.pid));
+    f.expect("self-closed 3", common::WAIT);
+    let n = t.wait_for_n(common::WAIT, 5, |v| is_leak_of(v, f.pid));
     assert_eq!(
         n,
         5,
@@ -180,8 +180,8 @@ fn pid_follows_a_process_in_another_namespace() {
         "1s",
     ]);
     f.send("self 2");
-    f.expect("self-closed 2", Duration::from_secs(10));
-    let n = t.wait_for_n(Duration::from_secs(20), 2, |v| is_leak_of(v, f.pid));
+    f.expect("self-closed 2", common::WAIT);
+    let n = t.wait_for_n(common::WAIT, 2, |v| is_leak_of(v, f.pid));
     assert_eq!(n, 2, "stderr:\n{}", t.stderr());
     f.close_stdin();
     let (code, values, stderr) = t.finish();
@@ -269,9 +269,9 @@ fn container_identity_on_records_and_metrics() {
         "127.0.0.1:0",
     ]);
     f.send("self 2");
-    f.expect("self-closed 2", Duration::from_secs(10));
+    f.expect("self-closed 2", common::WAIT);
     let leak = t
-        .wait_for(Duration::from_secs(20), |v| is_leak_of(v, f.pid))
+        .wait_for(common::WAIT, |v| is_leak_of(v, f.pid))
         .unwrap_or_else(|| panic!("no leak; stderr:\n{}", t.stderr()));
     let want_path = format!("/docker/{}", cg.id);
     assert_eq!(leak["container_id"], cg.id.as_str(), "{leak}");
@@ -284,7 +284,7 @@ fn container_identity_on_records_and_metrics() {
         f.pid
     );
     let mut last = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + common::WAIT;
     while std::time::Instant::now() < deadline {
         last = http_request(addr, "GET", "/metrics", &[], Duration::from_secs(5))
             .map(|r| r.body)
@@ -297,12 +297,10 @@ fn container_identity_on_records_and_metrics() {
     assert!(last.contains(&want), "missing {want} in:\n{last}");
 
     f.send("close");
-    f.expect("closed 2", Duration::from_secs(10));
+    f.expect("closed 2", common::WAIT);
     let pid = f.pid;
     let close = t
-        .wait_for(Duration::from_secs(20), |v| {
-            v["type"] == "close" && v["pid"] == pid
-        })
+        .wait_for(common::WAIT, |v| v["type"] == "close" && v["pid"] == pid)
         .unwrap_or_else(|| panic!("no close; stderr:\n{}", t.stderr()));
     assert_eq!(close["container_id"], cg.id.as_str(), "{close}");
     assert_eq!(close["cgroup"], want_path.as_str(), "{close}");
@@ -321,10 +319,10 @@ fn text_leak_line_names_container_and_namespace() {
     let ns = netns_of(f.pid);
     let mut t = Traced::start(&["--close-wait-threshold", "1s", "--show", "leaks"]);
     f.send("self 1");
-    f.expect("self-closed 1", Duration::from_secs(10));
+    f.expect("self-closed 1", common::WAIT);
     let pid = f.pid;
     let line = t
-        .wait_for_line(Duration::from_secs(20), |l| {
+        .wait_for_line(common::WAIT, |l| {
             l.contains("LEAK") && l.contains(&format!("pid {pid} "))
         })
         .unwrap_or_else(|| panic!("no leak line; stderr:\n{}", t.stderr()));
@@ -352,9 +350,9 @@ fn baseline_reads_twenty_namespaces() {
         f.send(&cmd);
     }
     for f in &mut fixtures {
-        f.expect("connected ", Duration::from_secs(30));
+        f.expect("connected ", common::WAIT);
         f.send(&format!("wait {CONNECTIONS}"));
-        f.expect(&format!("have {CONNECTIONS}"), Duration::from_secs(30));
+        f.expect(&format!("have {CONNECTIONS}"), common::WAIT);
     }
     let t = Traced::start(&["--json", "--show", "none"]);
     let (code, values, stderr) = t.stop();
