@@ -108,9 +108,14 @@ pub enum EnterError {
     },
 }
 
-/// Opens a sock_diag socket inside the namespace whose file is `path`, checking that the file
-/// still names namespace `wanted`.
-pub fn open_diag_in(path: &Path, wanted: u32) -> Result<SockDiag, EnterError> {
+/// Runs `f` on a short-lived thread that entered the network namespace whose file is `path`,
+/// after checking that the file still names namespace `wanted` (a pid can be reused).
+/// `setns` changes only the calling thread's namespace, so nothing else of the tracer moves.
+fn run_in<T: Send>(
+    path: &Path,
+    wanted: u32,
+    f: impl FnOnce() -> Result<T, EnterError> + Send,
+) -> Result<T, EnterError> {
     let shown = || path.display().to_string();
     let file = File::open(path).map_err(|source| EnterError::Open {
         path: shown(),
@@ -138,10 +143,7 @@ pub fn open_diag_in(path: &Path, wanted: u32) -> Result<SockDiag, EnterError> {
                     source: io::Error::last_os_error(),
                 });
             }
-            SockDiag::open().map_err(|source| EnterError::Diag {
-                path: shown(),
-                source,
-            })
+            f()
         })
         .join()
         .unwrap_or_else(|_| {
@@ -153,49 +155,25 @@ pub fn open_diag_in(path: &Path, wanted: u32) -> Result<SockDiag, EnterError> {
     })
 }
 
+/// Opens a sock_diag socket inside the namespace whose file is `path`, checking that the file
+/// still names namespace `wanted`. The socket keeps working from any thread.
+pub fn open_diag_in(path: &Path, wanted: u32) -> Result<SockDiag, EnterError> {
+    run_in(path, wanted, || {
+        SockDiag::open().map_err(|source| EnterError::Diag {
+            path: path.display().to_string(),
+            source,
+        })
+    })
+}
+
 /// Reads `file` (a per-namespace file such as `/proc/sys/net/ipv4/ip_local_port_range`) from
 /// inside the namespace whose file is `path`, checking that it still names `wanted`. Network
-/// sysctls answer for the namespace of the task that reads them, so the read happens on a
-/// short-lived thread that entered it.
+/// sysctls answer for the namespace of the task that reads them.
 pub fn read_file_in(path: &Path, wanted: u32, file: &Path) -> Result<String, EnterError> {
-    let shown = || path.display().to_string();
-    let ns = File::open(path).map_err(|source| EnterError::Open {
-        path: shown(),
-        source,
-    })?;
-    let found = ns
-        .metadata()
-        .ok()
-        .and_then(|m| u32::try_from(m.ino()).ok())
-        .unwrap_or(0);
-    if found != wanted {
-        return Err(EnterError::Moved {
-            path: shown(),
-            wanted,
-            found,
-        });
-    }
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this (scoped, short-lived) thread only; the fd is valid for the
-            // call (`ns` outlives the scope).
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(EnterError::Setns {
-                    path: shown(),
-                    source: io::Error::last_os_error(),
-                });
-            }
-            std::fs::read_to_string(file).map_err(|source| EnterError::Open {
-                path: file.display().to_string(),
-                source,
-            })
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(EnterError::Setns {
-                path: shown(),
-                source: io::Error::other("the namespace thread panicked"),
-            })
+    run_in(path, wanted, || {
+        std::fs::read_to_string(file).map_err(|source| EnterError::Open {
+            path: file.display().to_string(),
+            source,
         })
     })
 }
