@@ -6,8 +6,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Traced, WAIT, of_type, on_ports};
@@ -150,66 +148,94 @@ fn active_passive_reset_refused() {
     assert_eq!(refused["states"], serde_json::json!(["SYN_SENT", "CLOSE"]));
 }
 
+/// Bytes queued on a socket that the peer's window has not let out yet (SIOCOUTQNSD,
+/// linux/sockios.h: in the send queue, not yet sent).
+fn unsent(s: &TcpStream) -> i32 {
+    const SIOCOUTQNSD: libc::Ioctl = 0x894B;
+    let mut n: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int through a valid pointer on an open TCP socket.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), SIOCOUTQNSD, &mut n) };
+    assert_eq!(rc, 0, "SIOCOUTQNSD: {}", std::io::Error::last_os_error());
+    n
+}
+
+/// Writes until the peer's window stays shut and data waits unsent in `s`'s send queue. The
+/// window reopens a few times before it stays shut: the receiver collapses its queue of
+/// loopback skbs into fewer, fuller ones and frees room without any read.
+fn stall_sender(s: &TcpStream) {
+    s.set_nonblocking(true).unwrap();
+    let chunk = [0x5au8; 16 * 1024];
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "the peer's window never closed");
+        match (&*s).write(&chunk) {
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("write: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if unsent(s) > 0 && (&*s).write(&chunk).is_err() {
+            std::thread::sleep(Duration::from_millis(100));
+            if unsent(s) > 0 {
+                break;
+            }
+        }
+    }
+    s.set_nonblocking(false).unwrap();
+}
+
+/// Reads until the peer's FIN.
+fn drain_to_eof(mut s: &TcpStream) {
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    while s.read(&mut buf).unwrap() > 0 {}
+}
+
+/// A simultaneous close made deterministic, without racing threads (which a one-CPU emulated
+/// VM never wins: loopback delivers each FIN before the other thread runs). Each side's FIN is
+/// held in its send queue behind data the other side's closed window will not take, so both
+/// sides are in FIN_WAIT1 with neither FIN delivered. The client then reads: the server's data
+/// and FIN flow to it while its own FIN is still stuck, so its FIN and the server's crossed and
+/// it goes FIN_WAIT1 → CLOSING (tcp_fin). Once the server reads, the client's FIN arrives and
+/// is ACKed: CLOSING → TIME_WAIT on the client, FIN_WAIT2 → TIME_WAIT on the server.
 #[test]
 fn simultaneous_close_is_seen() {
     let mut t = Traced::start(&["--json", "--show", "closes"]);
-    let mut mine = Vec::new();
-    // Race both sides' shutdown(SHUT_WR); kernel-facts.md saw both FINs cross in 40–98% of
-    // barrier-synchronised races. Bounded: batches of 25, at most 8 batches.
-    for _batch in 0..8 {
-        let start = mine.len();
-        for _ in 0..25 {
-            let (_l, c, s) = pair();
-            let (cp, sp) = ports(&c);
-            mine.push((cp, sp));
-            // A spinning barrier: a parked thread wakes too late to race.
-            let arrived = Arc::new(AtomicU32::new(0));
-            let a2 = arrived.clone();
-            let h = std::thread::spawn(move || {
-                a2.fetch_add(1, Ordering::SeqCst);
-                while a2.load(Ordering::SeqCst) < 2 {
-                    std::hint::spin_loop();
-                }
-                s.shutdown(Shutdown::Write).unwrap();
-                s
-            });
-            arrived.fetch_add(1, Ordering::SeqCst);
-            while arrived.load(Ordering::SeqCst) < 2 {
-                std::hint::spin_loop();
-            }
-            c.shutdown(Shutdown::Write).unwrap();
-            let s = h.join().unwrap();
-            std::thread::sleep(Duration::from_millis(1));
-            drop(c);
-            drop(s);
-        }
-        let batch = mine[start..].to_vec();
-        let found = t.wait_for(Duration::from_millis(500), |v| {
-            v["type"] == "close"
-                && v["kind"] == "simultaneous"
-                && batch.iter().any(|&(a, b)| on_ports(v, a, b))
-        });
-        if found.is_some() {
-            break;
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    let (_l, c, s) = pair();
+    let (cp, sp) = ports(&c);
+    stall_sender(&c);
+    stall_sender(&s);
+    c.shutdown(Shutdown::Write).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(
+        unsent(&c) > 0 && unsent(&s) > 0,
+        "a FIN left before the crossing"
+    );
+    drain_to_eof(&c);
+    drain_to_eof(&s);
+    drop(c);
+    drop(s);
+    wait_two_closes(&mut t, cp, sp);
     let (code, values, stderr) = t.stop();
     assert_eq!(code, 0, "{stderr}");
-    let simultaneous: Vec<_> = of_type(&values, "close")
-        .filter(|v| mine.iter().any(|&(a, b)| on_ports(v, a, b)))
-        .filter(|v| v["kind"] == "simultaneous")
-        .collect();
-    assert!(
-        !simultaneous.is_empty(),
-        "no simultaneous close in {} races",
-        mine.len()
+    let closes = closes_on(&values, cp, sp);
+    let client = closes.iter().find(|v| v["sport"] == cp).unwrap();
+    let server = closes.iter().find(|v| v["sport"] == sp).unwrap();
+    assert_eq!(kind_of(client), "simultaneous", "{client}");
+    assert_eq!(client["time_wait"], true, "{client}");
+    assert_eq!(
+        client["states"],
+        serde_json::json!(["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "CLOSING", "CLOSE"]),
+        "{client}"
     );
-    for v in simultaneous {
-        assert_eq!(v["time_wait"], true, "{v}");
-        let states = v["states"].as_array().unwrap();
-        assert!(states.iter().any(|s| s == "CLOSING"), "{v}");
-    }
+    assert!(client["dwell_ns"]["CLOSING"].as_u64().is_some(), "{client}");
+    // The server's FIN was ACKed before the client's arrived: an ordinary active close.
+    assert_eq!(kind_of(server), "active", "{server}");
+    assert_eq!(
+        server["states"],
+        serde_json::json!(["SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]),
+        "{server}"
+    );
 }
 
 #[test]
