@@ -481,12 +481,17 @@ impl Bound {
             while connections.join_next().await.is_some() {}
         })
         .await;
+        // Connections still running when the grace ran out: each held the stop up for all of
+        // it. Idle and keep-alive connections close at once on the stop signal, so this is 0
+        // unless a response was still being written.
+        let abandoned = connections.len();
         if drained.is_err() {
             connections.shutdown().await;
         }
         tracing::debug!(
             addr = %local_addr,
             evicted = slots.lock().evicted,
+            abandoned,
             "metrics server stopped"
         );
         Ok(())

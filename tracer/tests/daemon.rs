@@ -821,7 +821,11 @@ fn taken_or_invalid_address_fails_before_tracing() {
 /// Test 6: SIGTERM ends the daemon cleanly: exit 0, its summary, and /metrics closed.
 #[test]
 fn sigterm_stops_the_daemon() {
-    let (t, addr) = daemon(&[]);
+    let t = Traced::start_env(
+        &["--metrics-addr", "127.0.0.1:0", "--json"],
+        &[("TRACER_LOG", "tracer::server=debug")],
+    );
+    let addr = t.metrics_addr();
     scrape_ok(addr, "start");
     // Open connections do not hold the exit up: one silent, one kept alive after a request.
     let _silent = TcpStream::connect(addr).unwrap();
@@ -838,10 +842,15 @@ fn sigterm_stops_the_daemon() {
     );
     let sent = Instant::now();
     let (code, lines, stderr) = t.signal_and_finish_raw(libc::SIGTERM);
-    let took = sent.elapsed();
-    eprintln!("SIGTERM to exit: {took:?}");
-    assert!(took < Duration::from_secs(4), "took {took:?}");
+    eprintln!("SIGTERM to exit: {:?}", sent.elapsed());
     assert_eq!(code, 0, "{stderr}");
+    // Not a time bound (a slow machine makes any exit slow): the server says that no
+    // connection was left running when its grace ran out, i.e. none held the exit up.
+    let stopped = stderr
+        .lines()
+        .find(|l| l.contains("metrics server stopped"))
+        .unwrap_or_else(|| panic!("no 'metrics server stopped' line: {stderr}"));
+    assert!(stopped.contains("abandoned=0"), "{stopped}");
     assert!(stderr.contains("stopping: terminated"), "{stderr}");
     let summary: Value = serde_json::from_str(lines.last().expect("a summary line"))
         .unwrap_or_else(|e| panic!("{e}: {lines:?}"));
