@@ -82,7 +82,8 @@ fn collect_where(
     let own = own_netns();
     let mine = |t: &Transition| t.netns == own && mine(t);
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // A failure bound only (a slow VM takes a while); done as soon as `want` are in.
+    let deadline = Instant::now() + Duration::from_secs(300);
     let mut extra_until: Option<Instant> = None;
     loop {
         while let Some(item) = ring.next() {

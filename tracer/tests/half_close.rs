@@ -50,7 +50,7 @@ fn stream_for(s: &mut TcpStream, d: Duration) -> Instant {
 /// Waits until the server end has seen the client's FIN (it is in CLOSE_WAIT).
 fn wait_fin(s: &TcpStream) {
     s.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::WAIT;
     let mut b = [0u8; 1];
     loop {
         match (&*s).read(&mut b) {

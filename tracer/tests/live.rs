@@ -257,7 +257,6 @@ fn a_kernel_thread() -> (u32, String) {
 #[test]
 fn pid_of_a_kernel_thread_is_refused() {
     let (pid, comm) = a_kernel_thread();
-    let start = std::time::Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
         .args(["--pid", &pid.to_string(), "--duration", "5s", "--json"])
         .output()
@@ -279,7 +278,6 @@ fn pid_of_a_kernel_thread_is_refused() {
     );
     // Refused by validation, before anything is loaded.
     assert!(!err.contains("tracing TCP state changes"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(3));
 
     // The tracer's own test process is a user process: accepted, followed, exits when the
     // duration ends.

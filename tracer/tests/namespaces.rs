@@ -286,7 +286,7 @@ fn container_identity_on_records_and_metrics() {
     let mut last = String::new();
     let deadline = std::time::Instant::now() + common::WAIT;
     while std::time::Instant::now() < deadline {
-        last = http_request(addr, "GET", "/metrics", &[], Duration::from_secs(5))
+        last = http_request(addr, "GET", "/metrics", &[], common::WAIT)
             .map(|r| r.body)
             .unwrap_or_default();
         if last.contains(&want) {

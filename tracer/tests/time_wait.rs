@@ -73,7 +73,7 @@ fn port_range_size() -> u64 {
 }
 
 fn scrape(addr: SocketAddr) -> String {
-    http_request(addr, "GET", "/metrics", &[], Duration::from_secs(5))
+    http_request(addr, "GET", "/metrics", &[], common::WAIT)
         .expect("scraping /metrics")
         .body
 }

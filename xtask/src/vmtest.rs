@@ -65,6 +65,12 @@ pub struct VmtestArgs {
     /// Guest CPUs.
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
+    /// VMs run at once (default: all of them). Under TCG a VM keeps about one host core busy
+    /// (one emulation thread), so with more kernels than cores, running them all at once keeps
+    /// every core busy until the end instead of leaving the last kernel to run alone. Each has
+    /// its own run directory.
+    #[arg(long)]
+    pub jobs: Option<usize>,
     /// Arguments for every test binary (a name filter, `--test-threads 1`…), after `--`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub test_args: Vec<String>,
@@ -85,7 +91,18 @@ impl Target {
     }
 }
 
+/// Test binaries that do not touch the kernel's TCP or BPF: offline engine and replay tests,
+/// top's allocation count, and checks of files (alert rules, Kubernetes manifests).
+const KERNEL_INDEPENDENT: [&str; 5] = [
+    "alert_rules",
+    "engine_props",
+    "manifests",
+    "replay",
+    "top_alloc",
+];
+
 /// A test binary built on the host.
+#[derive(Clone)]
 struct TestBinary {
     /// Target name: `tracer` for the library's unit tests, else the tests/ file name.
     name: String,
@@ -130,56 +147,97 @@ pub fn run(tools: &Tools, args: &VmtestArgs) -> Result<()> {
         None
     };
     let (tracer, binaries) = build_tests(tools, &args.tests)?;
+    // Binaries that neither load the program nor make sockets are the same on every kernel:
+    // the host run covers them; a VM runs them only when named with --test.
+    let vm_binaries: Vec<TestBinary> = binaries
+        .iter()
+        .filter(|b| !args.tests.is_empty() || !KERNEL_INDEPENDENT.contains(&b.name.as_str()))
+        .cloned()
+        .collect();
     let accel = if vm {
         Some(pick_accel(&args.accel)?)
     } else {
         None
     };
 
+    // Kernels are fetched one at a time (apt-get and dpkg-deb are not for running
+    // concurrently); then the VMs boot, `--jobs` at a time.
+    let mut queue = std::collections::VecDeque::new();
+    for (i, t) in targets.iter().enumerate() {
+        let started = Instant::now();
+        let kernel = match t {
+            Target::Host => Ok(None),
+            Target::Debian(series) => fetch_kernel(&cache, series).map(Some),
+        };
+        queue.push_back((i, t, kernel, started.elapsed()));
+    }
+    let queue = std::sync::Mutex::new(queue);
+    let done = std::sync::Mutex::new(Vec::new());
+    let jobs = args
+        .jobs
+        .unwrap_or(targets.len())
+        .clamp(1, targets.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let Some((i, t, kernel, fetch)) =
+                        queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                    else {
+                        break;
+                    };
+                    let started = Instant::now();
+                    let result = kernel.and_then(|k| match (t, k) {
+                        (Target::Debian(series), Some(k)) => run_vm(
+                            &VmRun {
+                                vng: vng.as_deref().unwrap_or(Path::new("vng")),
+                                accel: accel.unwrap_or(Accel::Tcg),
+                                mttcg: args.mttcg,
+                                cpus: args.cpus,
+                                cache: &cache,
+                                label: series,
+                                kernel: &k,
+                            },
+                            &tracer,
+                            &vm_binaries,
+                            &args.test_args,
+                        ),
+                        _ => run_host(&cache, &tracer, &binaries, &args.test_args),
+                    });
+                    let result = result.map(|mut o| {
+                        o.fetch = fetch;
+                        o.total = fetch + started.elapsed();
+                        println!("{}", summary_line(&o));
+                        for f in &o.failures {
+                            println!("    failed: {f}");
+                        }
+                        o
+                    });
+                    if let Err(e) = &result {
+                        println!("{:<6} error: {e:#}", t.label());
+                    }
+                    done.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((i, t.label(), result));
+                }
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    done.sort_by_key(|d| d.0);
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();
-    for t in &targets {
-        let started = Instant::now();
-        let result = match t {
-            Target::Host => run_host(&cache, &tracer, &binaries, &args.test_args),
-            Target::Debian(series) => {
-                let kernel = fetch_kernel(&cache, series);
-                let fetch = started.elapsed();
-                kernel.and_then(|k| {
-                    run_vm(
-                        &VmRun {
-                            vng: vng.as_deref().unwrap_or(Path::new("vng")),
-                            accel: accel.unwrap_or(Accel::Tcg),
-                            mttcg: args.mttcg,
-                            cpus: args.cpus,
-                            cache: &cache,
-                            label: series,
-                            kernel: &k,
-                        },
-                        &tracer,
-                        &binaries,
-                        &args.test_args,
-                    )
-                    .map(|mut o| {
-                        o.fetch = fetch;
-                        o
-                    })
-                })
-            }
-        };
+    for (_, label, result) in done {
         match result {
-            Ok(mut o) => {
-                o.total = started.elapsed();
-                println!("{}", summary_line(&o));
-                for f in &o.failures {
-                    println!("    failed: {f}");
-                }
-                outcomes.push(o);
-            }
-            Err(e) => {
-                println!("{:<6} error: {e:#}", t.label());
-                errors.push(format!("{}: {e:#}", t.label()));
-            }
+            Ok(o) => outcomes.push(o),
+            Err(e) => errors.push(format!("{label}: {e:#}")),
+        }
+    }
+    if jobs > 1 && outcomes.len() > 1 {
+        // In parallel the per-kernel lines came out as each finished: repeat them in order.
+        println!("vmtest: {} kernels, {jobs} at a time:", outcomes.len());
+        for o in &outcomes {
+            println!("{}", summary_line(o));
         }
     }
     for o in outcomes.iter().filter(|o| o.failed > 0) {
