@@ -9,7 +9,7 @@
 //!    `apt-cache` (5.10 needs the bullseye suites, added under /etc/apt/sources.list.d/ with a
 //!    low pin so nothing else comes from them), fetched with `apt-get download` and unpacked
 //!    with `dpkg-deb -x` into the cache. Nothing is installed into /boot.
-//! 3. Test binaries: built on the host (`cargo test --no-run --message-format=json -p tracer`);
+//! 3. Test binaries: built on the host (`cargo test --release --no-run --message-format=json -p tracer`);
 //!    their compile-time environment (CARGO_BIN_EXE_tracer, CARGO_MANIFEST_DIR) points at host
 //!    paths, which the guest sees because virtme-ng shares the host's root filesystem read-only.
 //! 4. Each kernel boots with virtme-ng (KVM when it can boot a stock kernel, else TCG emulation)
@@ -527,7 +527,17 @@ Pin-Priority: 1
 fn build_tests(tools: &Tools, only: &[String]) -> Result<(PathBuf, Vec<TestBinary>)> {
     let out = output(
         Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["test", "--no-run", "--message-format=json", "-p", "tracer"])
+            // Release builds: under software emulation the debug tracer spent about 8 s of CPU
+            // on each start (its own BTF parse, the namespace baseline) against 1.5 s, and the
+            // tests start it over a hundred times per kernel. The host run keeps debug builds.
+            .args([
+                "test",
+                "--release",
+                "--no-run",
+                "--message-format=json",
+                "-p",
+                "tracer",
+            ])
             .current_dir(workspace_root())
             .env("PATH", tools.path())
             .stderr(Stdio::inherit()),
