@@ -71,10 +71,13 @@ pub const IPPROTO_TCP: u16 = 6;
 /// `TCP_CLOSE` from include/net/tcp_states.h.
 pub const TCP_CLOSE: u8 = 7;
 
-/// Name of the ring buffer carrying [`TcpEvent`]s.
+/// Name of the array of ring buffers carrying [`TcpEvent`]s, indexed by CPU id.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Default size of the ring buffer in bytes (a power of two, a multiple of the page size).
-pub const EVENTS_RING_BYTES: u32 = 8 << 20;
+/// Size of each ring buffer in bytes (a power of two, a multiple of the page size). Fixed when
+/// the program is built: the kernel requires every ring of the array to match the template.
+pub const EVENTS_RING_BYTES: u32 = 4 << 20;
+/// Slots of [`EVENTS_MAP`] in the object; the loader sets the number of possible CPUs.
+pub const EVENTS_CPUS: u32 = 1024;
 
 /// Name of the per-CPU array of [`Counter`]s.
 pub const COUNTERS_MAP: &str = "COUNTERS";

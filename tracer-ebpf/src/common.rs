@@ -1,16 +1,18 @@
-//! What both programs share: the load-time [`Config`], the ring buffer, the per-CPU counters,
-//! the in-kernel `--pid` filter, and the event write (reserve → fill → submit, waking the reader
-//! only past `wakeup_bytes`). Each program's crate root includes this module once, so each
+//! What both programs share: the load-time [`Config`], the per-CPU ring buffers, the per-CPU
+//! counters, the in-kernel `--pid` filter, and the event write (reserve in this CPU's ring →
+//! fill → submit, waking the reader only past `wakeup_bytes`). Each program's crate root includes this module once, so each
 //! object file gets its own copy of the maps.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    btf_maps::{ArrayOfMaps, RingBuf},
+    helpers::{bpf_get_smp_processor_id, bpf_ringbuf_query},
+    macros::{btf_map, map},
+    maps::{HashMap, PerCpuArray},
 };
 use tracer_common::{
-    COUNTERS, Config, Counter, EVENTS_RING_BYTES, FILTER_PIDS_ENTRIES, FILTER_PORTS_ENTRIES,
-    FILTER_SOCKS_ENTRIES, TCP_CLOSE, TcpEvent, filter_port_key,
+    COUNTERS, Config, Counter, EVENTS_CPUS, EVENTS_RING_BYTES, FILTER_PIDS_ENTRIES,
+    FILTER_PORTS_ENTRIES, FILTER_SOCKS_ENTRIES, TCP_CLOSE, TcpEvent, filter_port_key,
 };
 
 #[unsafe(no_mangle)]
@@ -48,8 +50,15 @@ macro_rules! config {
 }
 pub(crate) use config;
 
-#[map(name = "EVENTS")]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+/// One ring buffer per CPU (or per group of CPUs), by CPU id: userspace creates the rings and
+/// fills every slot. A ring shared by CPUs that write at once costs each writer the ring's
+/// lock and its cache lines (measured: 370 against 220 ns per event with two CPUs on one
+/// ring); a CPU writing to its own ring never waits. Userspace merges the rings by timestamp.
+#[btf_map]
+static EVENTS: ArrayOfMaps<
+    RingBuf<TcpEvent, { EVENTS_RING_BYTES as usize }>,
+    { EVENTS_CPUS as usize },
+> = ArrayOfMaps::new();
 
 #[map(name = "COUNTERS")]
 static COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
@@ -89,10 +98,18 @@ pub fn count(counter: Counter) -> u64 {
 /// (hundreds of KiB), so the reader is woken at most a few KiB late.
 const WAKE_CHECK_EVERY: u64 = 32;
 
-/// Reserves one event, fills it with `write`, and submits it.
+/// Reserves one event in this CPU's ring, fills it with `write`, and submits it.
 #[inline(always)]
 pub fn emit(write: impl FnOnce(&mut core::mem::MaybeUninit<TcpEvent>)) {
-    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // A CPU without a ring (a slot userspace did not fill: more CPUs than `EVENTS_CPUS`) loses
+    // its events, counted like a full ring.
+    let Some(ring) = EVENTS.get(cpu) else {
+        count(Counter::RingFull);
+        return;
+    };
+    let Some(mut entry) = ring.reserve(0) else {
         count(Counter::RingFull);
         return;
     };
@@ -101,7 +118,13 @@ pub fn emit(write: impl FnOnce(&mut core::mem::MaybeUninit<TcpEvent>)) {
     // Wake the reader only when enough has piled up; below that it drains on its own timer, so
     // a burst costs one wakeup per `wakeup_bytes`, not one per event.
     let wake = if submitted.is_multiple_of(WAKE_CHECK_EVERY)
-        && EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= u64::from(config!(wakeup_bytes))
+        // SAFETY: `ring` is the inner map the lookup returned; the helper only reads it.
+        && unsafe {
+            bpf_ringbuf_query(
+                core::ptr::from_ref(ring).cast_mut().cast(),
+                BPF_RB_AVAIL_DATA.into(),
+            )
+        } >= u64::from(config!(wakeup_bytes))
     {
         BPF_RB_FORCE_WAKEUP
     } else {

@@ -234,11 +234,12 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     let mut sh = lock(&shared);
     kernel
         .drain(&mut sh.path, &mut sink)
+        .and_then(|()| kernel.flush(&mut sh.path, &mut sink))
         .context("writing output")?;
     let now = clock_tick(&mut sh, &mut sink, &mut kernel, &mut lost_reported)?;
     eprintln!("tracer: stopping: {reason}");
     let mut summary = sh.path.summary(now);
-    summary.events_lost = Some(sh.kernel.ring_full);
+    summary.events_lost = Some(sh.kernel.lost());
     write_summary(&mut sink.out, &summary)?;
     sink.out.flush().context("writing output")?;
     exit_line(&sh);
@@ -276,13 +277,15 @@ fn refresh_counters(sh: &mut Shared, kernel: &Kernel, lost_reported: &mut u64) {
 }
 
 fn report_lost(c: &KernelCounters, reported: &mut u64) {
-    if c.ring_full > *reported {
+    if c.lost() > *reported {
         eprintln!(
-            "tracer: lost {} events: the ring buffer was full (total lost {}); try a larger --ring-mib",
-            c.ring_full - *reported,
-            c.ring_full
+            "tracer: lost {} events (total lost {}: {} with the ring buffer full — try a larger --ring-mib; {} skipped by the kernel, the program already running on that CPU)",
+            c.lost() - *reported,
+            c.lost(),
+            c.ring_full,
+            c.skipped
         );
-        *reported = c.ring_full;
+        *reported = c.lost();
     }
 }
 
@@ -290,7 +293,12 @@ fn exit_line(sh: &Shared) {
     let (c, counts, r) = (&sh.kernel, sh.path.counts(), &sh.reader);
     eprintln!(
         "tracer: {} events, {} lost, {} undecodable, {} filtered in the kernel; read in {} kernel wakeups and {} timer drains",
-        counts.events, c.ring_full, counts.undecodable, c.filtered, r.wakeups, r.timer_drains
+        counts.events,
+        c.lost(),
+        counts.undecodable,
+        c.filtered,
+        r.wakeups,
+        r.timer_drains
     );
     if let Some(ns) = sh.path.netns_stats()
         && (ns.enter_failed > 0 || ns.unreachable > 0)
@@ -319,9 +327,10 @@ fn write_summary<W: Write>(
 /// The metrics view: the path's, plus the kernel's and the reader's counters.
 fn snapshot(sh: &mut Shared, now_ns: u64) -> MetricsSnapshot {
     let mut m = sh.path.metrics(now_ns);
-    m.events_lost_total = sh.kernel.ring_full;
+    m.events_lost_total = sh.kernel.lost();
     m.bpf_transitions_seen_total = Some(sh.kernel.seen);
     m.bpf_filtered_total = Some(sh.kernel.filtered);
+    m.bpf_recursion_misses_total = Some(sh.kernel.skipped);
     m.bpf_run_time_ns = sh.program.map(|p| p.run_time.as_nanos() as u64);
     m.bpf_run_count = sh.program.map(|p| p.run_count);
     m

@@ -1,6 +1,7 @@
 //! The only module that touches aya: loads one of the two embedded eBPF objects, attaches it to
-//! the kernel event `sock:inet_sock_set_state`, and hands out the ring buffer, the kernel
-//! counters, the in-kernel filter maps and the program's own run-time statistics.
+//! the kernel event `sock:inet_sock_set_state`, creates and hands out its per-CPU ring buffers,
+//! and reads the kernel counters, the in-kernel filter maps and the program's own run-time
+//! statistics.
 //!
 //! Two programs produce the same `TcpEvent`s:
 //! - `tp_btf` (BTF tracepoint; object `tracer-btf`), preferred: the kernel calls it with
@@ -12,15 +13,16 @@
 //!
 //! [`AttachMode`] picks one; [`Tracer::attach_kind`] says which is in use.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use tracer_common::{
-    CONFIG_GLOBAL, COUNTERS_MAP, Config, Counter, EVENTS_MAP, FILTER_PIDS_MAP, FILTER_PORTS_MAP,
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, Counter, EVENTS_MAP, EVENTS_RING_BYTES, FILTER_PIDS_MAP,
+    FILTER_PORTS_MAP,
 };
 
 #[path = "btf.rs"]
@@ -126,7 +128,8 @@ pub struct LoadOptions {
     pub filter: bool,
     /// Ring-buffer fill level at which the kernel wakes the reader.
     pub wakeup_bytes: u32,
-    /// Ring-buffer size in bytes (power of two, multiple of the page size).
+    /// Ring-buffer memory in bytes, all rings together: `ring_bytes / EVENTS_RING_BYTES` rings
+    /// (at least one, at most one per online CPU). See [`ring_count`].
     pub ring_bytes: u32,
     /// Which hook to attach to.
     pub attach: AttachMode,
@@ -137,7 +140,7 @@ impl Default for LoadOptions {
         Self {
             filter: false,
             wakeup_bytes: 256 * 1024,
-            ring_bytes: tracer_common::EVENTS_RING_BYTES,
+            ring_bytes: default_ring_bytes(),
             attach: AttachMode::Auto,
         }
     }
@@ -146,6 +149,8 @@ impl Default for LoadOptions {
 /// A loaded and attached program. Dropping it detaches the program.
 pub struct Tracer {
     ebpf: Ebpf,
+    /// The per-CPU slots of the ring buffers, once [`Tracer::take_rings`] filled them.
+    slots: Option<ArrayOfMaps<MapData, MapData>>,
     counters: PerCpuArray<MapData, u64>,
     kind: &'static str,
     /// The program reads each socket's network namespace (else events carry 0).
@@ -164,6 +169,18 @@ pub struct KernelCounters {
     pub filtered: u64,
     /// Events submitted to the ring buffer.
     pub submitted: u64,
+    /// Transitions the kernel did not run the program for because it was already running on
+    /// that CPU (the program's `recursion_misses`, 5.12+; 0 where the kernel does not count
+    /// them). A state change in softirq that interrupts the program mid-run on the same CPU
+    /// (a packet for another socket) is skipped by the kernel's recursion guard.
+    pub skipped: u64,
+}
+
+impl KernelCounters {
+    /// Events that never reached userspace: ring full, or skipped by the kernel.
+    pub fn lost(&self) -> u64 {
+        self.ring_full + self.skipped
+    }
 }
 
 /// The program's own cost, from the kernel's BPF statistics.
@@ -229,7 +246,7 @@ impl Tracer {
             ..net
         };
         let mut loader = EbpfLoader::new();
-        configure(&mut loader, opts, &config);
+        configure(&mut loader, &config);
         let mut ebpf = loader
             .load(OBJECT_TRACEPOINT)
             .map_err(|e| classify_load_error(&e))?;
@@ -267,7 +284,7 @@ impl Tracer {
         release_parse_memory();
         config.filter = u32::from(opts.filter);
         config.wakeup_bytes = opts.wakeup_bytes;
-        configure(&mut loader, opts, &config);
+        configure(&mut loader, &config);
         let mut ebpf = loader
             .load(OBJECT_BTF)
             .map_err(|e| classify_load_error(&e))?;
@@ -301,6 +318,7 @@ impl Tracer {
             })?;
         Ok(Self {
             ebpf,
+            slots: None,
             counters,
             kind,
             netns,
@@ -319,19 +337,51 @@ impl Tracer {
         self.netns
     }
 
-    /// Takes the ring buffer (once).
-    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, BpfError> {
-        self.ebpf
+    /// Creates the ring buffers and puts one in the slot of every possible CPU (once). With
+    /// fewer rings than CPUs, CPU `c` shares ring `c % rings`. The rings are returned in order;
+    /// the program writes each event to its CPU's ring, so each ring is in time order and the
+    /// reader merges them.
+    pub fn take_rings(&mut self, ring_bytes: u32) -> Result<Vec<RingBuf<MapData>>, BpfError> {
+        let map_err = |detail: String| BpfError::Map {
+            name: EVENTS_MAP,
+            detail,
+        };
+        let mut slots: ArrayOfMaps<MapData, MapData> = self
+            .ebpf
             .take_map(EVENTS_MAP)
-            .ok_or(BpfError::Map {
-                name: EVENTS_MAP,
-                detail: "not found or already taken".into(),
-            })?
+            .ok_or_else(|| map_err("not found or already taken".into()))?
             .try_into()
-            .map_err(|e: aya::maps::MapError| BpfError::Map {
-                name: EVENTS_MAP,
-                detail: e.to_string(),
+            .map_err(|e: aya::maps::MapError| map_err(e.to_string()))?;
+        let online = aya::util::online_cpus()
+            .map(|c| c.len())
+            .unwrap_or(slots.len() as usize);
+        let rings = ring_count(ring_bytes, online);
+        let mut data = Vec::with_capacity(rings);
+        for i in 0..rings {
+            let def = aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+                0,
+                0,
+                EVENTS_RING_BYTES,
+                0,
+            );
+            data.push(
+                MapData::create(def, &format!("EVENTS_{i}"), None)
+                    .map_err(|e| map_err(format!("creating ring {i}: {}", error_chain(&e))))?,
+            );
+        }
+        for cpu in 0..slots.len() {
+            slots
+                .set(cpu, &data[cpu as usize % rings], 0)
+                .map_err(|e| map_err(format!("ring of CPU {cpu}: {}", error_chain(&e))))?;
+        }
+        self.slots = Some(slots);
+        data.into_iter()
+            .map(|d| {
+                RingBuf::try_from(Map::RingBuf(d))
+                    .map_err(|e: aya::maps::MapError| map_err(e.to_string()))
             })
+            .collect()
     }
 
     /// Reads the kernel counters (one syscall).
@@ -347,7 +397,41 @@ impl Tracer {
             ring_full: sum(Counter::RingFull),
             filtered: sum(Counter::Filtered),
             submitted: sum(Counter::Submitted),
+            skipped: self.recursion_misses().unwrap_or(0),
         }
+    }
+
+    /// The program's `recursion_misses` from `BPF_OBJ_GET_INFO_BY_FD` (aya does not expose
+    /// it). A kernel older than 5.12 fills a shorter struct and the field stays 0.
+    fn recursion_misses(&self) -> Option<u64> {
+        use std::os::fd::AsFd as _;
+        const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+        #[repr(C)]
+        struct InfoAttr {
+            bpf_fd: u32,
+            info_len: u32,
+            info: u64,
+        }
+        let program = self.ebpf.program(PROGRAM)?;
+        let fd = program.fd().ok()?.as_fd().as_raw_fd();
+        // SAFETY: `bpf_prog_info` is plain integers and pointers; all-zero is a valid value
+        // (and the kernel requires the pointer fields to be zero).
+        let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+        let mut attr = InfoAttr {
+            bpf_fd: fd as u32,
+            info_len: size_of::<aya_obj::generated::bpf_prog_info>() as u32,
+            info: (&raw mut info) as u64,
+        };
+        // SAFETY: `attr` points at `info`, whose size it states; both outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                &raw mut attr,
+                size_of::<InfoAttr>() as u32,
+            )
+        };
+        (rc == 0).then_some(info.recursion_misses)
     }
 
     /// Turns on the kernel's BPF run-time accounting for as long as this tracer lives.
@@ -414,11 +498,27 @@ fn release_parse_memory() {
     }
 }
 
-/// Applies the options and the [`Config`] to an object loader.
-fn configure<'a>(loader: &mut EbpfLoader<'a>, opts: &LoadOptions, config: &'a Config) {
-    loader
-        .override_global(CONFIG_GLOBAL, config, true)
-        .map_max_entries(EVENTS_MAP, opts.ring_bytes);
+/// Applies the [`Config`] to an object loader; the array of rings gets a slot per possible CPU.
+fn configure<'a>(loader: &mut EbpfLoader<'a>, config: &'a Config) {
+    loader.override_global(CONFIG_GLOBAL, config, true);
+    if let Ok(cpus) = aya::util::nr_cpus() {
+        loader.map_max_entries(EVENTS_MAP, u32::try_from(cpus).unwrap_or(u32::MAX));
+    }
+}
+
+/// How many rings `ring_bytes` of ring memory makes for `online` CPUs: one per
+/// [`EVENTS_RING_BYTES`], at least one, at most one per CPU.
+pub fn ring_count(ring_bytes: u32, online: usize) -> usize {
+    ((ring_bytes / EVENTS_RING_BYTES) as usize).clamp(1, online.max(1))
+}
+
+/// Most rings the default gives: 16 rings of 4 MiB (64 MiB) on a host of 16 or more CPUs.
+const DEFAULT_MAX_RINGS: usize = 16;
+
+/// The default ring memory: a ring per online CPU, at most [`DEFAULT_MAX_RINGS`].
+pub fn default_ring_bytes() -> u32 {
+    let online = aya::util::online_cpus().map_or(1, |c| c.len());
+    EVENTS_RING_BYTES * online.clamp(1, DEFAULT_MAX_RINGS) as u32
 }
 
 /// The object's one program, as the expected program type.
@@ -574,11 +674,6 @@ fn btf_config(btf: &btf::Btf) -> Result<Config, BpfError> {
         task_btf: u32::from(btf.has_enumerator(TASK_BTF_HELPER)),
         ..net_config(btf)
     })
-}
-
-/// Raw fd of a ring buffer, for readiness polling by the caller.
-pub fn ring_fd(ring: &RingBuf<MapData>) -> RawFd {
-    ring.as_raw_fd()
 }
 
 /// CAP_BPF (or CAP_SYS_ADMIN) to load, CAP_PERFMON (or CAP_SYS_ADMIN) to attach to a
@@ -781,6 +876,17 @@ fn classify_load_error(e: &dyn std::error::Error) -> BpfError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_memory_makes_one_ring_per_cpu_at_most() {
+        let mib = |m: u32| m << 20;
+        assert_eq!(ring_count(mib(4), 8), 1);
+        assert_eq!(ring_count(mib(8), 2), 2);
+        assert_eq!(ring_count(mib(64), 2), 2, "no more rings than CPUs");
+        assert_eq!(ring_count(mib(64), 96), 16, "CPUs share beyond the memory");
+        assert_eq!(ring_count(mib(1), 4), 1, "at least one");
+        assert_eq!(ring_count(mib(8), 0), 1);
+    }
 
     const FORMAT: &str = "name: inet_sock_set_state
 ID: 2287

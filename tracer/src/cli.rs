@@ -115,9 +115,10 @@ pub struct LiveArgs {
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub drain_interval: Duration,
 
-    /// Size of the kernel ring buffer in MiB (a power of two).
-    #[arg(long, value_name = "MIB", default_value_t = 8)]
-    pub ring_mib: u32,
+    /// Kernel ring-buffer memory in MiB, a multiple of 4: one 4 MiB ring per CPU while it
+    /// lasts, CPUs sharing rings beyond [default: 4 per online CPU, at most 64].
+    #[arg(long, value_name = "MIB")]
+    pub ring_mib: Option<u32>,
 
     /// Most remote endpoints (and local/remote pairs) named in the TIME_WAIT and ephemeral
     /// port metrics; the rest are summed under remote="other".
@@ -166,9 +167,10 @@ pub struct TopArgs {
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub drain_interval: Duration,
 
-    /// Size of the kernel ring buffer in MiB (a power of two).
-    #[arg(long, value_name = "MIB", default_value_t = 8)]
-    pub ring_mib: u32,
+    /// Kernel ring-buffer memory in MiB, a multiple of 4: one 4 MiB ring per CPU while it
+    /// lasts, CPUs sharing rings beyond [default: 4 per online CPU, at most 64].
+    #[arg(long, value_name = "MIB")]
+    pub ring_mib: Option<u32>,
 }
 
 /// Validated configuration of `tracer top`.
@@ -180,7 +182,8 @@ pub struct TopConfig {
     pub capacity: usize,
     pub baseline: bool,
     pub drain_interval: Duration,
-    pub ring_bytes: u32,
+    /// Ring-buffer memory (None: the default for this host's CPUs).
+    pub ring_bytes: Option<u32>,
 }
 
 impl TopArgs {
@@ -204,7 +207,7 @@ impl TopArgs {
             capacity: self.capacity,
             baseline: !self.no_baseline,
             drain_interval: self.drain_interval,
-            ring_bytes: self.ring_mib << 20,
+            ring_bytes: self.ring_mib.map(|m| m << 20),
         })
     }
 }
@@ -213,7 +216,7 @@ impl TopArgs {
 fn live_limits(
     pid: Option<u32>,
     drain_interval: Duration,
-    ring_mib: u32,
+    ring_mib: Option<u32>,
 ) -> Result<(), UsageError> {
     if pid == Some(0) {
         return Err(UsageError("--pid 0 is not a process".into()));
@@ -230,9 +233,11 @@ fn live_limits(
             "--drain-interval must be between 1ms and 10s".into(),
         ));
     }
-    if !(1..=1024).contains(&ring_mib) || !ring_mib.is_power_of_two() {
+    if let Some(mib) = ring_mib
+        && (!(4..=1024).contains(&mib) || !mib.is_multiple_of(4))
+    {
         return Err(UsageError(
-            "--ring-mib must be a power of two from 1 to 1024".into(),
+            "--ring-mib must be a multiple of 4 from 4 to 1024 (each ring is 4 MiB)".into(),
         ));
     }
     Ok(())
@@ -251,7 +256,8 @@ pub struct LiveConfig {
     pub max_process_series: usize,
     pub baseline: bool,
     pub drain_interval: Duration,
-    pub ring_bytes: u32,
+    /// Ring-buffer memory (None: the default for this host's CPUs).
+    pub ring_bytes: Option<u32>,
     pub time_wait: crate::pipeline::TimeWaitConfig,
 }
 
@@ -332,7 +338,7 @@ impl LiveArgs {
             max_process_series: self.max_process_series,
             baseline: !self.no_baseline,
             drain_interval: self.drain_interval,
-            ring_bytes: self.ring_mib << 20,
+            ring_bytes: self.ring_mib.map(|m| m << 20),
             time_wait: crate::pipeline::TimeWaitConfig {
                 capacity: self.time_wait_capacity.max(1),
                 series: self.max_remote_series,
@@ -494,11 +500,19 @@ mod tests {
                 .contains("--refresh")
         );
         assert!(top(&["--pid", "0"]).unwrap_err().contains("--pid 0"));
-        assert!(
-            top(&["--ring-mib", "3"])
-                .unwrap_err()
-                .contains("power of two")
+        for bad in ["3", "6", "0", "2048"] {
+            assert!(
+                top(&["--ring-mib", bad])
+                    .unwrap_err()
+                    .contains("multiple of 4"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            top(&["--ring-mib", "12"]).unwrap().ring_bytes,
+            Some(12 << 20)
         );
+        assert_eq!(top(&[]).unwrap().ring_bytes, None);
         // Stream-only options are not top's.
         assert!(top(&["--json"]).is_err());
     }

@@ -1,20 +1,35 @@
 //! The kernel side that every live front-end shares (the stream, the daemon, `tracer top`):
-//! load and attach the program (with `--pid`'s in-kernel filter), register its ring buffer
-//! with epoll, read the startup baseline into the path, drain the ring buffer into a
-//! [`Pipeline`] when the kernel wakes the reader and on the front-end's timer, feed the path
+//! load and attach the program (with `--pid`'s in-kernel filter), register its ring buffers
+//! with epoll, read the startup baseline into the path, drain the rings into a [`Pipeline`] in
+//! time order when the kernel wakes the reader and on the front-end's timer, feed the path
 //! clock readings, and keep the kernel's and the reader's counters.
+//!
+//! # Merging the per-CPU rings
+//! Each CPU writes to its own ring (CPUs share rings when there are fewer rings than CPUs), so
+//! each ring is in time order, but the rings are not in order with each other, and one socket's
+//! transitions can run on different CPUs (a close() on one, the peer's FIN in softirq on
+//! another). A drain reads every ring, then passes down the path, sorted by time, only the
+//! events older than a cut; the rest wait for the next drain ([`Merge`]). The cut is the clock
+//! reading taken before the first ring was read, and no later than the newest event read from
+//! a ring that the batch limit left unfinished. That keeps each socket's order: a transition
+//! runs inside the kernel's state change, so a socket's next transition starts only after the
+//! previous one's event was committed. An event older than the cut therefore has every earlier
+//! event of its socket already committed when the drain began, in a ring read after that (or,
+//! for an unfinished ring, older than what was read from it).
 //!
 //! A front-end owns its loop — what it waits on besides [`Kernel::wakeup`] and its drain timer
 //! (signals, a deadline, keys, a redraw timer) — and its [`Sink`].
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::attribution;
-use crate::bpf::{KernelCounters, LoadOptions, ProgramStats, Tracer};
+use crate::bpf::{self, KernelCounters, LoadOptions, ProgramStats, Tracer};
+use crate::event::Transition;
 use crate::output;
 use crate::pipeline::{BaselineReport, Pipeline, Sink};
 
@@ -25,6 +40,8 @@ pub struct ReaderStats {
     pub wakeups: u64,
     /// Drains run by the reader's own timer.
     pub timer_drains: u64,
+    /// Ring buffers read (one per CPU, or CPUs sharing).
+    pub rings: usize,
 }
 
 /// How to load the kernel side.
@@ -32,8 +49,8 @@ pub struct ReaderStats {
 pub struct KernelOptions {
     /// `--pid` (a process id, already resolved by [`resolve_pid`]).
     pub pid: Option<u32>,
-    /// Ring buffer size in bytes (a power of two).
-    pub ring_bytes: u32,
+    /// Ring-buffer memory in bytes, all rings together (None: the default for this host).
+    pub ring_bytes: Option<u32>,
     /// Turn on the kernel's run-time statistics for the program (a small cost per event).
     pub run_time_stats: bool,
 }
@@ -65,14 +82,129 @@ fn tgid_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// Most events one drain takes from the ring buffer (~5 MiB of events; tens of milliseconds
-/// of work) before the loop gets a turn.
+/// Most events one drain takes from the rings (~5 MiB of events; tens of milliseconds of work)
+/// before the loop gets a turn.
 pub const DRAIN_BATCH: usize = 65_536;
 
-/// The loaded program and its ring buffer, registered with the async runtime's epoll.
+/// Events read from the rings, waiting to go down the path in time order (module docs). Pure.
+#[derive(Debug, Default)]
+pub struct Merge {
+    pending: Vec<Transition>,
+}
+
+impl Merge {
+    /// Room for a drain's events without growing while the tracer runs at a steady rate.
+    const INITIAL: usize = 4096;
+
+    pub fn new() -> Self {
+        Merge {
+            pending: Vec::with_capacity(Self::INITIAL),
+        }
+    }
+
+    pub fn push(&mut self, t: Transition) {
+        self.pending.push(t);
+    }
+
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Passes every event older than `cut` to `f`, oldest first (equal times keep the order
+    /// they were read in); the rest keep waiting. The rings' runs are already sorted, so the
+    /// (stable, run-detecting) sort costs little more than a merge of them.
+    pub fn release<E>(
+        &mut self,
+        cut: u64,
+        mut f: impl FnMut(&Transition) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.pending.sort_by_key(|t| t.ts_ns);
+        let n = self.pending.partition_point(|t| t.ts_ns < cut);
+        let mut result = Ok(());
+        for t in &self.pending[..n] {
+            result = f(t);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.pending.drain(..n);
+        result
+    }
+}
+
+/// An epoll set of the ring buffers' fds, itself registered with the async runtime: readable
+/// when the kernel woke any ring (edge-triggered, like the runtime's own registrations, so a
+/// ring holding less than the wakeup threshold does not keep it readable).
+struct RingSet {
+    epoll: AsyncFd<OwnedFd>,
+}
+
+impl RingSet {
+    fn new(rings: &[RingBuf<MapData>]) -> io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new epoll fd that nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        for (i, ring) in rings.iter().enumerate() {
+            let mut ev = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+                u64: i as u64,
+            };
+            // SAFETY: both fds are open; `ev` is a valid epoll_event.
+            let rc = unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    ring.as_raw_fd(),
+                    &raw mut ev,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: the AsyncFd owns the epoll fd, which stays open and unchanged until it is
+        // dropped.
+        let epoll =
+            unsafe { AsyncFd::register_with_interest(epoll, tokio::io::Interest::READABLE) }?;
+        Ok(RingSet { epoll })
+    }
+
+    /// Takes what the set has to report (without waiting), so that it can become readable
+    /// again on the next wakeup.
+    fn consume(&self) {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 16];
+        loop {
+            // SAFETY: `evs` has room for the count passed.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epoll.get_ref().as_raw_fd(),
+                    evs.as_mut_ptr(),
+                    evs.len() as i32,
+                    0,
+                )
+            };
+            if n < evs.len() as i32 {
+                return;
+            }
+        }
+    }
+}
+
+/// The loaded program and its ring buffers, registered with the async runtime's epoll.
 pub struct Kernel {
     tracer: Tracer,
-    ring: AsyncFd<RingBuf<MapData>>,
+    rings: Vec<RingBuf<MapData>>,
+    set: RingSet,
+    merge: Merge,
     /// The last drain stopped at [`DRAIN_BATCH`].
     backlog: bool,
     reader: ReaderStats,
@@ -81,11 +213,10 @@ pub struct Kernel {
 
 impl Kernel {
     /// Loads and attaches the program; with `pid`, installs the in-kernel filter. Must run
-    /// inside the tokio runtime (the ring buffer is registered with its reactor).
+    /// inside the tokio runtime (the rings are registered with its reactor).
     pub fn load(opts: &KernelOptions) -> anyhow::Result<Kernel> {
         let mut tracer = Tracer::load(&LoadOptions {
             filter: opts.pid.is_some(),
-            ring_bytes: opts.ring_bytes,
             ..LoadOptions::default()
         })?;
         if let Some(pid) = opts.pid {
@@ -96,16 +227,19 @@ impl Kernel {
         {
             tracing::warn!("BPF run-time statistics unavailable: {e}");
         }
-        let ring = tracer.take_ring()?;
-        // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
-        // (which owns the RingBuf) is dropped.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {e}"))?;
+        let rings = tracer.take_rings(opts.ring_bytes.unwrap_or_else(bpf::default_ring_bytes))?;
+        let set = RingSet::new(&rings)
+            .map_err(|e| anyhow::anyhow!("registering the ring buffers with epoll: {e}"))?;
         Ok(Kernel {
             tracer,
-            ring,
+            reader: ReaderStats {
+                rings: rings.len(),
+                ..ReaderStats::default()
+            },
+            rings,
+            set,
+            merge: Merge::new(),
             backlog: false,
-            reader: ReaderStats::default(),
             counters: KernelCounters::default(),
         })
     }
@@ -134,35 +268,58 @@ impl Kernel {
         Ok(report)
     }
 
-    /// Waits until the kernel wakes the reader (its buffer passed the wakeup threshold); then
-    /// call [`Kernel::drain`]. Cancel-safe: usable as a `select!` branch. Readiness is cleared
+    /// Waits until the kernel wakes the reader (a ring passed the wakeup threshold); then call
+    /// [`Kernel::drain`]. Cancel-safe: usable as a `select!` branch. Readiness is cleared
     /// before the drain, so a wakeup that comes during it is not lost.
     pub async fn wakeup(&mut self) -> anyhow::Result<()> {
         let mut guard = self
-            .ring
-            .readable_mut()
+            .set
+            .epoll
+            .readable()
             .await
-            .context("waiting on the ring buffer")?;
+            .context("waiting on the ring buffers")?;
         guard.clear_ready();
+        self.set.consume();
         self.reader.wakeups += 1;
         Ok(())
     }
 
-    /// Drains the ring buffer into the path, at most [`DRAIN_BATCH`] events: under a flood a
-    /// drain ends, so that the loop can serve signals, `--duration`, scrapes and the clock;
-    /// [`Kernel::has_backlog`] then says to drain again at once. Each item goes down the path
-    /// at once; the borrow of ring memory never outlives the loop body.
+    /// Drains the rings into the path in time order (module docs), at most [`DRAIN_BATCH`]
+    /// events: under a flood a drain ends, so that the loop can serve signals, `--duration`,
+    /// scrapes and the clock; [`Kernel::has_backlog`] then says to drain again at once. Events
+    /// are copied out of ring memory as they are read.
     pub fn drain(&mut self, path: &mut Pipeline, sink: &mut impl Sink) -> io::Result<()> {
-        let ring = self.ring.get_mut();
+        let mut cut = output::clock_ns(libc::CLOCK_MONOTONIC);
         self.backlog = false;
-        for _ in 0..DRAIN_BATCH {
-            let Some(item) = ring.next() else {
-                return Ok(());
-            };
-            path.on_bytes(&item, sink)?;
+        let per_ring = (DRAIN_BATCH / self.rings.len().max(1)).max(1);
+        for ring in &mut self.rings {
+            let mut last = None;
+            let mut finished = false;
+            for _ in 0..per_ring {
+                let Some(item) = ring.next() else {
+                    finished = true;
+                    break;
+                };
+                if let Some(t) = path.decode(&item) {
+                    last = Some(t.ts_ns);
+                    self.merge.push(t);
+                }
+            }
+            if !finished {
+                self.backlog = true;
+                if let Some(ts) = last {
+                    cut = cut.min(ts);
+                }
+            }
         }
-        self.backlog = true;
-        Ok(())
+        self.merge
+            .release(cut, |t| path.on_transition(t, None, sink))
+    }
+
+    /// Passes down the path every event read and still waiting for the merge (at the end).
+    pub fn flush(&mut self, path: &mut Pipeline, sink: &mut impl Sink) -> io::Result<()> {
+        self.merge
+            .release(u64::MAX, |t| path.on_transition(t, None, sink))
     }
 
     /// The last drain stopped at its batch limit: events are still waiting.
@@ -203,5 +360,93 @@ impl Kernel {
     /// The program's run-time statistics (when enabled).
     pub fn program_stats(&self) -> Option<ProgramStats> {
         self.tracer.program_stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::event::{Comm, Family, TcpState};
+
+    fn ev(ts_ns: u64, sk: u64) -> Transition {
+        Transition {
+            ts_ns,
+            sk,
+            family: Family::V4,
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: 1,
+            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dport: 2,
+            old: TcpState::Established,
+            new: TcpState::FinWait1,
+            dwell_ns: None,
+            netns: 0,
+            sk_err: 0,
+            task_pid: 1,
+            task_tid: 1,
+            task_comm: Comm::new("t"),
+        }
+    }
+
+    fn released(m: &mut Merge, cut: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        m.release(cut, |t| {
+            out.push((t.ts_ns, t.sk));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn rings_merge_in_time_order_up_to_the_cut() {
+        let mut m = Merge::new();
+        // Two rings, each in time order, read one after the other.
+        for ts in [10, 30, 50, 70] {
+            m.push(ev(ts, 1));
+        }
+        for ts in [20, 40, 60] {
+            m.push(ev(ts, 2));
+        }
+        assert_eq!(
+            released(&mut m, 55),
+            [(10, 1), (20, 2), (30, 1), (40, 2), (50, 1)]
+        );
+        // The rest waits; what the next drain reads joins it in order.
+        assert_eq!(m.len(), 2);
+        m.push(ev(65, 3));
+        assert_eq!(released(&mut m, u64::MAX), [(60, 2), (65, 3), (70, 1)]);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn equal_times_keep_the_order_read() {
+        let mut m = Merge::new();
+        m.push(ev(5, 1));
+        m.push(ev(5, 2));
+        m.push(ev(4, 3));
+        assert_eq!(released(&mut m, 6), [(4, 3), (5, 1), (5, 2)]);
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_release() {
+        let mut m = Merge::new();
+        for ts in 1..=4 {
+            m.push(ev(ts, ts));
+        }
+        let mut seen = 0;
+        let r = m.release(10, |_| {
+            seen += 1;
+            if seen == 2 {
+                Err("broken pipe")
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(r, Err("broken pipe"));
+        assert_eq!(seen, 2);
+        assert!(m.is_empty(), "the output is gone: nothing is kept for it");
     }
 }

@@ -71,6 +71,9 @@ pub struct MetricsSnapshot {
     pub bpf_transitions_seen_total: Option<u64>,
     /// Transitions dropped by the in-kernel filter (kernel counter).
     pub bpf_filtered_total: Option<u64>,
+    /// Transitions the kernel skipped the program for, because it was already running on that
+    /// CPU (its `recursion_misses`; part of `events_lost_total` too).
+    pub bpf_recursion_misses_total: Option<u64>,
     /// Total run time of the eBPF program (ns), from `kernel.bpf_stats_enabled`.
     pub bpf_run_time_ns: Option<u64>,
     /// Number of runs of the eBPF program, from `kernel.bpf_stats_enabled`.
@@ -816,6 +819,11 @@ fn encode_snapshot(s: &MetricsSnapshot, cap: usize, enc: &mut DescriptorEncoder)
             s.bpf_filtered_total,
         ),
         (
+            "bpf_recursion_misses",
+            "TCP transitions the kernel did not run the eBPF program for because it was already running on that CPU (counted in tracer_events_lost_total too).",
+            s.bpf_recursion_misses_total,
+        ),
+        (
             "bpf_runs",
             "Runs of the eBPF program (kernel.bpf_stats_enabled).",
             s.bpf_run_count,
@@ -1042,6 +1050,7 @@ mod tests {
             evictions_total: 0,
             bpf_transitions_seen_total: Some(11),
             bpf_filtered_total: Some(0),
+            bpf_recursion_misses_total: Some(0),
             bpf_run_time_ns: Some(1_500_000_000),
             bpf_run_count: Some(11),
             time_wait_remotes: vec![

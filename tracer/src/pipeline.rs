@@ -296,12 +296,22 @@ impl Pipeline {
 
     /// One raw ring-buffer record. A record that cannot be decoded is counted and logged.
     pub fn on_bytes(&mut self, bytes: &[u8], sink: &mut impl Sink) -> io::Result<()> {
+        match self.decode(bytes) {
+            Some(t) => self.on_transition(&t, None, sink),
+            None => Ok(()),
+        }
+    }
+
+    /// Decodes one raw ring-buffer record, for a reader that orders records before they go
+    /// down the path ([`Pipeline::on_transition`]). One that cannot be decoded is counted and
+    /// logged.
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Transition> {
         match event::decode(bytes) {
-            Ok(t) => self.on_transition(&t, None, sink),
+            Ok(t) => Some(t),
             Err(e) => {
                 self.counts.undecodable += 1;
                 tracing::warn!("undecodable event: {e}");
-                Ok(())
+                None
             }
         }
     }

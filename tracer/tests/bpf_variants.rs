@@ -1,7 +1,7 @@
 //! The two kernel programs (BTF tracepoint and classic tracepoint) report the same events.
 //!
-//! Loads both through the library at the same time (each has its own maps and ring buffer),
-//! drives one loopback connection (IPv4, then IPv6), reads both ring buffers directly and
+//! Loads both through the library at the same time (each has its own maps and ring buffers),
+//! drives one loopback connection (IPv4, then IPv6), reads both sets of rings directly and
 //! compares, socket by socket, every field except the timestamps: states, family, addresses,
 //! ports, the network namespace, the socket error, and the task on CPU. Also checks the exact sequences, that
 //! `Auto` picks the BTF tracepoint on a kernel with BTF, and the offsets found in the running
@@ -32,14 +32,15 @@ fn require_root() {
     );
 }
 
-fn load(mode: AttachMode) -> (Tracer, RingBuf<MapData>) {
-    let mut t = Tracer::load(&LoadOptions {
+/// A loaded program and its rings (one per CPU with the default ring memory).
+fn load(mode: AttachMode) -> (Tracer, Vec<RingBuf<MapData>>) {
+    let opts = LoadOptions {
         attach: mode,
         ..LoadOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("loading {mode:?}: {e}"));
-    let ring = t.take_ring().expect("ring buffer");
-    (t, ring)
+    };
+    let mut t = Tracer::load(&opts).unwrap_or_else(|e| panic!("loading {mode:?}: {e}"));
+    let rings = t.take_rings(opts.ring_bytes).expect("ring buffers");
+    (t, rings)
 }
 
 /// Active close by the client, passive by the server; returns (listener port, client port).
@@ -60,22 +61,22 @@ fn one_connection(bind: &str) -> (u16, u16) {
     (lport, cport)
 }
 
-/// Reads `ring` until `want` events on the test's ports have arrived (or 5 s pass), then a
-/// little longer to catch any extra ones.
-fn collect(ring: &mut RingBuf<MapData>, lport: u16, cport: u16, want: usize) -> Vec<Transition> {
-    collect_where(ring, want, |t| {
+/// Reads the rings until `want` events on the test's ports have arrived, then a little longer
+/// to catch any extra ones.
+fn collect(rings: &mut [RingBuf<MapData>], lport: u16, cport: u16, want: usize) -> Vec<Transition> {
+    collect_where(rings, want, |t| {
         [t.sport, t.dport]
             .iter()
             .any(|p| *p == lport || *p == cport)
     })
 }
 
-/// Reads `ring` until `want` events that are `mine` have arrived (or 5 s pass), then a little
-/// longer to catch any extra ones.
+/// Reads the rings until `want` events that are `mine` have arrived, then a little longer to
+/// catch any extra ones; returns them in time order (each ring is; the rings are merged).
 /// Ports repeat across network namespaces (other processes' load runs in namespaces of their
 /// own), so only events of this test's namespace count.
 fn collect_where(
-    ring: &mut RingBuf<MapData>,
+    rings: &mut [RingBuf<MapData>],
     want: usize,
     mine: impl Fn(&Transition) -> bool,
 ) -> Vec<Transition> {
@@ -86,10 +87,12 @@ fn collect_where(
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut extra_until: Option<Instant> = None;
     loop {
-        while let Some(item) = ring.next() {
-            let t = decode(&item).expect("decodable event");
-            if mine(&t) {
-                out.push(t);
+        for ring in rings.iter_mut() {
+            while let Some(item) = ring.next() {
+                let t = decode(&item).expect("decodable event");
+                if mine(&t) {
+                    out.push(t);
+                }
             }
         }
         let now = Instant::now();
@@ -97,6 +100,7 @@ fn collect_where(
             extra_until = Some(now + Duration::from_millis(200));
         }
         if extra_until.is_some_and(|u| now >= u) || now >= deadline {
+            out.sort_by_key(|t| t.ts_ns);
             return out;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -137,7 +141,7 @@ fn seen(t: &Transition) -> Seen {
     }
 }
 
-/// Events grouped by socket address, each socket's events in ring order.
+/// Events grouped by socket address, each socket's events in time order.
 fn by_socket(events: &[Transition]) -> BTreeMap<u64, Vec<Seen>> {
     let mut m: BTreeMap<u64, Vec<Seen>> = BTreeMap::new();
     for t in events {
@@ -295,7 +299,7 @@ fn both_programs_report_socket_errors() {
     );
     drop(server);
     drop(listener);
-    for ring in [&mut btf_ring, &mut tp_ring] {
+    for ring in [&mut btf_ring[..], &mut tp_ring[..]] {
         // One read of the ring for both: what is read and not kept is gone.
         let all = collect_where(ring, 9, |t| {
             [t.sport, t.dport]

@@ -219,7 +219,11 @@ impl Top {
         );
         eprintln!(
             "tracer: top: {} events, {} lost, {} undecodable; read in {} kernel wakeups and {} timer drains",
-            n.events, c.ring_full, n.undecodable, r.wakeups, r.timer_drains
+            n.events,
+            c.lost(),
+            n.undecodable,
+            r.wakeups,
+            r.timer_drains
         );
     }
 }
@@ -262,7 +266,7 @@ fn snapshot(path: &Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
         leaking_now: e.leaking_now(),
         closes_total: e.stats().closes,
         events_total: path.counts().events,
-        lost: kernel.counters().ring_full,
+        lost: kernel.counters().lost(),
         undecodable: path.counts().undecodable,
         tracked: e.tracked() as u64,
         capacity: e.config().capacity as u64,
