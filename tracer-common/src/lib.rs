@@ -179,7 +179,10 @@ pub enum Counter {
     Filtered = 3,
     /// Events submitted to the ring buffer.
     Submitted = 4,
+    /// Transitions the kernel skipped the main `tp_btf` program for (it was mid-run on the
+    /// CPU) and the nested-event program handled instead.
+    Recovered = 5,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTERS: u32 = 5;
+pub const COUNTERS: u32 = 6;

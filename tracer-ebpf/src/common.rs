@@ -8,7 +8,7 @@ use aya_ebpf::{
     btf_maps::{ArrayOfMaps, RingBuf},
     helpers::{bpf_get_smp_processor_id, bpf_ringbuf_query},
     macros::{btf_map, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, ring_buf::RingBufEntry},
 };
 use tracer_common::{
     COUNTERS, Config, Counter, EVENTS_CPUS, EVENTS_RING_BYTES, FILTER_PIDS_ENTRIES,
@@ -98,39 +98,58 @@ pub fn count(counter: Counter) -> u64 {
 /// (hundreds of KiB), so the reader is woken at most a few KiB late.
 const WAKE_CHECK_EVERY: u64 = 32;
 
-/// Reserves one event in this CPU's ring, fills it with `write`, and submits it.
+/// An event reserved in this CPU's ring: [`Slot::write`] it, then [`Slot::submit`] it. (Not a
+/// closure: with two programs in one object the compiler would outline a closure into a
+/// BPF-to-BPF call, whose stack adds to the caller's past the verifier's 512-byte limit.)
+pub struct Slot {
+    entry: RingBufEntry<TcpEvent>,
+    ring: *mut core::ffi::c_void,
+}
+
+/// Reserves one event in this CPU's ring; `None` (counted) when it is full or missing.
 #[inline(always)]
-pub fn emit(write: impl FnOnce(&mut core::mem::MaybeUninit<TcpEvent>)) {
+pub fn reserve() -> Option<Slot> {
     // SAFETY: helper without preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     // A CPU without a ring (a slot userspace did not fill: more CPUs than `EVENTS_CPUS`) loses
     // its events, counted like a full ring.
     let Some(ring) = EVENTS.get(cpu) else {
         count(Counter::RingFull);
-        return;
+        return None;
     };
-    let Some(mut entry) = ring.reserve(0) else {
+    let Some(entry) = ring.reserve(0) else {
         count(Counter::RingFull);
-        return;
+        return None;
     };
-    write(&mut entry);
-    let submitted = count(Counter::Submitted);
-    // Wake the reader only when enough has piled up; below that it drains on its own timer, so
-    // a burst costs one wakeup per `wakeup_bytes`, not one per event.
-    let wake = if submitted.is_multiple_of(WAKE_CHECK_EVERY)
-        // SAFETY: `ring` is the inner map the lookup returned; the helper only reads it.
-        && unsafe {
-            bpf_ringbuf_query(
-                core::ptr::from_ref(ring).cast_mut().cast(),
-                BPF_RB_AVAIL_DATA.into(),
-            )
-        } >= u64::from(config!(wakeup_bytes))
-    {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(wake.into());
+    Some(Slot {
+        entry,
+        ring: core::ptr::from_ref(ring).cast_mut().cast(),
+    })
+}
+
+impl Slot {
+    #[inline(always)]
+    pub fn write(&mut self, event: TcpEvent) {
+        self.entry.write(event);
+    }
+
+    /// Submits the event, waking the reader only when enough has piled up; below that it
+    /// drains on its own timer, so a burst costs one wakeup per `wakeup_bytes`, not one per
+    /// event.
+    #[inline(always)]
+    pub fn submit(self) {
+        let submitted = count(Counter::Submitted);
+        let wake = if submitted.is_multiple_of(WAKE_CHECK_EVERY)
+            // SAFETY: `ring` is the inner map the lookup returned; the helper only reads it.
+            && unsafe { bpf_ringbuf_query(self.ring, BPF_RB_AVAIL_DATA.into()) }
+                >= u64::from(config!(wakeup_bytes))
+        {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        self.entry.submit(wake.into());
+    }
 }
 
 /// In-kernel filter for `--pid`: a socket passes when the task on CPU is a filtered process

@@ -20,7 +20,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use common::{config, count, emit, passes_filter};
+use common::{config, count, passes_filter, reserve};
 use tracer_common::{AF_INET, Counter, IPPROTO_TCP, TcpEvent};
 
 /// Tracepoint arguments, as in /sys/kernel/tracing/events/sock/inet_sock_set_state/format
@@ -81,38 +81,40 @@ fn handle(args: *const InetSockSetState) {
     let now = unsafe { bpf_ktime_get_ns() };
     let oldstate = ctx_read!(args, oldstate) as u8;
 
-    emit(|entry| {
-        let family = ctx_read!(args, family);
-        let (saddr, daddr): ([u64; 2], [u64; 2]) = if family == AF_INET {
-            (
-                [u64::from(ctx_read!(args, saddr)), 0],
-                [u64::from(ctx_read!(args, daddr)), 0],
-            )
-        } else {
-            (
-                [ctx_read!(args, saddr_v6[0]), ctx_read!(args, saddr_v6[1])],
-                [ctx_read!(args, daddr_v6[0]), ctx_read!(args, daddr_v6[1])],
-            )
-        };
-        entry.write(TcpEvent {
-            ts_ns: now,
-            skaddr: sk,
-            // Same bytes as in the record: native-endian words laid back down in memory order.
-            saddr: words_to_bytes(saddr),
-            daddr: words_to_bytes(daddr),
-            tgid,
-            tid: pid_tgid as u32,
-            sport,
-            dport: ctx_read!(args, dport),
-            family,
-            oldstate,
-            newstate,
-            comm: bpf_get_current_comm().unwrap_or_default(),
-            sk_err: sk_err_of(sk) as u16,
-            _pad: 0,
-            netns,
-        });
+    let Some(mut entry) = reserve() else {
+        return;
+    };
+    let family = ctx_read!(args, family);
+    let (saddr, daddr): ([u64; 2], [u64; 2]) = if family == AF_INET {
+        (
+            [u64::from(ctx_read!(args, saddr)), 0],
+            [u64::from(ctx_read!(args, daddr)), 0],
+        )
+    } else {
+        (
+            [ctx_read!(args, saddr_v6[0]), ctx_read!(args, saddr_v6[1])],
+            [ctx_read!(args, daddr_v6[0]), ctx_read!(args, daddr_v6[1])],
+        )
+    };
+    entry.write(TcpEvent {
+        ts_ns: now,
+        skaddr: sk,
+        // Same bytes as in the record: native-endian words laid back down in memory order.
+        saddr: words_to_bytes(saddr),
+        daddr: words_to_bytes(daddr),
+        tgid,
+        tid: pid_tgid as u32,
+        sport,
+        dport: ctx_read!(args, dport),
+        family,
+        oldstate,
+        newstate,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        sk_err: sk_err_of(sk) as u16,
+        _pad: 0,
+        netns,
     });
+    entry.submit();
 }
 
 /// The record has no namespace: read `sk->__sk_common.skc_net.net->ns.inum` from the socket

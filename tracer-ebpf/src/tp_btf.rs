@@ -24,10 +24,11 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_get_current_task_btf, bpf_skc_to_tcp_sock},
     },
-    macros::btf_tracepoint,
+    macros::{btf_tracepoint, map},
+    maps::PerCpuArray,
     programs::BtfTracePointContext,
 };
-use common::{config, count, emit, passes_filter};
+use common::{config, count, passes_filter, reserve};
 use tracer_common::{AF_INET, Counter, TcpEvent};
 
 /// Loads a `T` at byte offset `off` of a BTF-typed kernel pointer. The verifier checks the
@@ -63,8 +64,68 @@ fn load16(base: *const u8, off: u32) -> [u8; 16] {
     b
 }
 
+/// Per CPU: what the nested-event program needs to know about runs of the main program.
+#[repr(C)]
+struct Running {
+    /// Runs of [`inet_sock_set_state`] in progress on this CPU.
+    depth: u64,
+    /// Runs started on this CPU.
+    started: u64,
+    /// `started` when the outermost run in progress began.
+    outer: u64,
+}
+
+#[map(name = "RUNNING")]
+static RUNNING: PerCpuArray<Running> = PerCpuArray::with_max_entries(1, 0);
+
+/// The program: handles the event, and marks itself running on this CPU for
+/// [`inet_sock_set_state_nested`].
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    let running = RUNNING.get_ptr_mut(0);
+    if let Some(r) = running {
+        // SAFETY: this CPU's slot; runs on one CPU touch it one at a time (a nested run
+        // finishes before the run it interrupted goes on).
+        unsafe {
+            (*r).started += 1;
+            if (*r).depth == 0 {
+                (*r).outer = (*r).started;
+            }
+            (*r).depth += 1;
+        }
+    }
+    on_event(&ctx);
+    if let Some(r) = running {
+        // SAFETY: as above.
+        unsafe { (*r).depth -= 1 };
+    }
+    0
+}
+
+/// The nested-event program, attached after [`inet_sock_set_state`]. The kernel does not run a
+/// tracing program on a CPU where it is already running (6.2+, and Debian's 6.1): a state
+/// change in softirq — a packet for another socket — that interrupts the program mid-run is
+/// skipped for it and only counted in its `recursion_misses`. This program has its own guard,
+/// so the kernel runs it then. It handles the event exactly when the main program is mid-run
+/// on this CPU and no run of it has started since the outermost one began — that is, when the
+/// kernel skipped the main program for this event. Otherwise (no nesting; or a kernel without
+/// the guard, where the nested run of the main program, called first in attach order, has
+/// already handled it) it returns at once.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> u32 {
+    if let Some(r) = RUNNING.get_ptr(0) {
+        // SAFETY: this CPU's slot, read only.
+        let skipped = unsafe { (*r).depth > 0 && (*r).started == (*r).outer };
+        if skipped {
+            count(Counter::Recovered);
+            on_event(&ctx);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn on_event(ctx: &BtfTracePointContext) {
     let sk: *mut c_void = ctx.arg(0);
     // NULL unless a full TCP socket (IPPROTO_TCP, SOCK_STREAM): this is the protocol filter
     // (SCTP and MPTCP's own sockets use the same tracepoint), and it yields a pointer typed as
@@ -72,7 +133,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: helper taking a BTF socket pointer (or NULL).
     let tp = unsafe { bpf_skc_to_tcp_sock(sk) };
     if tp.is_null() {
-        return 0;
+        return;
     }
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
@@ -82,7 +143,6 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
         oldstate as u8,
         newstate as u8,
     );
-    0
 }
 
 /// The task on CPU: `(task, tgid, tid)`. With `task_btf` (5.11+) read from the BTF-typed task;
@@ -151,45 +211,47 @@ fn handle(skaddr: u64, tp: *const u8, oldstate: u8, newstate: u8) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    emit(|entry| {
-        let family: u16 = load(tp, config!(sk_family));
-        let (saddr, daddr) = if family == AF_INET {
-            let mut s = [0u8; 16];
-            let mut d = [0u8; 16];
-            let sa: u32 = load(tp, config!(sk_saddr));
-            let da: u32 = load(tp, config!(sk_daddr));
-            s[..4].copy_from_slice(&sa.to_ne_bytes());
-            d[..4].copy_from_slice(&da.to_ne_bytes());
-            (s, d)
-        } else if config!(sk_has_v6) != 0 {
-            (
-                load16(tp, config!(sk_saddr_v6)),
-                load16(tp, config!(sk_daddr_v6)),
-            )
-        } else {
-            ([0; 16], [0; 16])
-        };
-        let sk_err: i32 = if config!(sk_has_net) != 0 {
-            load(tp, config!(sk_err))
-        } else {
-            0
-        };
-        entry.write(TcpEvent {
-            ts_ns: now,
-            skaddr,
-            saddr,
-            daddr,
-            tgid,
-            tid,
-            sport,
-            dport: u16::from_be(load(tp, config!(sk_dport))),
-            family,
-            oldstate,
-            newstate,
-            comm: current_comm(task),
-            sk_err: sk_err as u16,
-            _pad: 0,
-            netns,
-        });
+    let Some(mut entry) = reserve() else {
+        return;
+    };
+    let family: u16 = load(tp, config!(sk_family));
+    let (saddr, daddr) = if family == AF_INET {
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        let sa: u32 = load(tp, config!(sk_saddr));
+        let da: u32 = load(tp, config!(sk_daddr));
+        s[..4].copy_from_slice(&sa.to_ne_bytes());
+        d[..4].copy_from_slice(&da.to_ne_bytes());
+        (s, d)
+    } else if config!(sk_has_v6) != 0 {
+        (
+            load16(tp, config!(sk_saddr_v6)),
+            load16(tp, config!(sk_daddr_v6)),
+        )
+    } else {
+        ([0; 16], [0; 16])
+    };
+    let sk_err: i32 = if config!(sk_has_net) != 0 {
+        load(tp, config!(sk_err))
+    } else {
+        0
+    };
+    entry.write(TcpEvent {
+        ts_ns: now,
+        skaddr,
+        saddr,
+        daddr,
+        tgid,
+        tid,
+        sport,
+        dport: u16::from_be(load(tp, config!(sk_dport))),
+        family,
+        oldstate,
+        newstate,
+        comm: current_comm(task),
+        sk_err: sk_err as u16,
+        _pad: 0,
+        netns,
     });
+    entry.submit();
 }

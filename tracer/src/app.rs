@@ -331,6 +331,7 @@ fn snapshot(sh: &mut Shared, now_ns: u64) -> MetricsSnapshot {
     m.bpf_transitions_seen_total = Some(sh.kernel.seen);
     m.bpf_filtered_total = Some(sh.kernel.filtered);
     m.bpf_recursion_misses_total = Some(sh.kernel.skipped);
+    m.bpf_recursion_recovered_total = Some(sh.kernel.recovered);
     m.bpf_run_time_ns = sh.program.map(|p| p.run_time.as_nanos() as u64);
     m.bpf_run_count = sh.program.map(|p| p.run_count);
     m

@@ -36,6 +36,8 @@ static OBJECT_BTF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 const CATEGORY: &str = "sock";
 const TRACEPOINT: &str = "inet_sock_set_state";
 const PROGRAM: &str = "inet_sock_set_state";
+/// The `tp_btf` object's second program: handles the events the kernel skips the first for.
+const PROGRAM_NESTED: &str = "inet_sock_set_state_nested";
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Why tracing could not start. Each message names what is missing and what to do.
@@ -149,8 +151,10 @@ impl Default for LoadOptions {
 /// A loaded and attached program. Dropping it detaches the program.
 pub struct Tracer {
     ebpf: Ebpf,
-    /// The per-CPU slots of the ring buffers, once [`Tracer::take_rings`] filled them.
-    slots: Option<ArrayOfMaps<MapData, MapData>>,
+    /// The per-CPU slots of the ring buffers, held open for as long as the program runs.
+    _slots: ArrayOfMaps<MapData, MapData>,
+    /// The rings, until [`Tracer::take_rings`].
+    rings: Option<Vec<RingBuf<MapData>>>,
     counters: PerCpuArray<MapData, u64>,
     kind: &'static str,
     /// The program reads each socket's network namespace (else events carry 0).
@@ -170,10 +174,14 @@ pub struct KernelCounters {
     /// Events submitted to the ring buffer.
     pub submitted: u64,
     /// Transitions the kernel did not run the program for because it was already running on
-    /// that CPU (the program's `recursion_misses`, 5.12+; 0 where the kernel does not count
-    /// them). A state change in softirq that interrupts the program mid-run on the same CPU
-    /// (a packet for another socket) is skipped by the kernel's recursion guard.
+    /// that CPU, and that the nested-event program did not handle either (the main program's
+    /// `recursion_misses`, 5.12+, less [`KernelCounters::recovered`]; 0 where the kernel does
+    /// not count them). A state change in softirq that interrupts the program mid-run on the
+    /// same CPU (a packet for another socket) is skipped by the kernel's recursion guard.
     pub skipped: u64,
+    /// Transitions the kernel skipped the main program for that the nested-event program
+    /// handled instead (`tp_btf` only): not lost.
+    pub recovered: u64,
 }
 
 impl KernelCounters {
@@ -250,14 +258,17 @@ impl Tracer {
         let mut ebpf = loader
             .load(OBJECT_TRACEPOINT)
             .map_err(|e| classify_load_error(&e))?;
-        let program: &mut TracePoint = program_mut(&mut ebpf)?;
+        // The rings go in before the program is attached: an event on a CPU without one is
+        // lost.
+        let rings = make_rings(&mut ebpf, opts.ring_bytes)?;
+        let program: &mut TracePoint = program_mut(&mut ebpf, PROGRAM)?;
         program.load().map_err(|e| classify_load_error(&e))?;
         program
             .attach(CATEGORY, TRACEPOINT)
             .map_err(|e| BpfError::Attach(error_chain(&e)))?;
         // The loader holds aya's parse of the kernel's BTF: free it before trimming.
         drop(loader);
-        Self::finish(ebpf, KIND_TRACEPOINT, config.sk_has_net != 0)
+        Self::finish(ebpf, rings, KIND_TRACEPOINT, config.sk_has_net != 0)
     }
 
     /// The BTF tracepoint: offsets from the kernel's BTF, no tracefs.
@@ -288,22 +299,33 @@ impl Tracer {
         let mut ebpf = loader
             .load(OBJECT_BTF)
             .map_err(|e| classify_load_error(&e))?;
+        let rings = make_rings(&mut ebpf, opts.ring_bytes)?;
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| BpfError::NoBtf {
             detail: format!("parsing {}: {e}", btf::VMLINUX),
         })?;
-        let program: &mut BtfTracePoint = program_mut(&mut ebpf)?;
-        program
-            .load(TRACEPOINT, &kernel_btf)
-            .map_err(|e| classify_load_error(&e))?;
+        // The main program first, then the nested-event program: the kernel calls a
+        // tracepoint's programs in attach order, which the nested-event program relies on
+        // where the kernel has no recursion guard (tp_btf.rs).
+        for name in [PROGRAM, PROGRAM_NESTED] {
+            let program: &mut BtfTracePoint = program_mut(&mut ebpf, name)?;
+            program
+                .load(TRACEPOINT, &kernel_btf)
+                .map_err(|e| classify_load_error(&e))?;
+            program
+                .attach()
+                .map_err(|e| BpfError::Attach(error_chain(&e)))?;
+        }
         drop(kernel_btf);
-        program
-            .attach()
-            .map_err(|e| BpfError::Attach(error_chain(&e)))?;
         drop(loader);
-        Self::finish(ebpf, KIND_BTF, config.sk_has_net != 0)
+        Self::finish(ebpf, rings, KIND_BTF, config.sk_has_net != 0)
     }
 
-    fn finish(mut ebpf: Ebpf, kind: &'static str, netns: bool) -> Result<Self, BpfError> {
+    fn finish(
+        mut ebpf: Ebpf,
+        rings: Rings,
+        kind: &'static str,
+        netns: bool,
+    ) -> Result<Self, BpfError> {
         release_parse_memory();
         let counters = ebpf
             .take_map(COUNTERS_MAP)
@@ -318,7 +340,8 @@ impl Tracer {
             })?;
         Ok(Self {
             ebpf,
-            slots: None,
+            _slots: rings.slots,
+            rings: Some(rings.rings),
             counters,
             kind,
             netns,
@@ -337,51 +360,14 @@ impl Tracer {
         self.netns
     }
 
-    /// Creates the ring buffers and puts one in the slot of every possible CPU (once). With
-    /// fewer rings than CPUs, CPU `c` shares ring `c % rings`. The rings are returned in order;
-    /// the program writes each event to its CPU's ring, so each ring is in time order and the
+    /// Takes the ring buffers (once): ring `i` serves the CPUs `c` with `c % rings == i`. The
+    /// program writes each event to its CPU's ring, so each ring is in time order and the
     /// reader merges them.
-    pub fn take_rings(&mut self, ring_bytes: u32) -> Result<Vec<RingBuf<MapData>>, BpfError> {
-        let map_err = |detail: String| BpfError::Map {
+    pub fn take_rings(&mut self) -> Result<Vec<RingBuf<MapData>>, BpfError> {
+        self.rings.take().ok_or(BpfError::Map {
             name: EVENTS_MAP,
-            detail,
-        };
-        let mut slots: ArrayOfMaps<MapData, MapData> = self
-            .ebpf
-            .take_map(EVENTS_MAP)
-            .ok_or_else(|| map_err("not found or already taken".into()))?
-            .try_into()
-            .map_err(|e: aya::maps::MapError| map_err(e.to_string()))?;
-        let online = aya::util::online_cpus()
-            .map(|c| c.len())
-            .unwrap_or(slots.len() as usize);
-        let rings = ring_count(ring_bytes, online);
-        let mut data = Vec::with_capacity(rings);
-        for i in 0..rings {
-            let def = aya_obj::Map::new_from_params(
-                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
-                0,
-                0,
-                EVENTS_RING_BYTES,
-                0,
-            );
-            data.push(
-                MapData::create(def, &format!("EVENTS_{i}"), None)
-                    .map_err(|e| map_err(format!("creating ring {i}: {}", error_chain(&e))))?,
-            );
-        }
-        for cpu in 0..slots.len() {
-            slots
-                .set(cpu, &data[cpu as usize % rings], 0)
-                .map_err(|e| map_err(format!("ring of CPU {cpu}: {}", error_chain(&e))))?;
-        }
-        self.slots = Some(slots);
-        data.into_iter()
-            .map(|d| {
-                RingBuf::try_from(Map::RingBuf(d))
-                    .map_err(|e: aya::maps::MapError| map_err(e.to_string()))
-            })
-            .collect()
+            detail: "already taken".into(),
+        })
     }
 
     /// Reads the kernel counters (one syscall).
@@ -397,7 +383,11 @@ impl Tracer {
             ring_full: sum(Counter::RingFull),
             filtered: sum(Counter::Filtered),
             submitted: sum(Counter::Submitted),
-            skipped: self.recursion_misses().unwrap_or(0),
+            skipped: self
+                .recursion_misses()
+                .unwrap_or(0)
+                .saturating_sub(sum(Counter::Recovered)),
+            recovered: sum(Counter::Recovered),
         }
     }
 
@@ -447,8 +437,15 @@ impl Tracer {
     /// [`Tracer::enable_stats`] or `sysctl kernel.bpf_stats_enabled=1`).
     pub fn program_stats(&self) -> Option<ProgramStats> {
         let info = self.ebpf.program(PROGRAM)?.info().ok()?;
+        // The nested-event program runs on every event too: its time is part of each event's
+        // cost (its runs are the same events).
+        let nested = self
+            .ebpf
+            .program(PROGRAM_NESTED)
+            .and_then(|p| p.info().ok())
+            .map_or(Duration::ZERO, |i| i.run_time());
         Some(ProgramStats {
-            run_time: info.run_time(),
+            run_time: info.run_time() + nested,
             run_count: info.run_count(),
         })
     }
@@ -498,6 +495,57 @@ fn release_parse_memory() {
     }
 }
 
+/// The array of per-CPU ring slots and the rings in it.
+struct Rings {
+    slots: ArrayOfMaps<MapData, MapData>,
+    rings: Vec<RingBuf<MapData>>,
+}
+
+/// Creates the ring buffers (`ring_bytes` of them, see [`ring_count`]) and puts one in the slot
+/// of every possible CPU: CPU `c` gets ring `c % rings`.
+fn make_rings(ebpf: &mut Ebpf, ring_bytes: u32) -> Result<Rings, BpfError> {
+    let map_err = |detail: String| BpfError::Map {
+        name: EVENTS_MAP,
+        detail,
+    };
+    let mut slots: ArrayOfMaps<MapData, MapData> = ebpf
+        .take_map(EVENTS_MAP)
+        .ok_or_else(|| map_err("not found".into()))?
+        .try_into()
+        .map_err(|e: aya::maps::MapError| map_err(e.to_string()))?;
+    let online = aya::util::online_cpus()
+        .map(|c| c.len())
+        .unwrap_or(slots.len() as usize);
+    let rings = ring_count(ring_bytes, online);
+    let mut data = Vec::with_capacity(rings);
+    for i in 0..rings {
+        let def = aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+            0,
+            0,
+            EVENTS_RING_BYTES,
+            0,
+        );
+        data.push(
+            MapData::create(def, &format!("EVENTS_{i}"), None)
+                .map_err(|e| map_err(format!("creating ring {i}: {}", error_chain(&e))))?,
+        );
+    }
+    for cpu in 0..slots.len() {
+        slots
+            .set(cpu, &data[cpu as usize % rings], 0)
+            .map_err(|e| map_err(format!("ring of CPU {cpu}: {}", error_chain(&e))))?;
+    }
+    let rings = data
+        .into_iter()
+        .map(|d| {
+            RingBuf::try_from(Map::RingBuf(d))
+                .map_err(|e: aya::maps::MapError| map_err(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Rings { slots, rings })
+}
+
 /// Applies the [`Config`] to an object loader; the array of rings gets a slot per possible CPU.
 fn configure<'a>(loader: &mut EbpfLoader<'a>, config: &'a Config) {
     loader.override_global(CONFIG_GLOBAL, config, true);
@@ -522,12 +570,12 @@ pub fn default_ring_bytes() -> u32 {
 }
 
 /// The object's one program, as the expected program type.
-fn program_mut<'a, P>(ebpf: &'a mut Ebpf) -> Result<&'a mut P, BpfError>
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, BpfError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    ebpf.program_mut(PROGRAM)
-        .ok_or_else(|| BpfError::Load(format!("program {PROGRAM} not in the object")))?
+    ebpf.program_mut(name)
+        .ok_or_else(|| BpfError::Load(format!("program {name} not in the object")))?
         .try_into()
         .map_err(|e| BpfError::Load(format!("{e}")))
 }

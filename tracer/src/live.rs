@@ -217,6 +217,7 @@ impl Kernel {
     pub fn load(opts: &KernelOptions) -> anyhow::Result<Kernel> {
         let mut tracer = Tracer::load(&LoadOptions {
             filter: opts.pid.is_some(),
+            ring_bytes: opts.ring_bytes.unwrap_or_else(bpf::default_ring_bytes),
             ..LoadOptions::default()
         })?;
         if let Some(pid) = opts.pid {
@@ -227,7 +228,7 @@ impl Kernel {
         {
             tracing::warn!("BPF run-time statistics unavailable: {e}");
         }
-        let rings = tracer.take_rings(opts.ring_bytes.unwrap_or_else(bpf::default_ring_bytes))?;
+        let rings = tracer.take_rings()?;
         let set = RingSet::new(&rings)
             .map_err(|e| anyhow::anyhow!("registering the ring buffers with epoll: {e}"))?;
         Ok(Kernel {

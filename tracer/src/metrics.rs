@@ -71,9 +71,13 @@ pub struct MetricsSnapshot {
     pub bpf_transitions_seen_total: Option<u64>,
     /// Transitions dropped by the in-kernel filter (kernel counter).
     pub bpf_filtered_total: Option<u64>,
-    /// Transitions the kernel skipped the program for, because it was already running on that
-    /// CPU (its `recursion_misses`; part of `events_lost_total` too).
+    /// Transitions lost to the kernel's recursion guard: the main program's
+    /// `recursion_misses` less what the nested-event program recovered (part of
+    /// `events_lost_total` too).
     pub bpf_recursion_misses_total: Option<u64>,
+    /// Transitions the kernel skipped the main program for that the nested-event program
+    /// handled (not lost).
+    pub bpf_recursion_recovered_total: Option<u64>,
     /// Total run time of the eBPF program (ns), from `kernel.bpf_stats_enabled`.
     pub bpf_run_time_ns: Option<u64>,
     /// Number of runs of the eBPF program, from `kernel.bpf_stats_enabled`.
@@ -820,8 +824,13 @@ fn encode_snapshot(s: &MetricsSnapshot, cap: usize, enc: &mut DescriptorEncoder)
         ),
         (
             "bpf_recursion_misses",
-            "TCP transitions the kernel did not run the eBPF program for because it was already running on that CPU (counted in tracer_events_lost_total too).",
+            "TCP transitions lost because the kernel did not run the eBPF program while it was already running on that CPU, and the nested-event program could not run either (counted in tracer_events_lost_total too).",
             s.bpf_recursion_misses_total,
+        ),
+        (
+            "bpf_recursion_recovered",
+            "TCP transitions the kernel skipped the eBPF program for (it was already running on that CPU) that the nested-event program delivered instead.",
+            s.bpf_recursion_recovered_total,
         ),
         (
             "bpf_runs",
@@ -1051,6 +1060,7 @@ mod tests {
             bpf_transitions_seen_total: Some(11),
             bpf_filtered_total: Some(0),
             bpf_recursion_misses_total: Some(0),
+            bpf_recursion_recovered_total: Some(0),
             bpf_run_time_ns: Some(1_500_000_000),
             bpf_run_count: Some(11),
             time_wait_remotes: vec![

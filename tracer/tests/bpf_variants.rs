@@ -39,7 +39,7 @@ fn load(mode: AttachMode) -> (Tracer, Vec<RingBuf<MapData>>) {
         ..LoadOptions::default()
     };
     let mut t = Tracer::load(&opts).unwrap_or_else(|e| panic!("loading {mode:?}: {e}"));
-    let rings = t.take_rings(opts.ring_bytes).expect("ring buffers");
+    let rings = t.take_rings().expect("ring buffers");
     (t, rings)
 }
 

@@ -157,6 +157,12 @@ fn time_wait_per_remote_matches_ss_and_drains() {
         let enough =
             |got: Option<f64>, want: u64| got.is_some_and(|g| g + lost >= want as f64 * 0.98);
         if enough(seen.0, handovers.0) && enough(seen.1, handovers.1) {
+            // Never more than were made: an event delivered twice (by both kernel programs)
+            // would count a hand-over twice.
+            assert!(
+                seen.0.unwrap() <= handovers.0 as f64 && seen.1.unwrap() <= handovers.1 as f64,
+                "more hand-overs counted than made: {seen:?} of {handovers:?}"
+            );
             let (ss_a, ss_b) = (ss_time_wait(a), ss_time_wait(b));
             // Never (beyond a stray socket of another process on the same port) more than the
             // hand-overs the trace saw.
