@@ -85,8 +85,8 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     let mut kernel = Kernel::load(&KernelOptions {
         pid: cfg.pid,
         ring_bytes: cfg.ring_bytes,
-        // Run-time accounting for tracer_bpf_* metrics; a small cost per event, daemon only.
-        run_time_stats: bound.is_some(),
+        // Run-time accounting for the tracer_bpf_run* metrics: host-wide, so only when asked.
+        run_time_stats: cfg.bpf_stats,
     })?;
 
     let mut path = Pipeline::live(PipelineConfig {

@@ -433,8 +433,9 @@ impl Tracer {
         Ok(())
     }
 
-    /// The program's cumulative run time and run count (zero unless stats are enabled by
-    /// [`Tracer::enable_stats`] or `sysctl kernel.bpf_stats_enabled=1`).
+    /// The programs' cumulative run time and the main program's run count; `None` unless the
+    /// kernel's accounting is on ([`Tracer::enable_stats`] or `sysctl
+    /// kernel.bpf_stats_enabled=1`).
     pub fn program_stats(&self) -> Option<ProgramStats> {
         let info = self.ebpf.program(PROGRAM)?.info().ok()?;
         // The nested-event program runs on every event too: its time is part of each event's
@@ -444,7 +445,8 @@ impl Tracer {
             .program(PROGRAM_NESTED)
             .and_then(|p| p.info().ok())
             .map_or(Duration::ZERO, |i| i.run_time());
-        Some(ProgramStats {
+        // No runs counted: the kernel's accounting is off (not "no cost").
+        (info.run_count() > 0).then(|| ProgramStats {
             run_time: info.run_time() + nested,
             run_count: info.run_count(),
         })

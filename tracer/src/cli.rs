@@ -106,6 +106,13 @@ pub struct LiveArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_process_series: usize,
 
+    /// Turn on the kernel's BPF run-time statistics while tracer runs, for
+    /// tracer_bpf_run_time_seconds_total and tracer_bpf_runs_total. Host-wide: every run of
+    /// every BPF program on the host then pays for two clock reads. Without it the metrics are
+    /// there when kernel.bpf_stats_enabled=1 is already set.
+    #[arg(long)]
+    pub bpf_stats: bool,
+
     /// Do not read the sockets that exist at startup (sock_diag baseline).
     #[arg(long)]
     pub no_baseline: bool,
@@ -254,6 +261,8 @@ pub struct LiveConfig {
     pub duration: Option<Duration>,
     pub metrics_addr: Option<SocketAddr>,
     pub max_process_series: usize,
+    /// `--bpf-stats`.
+    pub bpf_stats: bool,
     pub baseline: bool,
     pub drain_interval: Duration,
     /// Ring-buffer memory (None: the default for this host's CPUs).
@@ -336,6 +345,7 @@ impl LiveArgs {
             duration: self.duration,
             metrics_addr,
             max_process_series: self.max_process_series,
+            bpf_stats: self.bpf_stats,
             baseline: !self.no_baseline,
             drain_interval: self.drain_interval,
             ring_bytes: self.ring_mib.map(|m| m << 20),
