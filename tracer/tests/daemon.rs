@@ -278,6 +278,29 @@ impl Drop for TempDir {
     }
 }
 
+/// A free loopback address for a server that binds it later (Prometheus, seconds after it
+/// starts). Not from `bind(":0")`: that port is in the ephemeral range, where any connect() of
+/// the tests running alongside may take it before the server binds it (seen under emulation:
+/// "bind: address already in use"). A port below the range is only ever taken by an explicit
+/// bind.
+fn port_outside_ephemeral_range() -> SocketAddr {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    // Each call starts elsewhere: two servers of this process must not be handed one port.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = u32::from(low.saturating_sub(10_000).max(1));
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = (std::process::id().wrapping_mul(7919) + call * 97) % span;
+    (0..span)
+        .map(|i| 10_000 + ((start + i) % span) as u16)
+        .find_map(|port| {
+            TcpListener::bind(("127.0.0.1", port))
+                .ok()
+                .map(|l| l.local_addr().unwrap())
+        })
+        .expect("a free loopback port below the ephemeral range")
+}
+
 /// A Prometheus server on loopback, killed (and reaped) on drop.
 struct Prometheus {
     child: Child,
@@ -299,11 +322,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        // A free port: bound, read, released (nothing else on loopback picks it in between).
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let addr = port_outside_ephemeral_range();
         let log = dir.0.join("prometheus.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(prometheus())
