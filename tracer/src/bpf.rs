@@ -341,7 +341,7 @@ impl Tracer {
         Ok(Self {
             ebpf,
             _slots: rings.slots,
-            rings: Some(rings.rings),
+            rings: Some(map_rings(rings.rings)?),
             counters,
             kind,
             netns,
@@ -497,10 +497,10 @@ fn release_parse_memory() {
     }
 }
 
-/// The array of per-CPU ring slots and the rings in it.
+/// The array of per-CPU ring slots and the rings in it (not yet mapped into this process).
 struct Rings {
     slots: ArrayOfMaps<MapData, MapData>,
-    rings: Vec<RingBuf<MapData>>,
+    rings: Vec<MapData>,
 }
 
 /// Creates the ring buffers (`ring_bytes` of them, see [`ring_count`]) and puts one in the slot
@@ -538,14 +538,21 @@ fn make_rings(ebpf: &mut Ebpf, ring_bytes: u32) -> Result<Rings, BpfError> {
             .set(cpu, &data[cpu as usize % rings], 0)
             .map_err(|e| map_err(format!("ring of CPU {cpu}: {}", error_chain(&e))))?;
     }
-    let rings = data
+    Ok(Rings { slots, rings: data })
+}
+
+/// Maps the rings into this process (after the loader's BTF parses are freed: the mappings
+/// and those parses would otherwise add up in the peak RSS).
+fn map_rings(rings: Vec<MapData>) -> Result<Vec<RingBuf<MapData>>, BpfError> {
+    rings
         .into_iter()
         .map(|d| {
-            RingBuf::try_from(Map::RingBuf(d))
-                .map_err(|e: aya::maps::MapError| map_err(e.to_string()))
+            RingBuf::try_from(Map::RingBuf(d)).map_err(|e: aya::maps::MapError| BpfError::Map {
+                name: EVENTS_MAP,
+                detail: e.to_string(),
+            })
         })
-        .collect::<Result<_, _>>()?;
-    Ok(Rings { slots, rings })
+        .collect()
 }
 
 /// Applies the [`Config`] to an object loader; the array of rings gets a slot per possible CPU.
