@@ -389,7 +389,7 @@ impl Pipeline {
             baseline: self.baseline,
             ..self.engine.summary(now_ns)
         };
-        s.time_wait_top = self.top_remotes(now_ns, 5);
+        s.time_wait_top = self.time_wait_top(now_ns, 5);
         s
     }
 
@@ -706,16 +706,14 @@ impl Pipeline {
         Some(took)
     }
 
-    /// The top remotes by TIME_WAIT sockets, with their busiest local address's ephemeral
-    /// port use.
-    /// The `n` remote endpoints with the most TIME_WAIT sockets now, most first.
-    pub fn time_wait_remotes(&self, now_ns: u64, n: usize) -> Vec<crate::timewait::RemoteCount> {
-        let mut v = self.tw.remotes(now_ns);
-        v.truncate(n);
-        v
-    }
-
-    fn top_remotes(&self, now_ns: u64, n: usize) -> Vec<crate::engine::summary::RemoteSummary> {
+    /// The `n` remote endpoints with the most TIME_WAIT sockets now, most first, each with its
+    /// busiest local address's ephemeral port use (the summary's `time_wait_top`, and top's
+    /// panel).
+    pub fn time_wait_top(
+        &self,
+        now_ns: u64,
+        n: usize,
+    ) -> Vec<crate::engine::summary::RemoteSummary> {
         let ports = self.tw.port_use(now_ns);
         self.tw
             .remotes(now_ns)

@@ -132,6 +132,24 @@ impl Drop for Tmux {
     }
 }
 
+/// Makes `n` connections to a listener on 127.0.0.1, each closed by the client first and then
+/// by the server once it has read the client's FIN, so that each client socket ends in
+/// TIME_WAIT. Returns the listener's port and `n`.
+fn time_wait_towards_a_listener(n: usize) -> (u16, usize) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("local_addr").port();
+    for _ in 0..n {
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        drop(client);
+        let mut buf = [0u8; 16];
+        assert_eq!(server.read(&mut buf).expect("read the client's FIN"), 0);
+        drop(server);
+    }
+    (port, n)
+}
+
 fn tracer() -> &'static str {
     env!("CARGO_BIN_EXE_tracer")
 }
@@ -297,6 +315,19 @@ fn top_shows_the_leaking_server_sorts_filters_and_quits_cleanly() {
     tmux.wait("only B's row", |s| {
         row(s, b.pid, &name_b).is_some() && row(s, a.pid, &name_a).is_none()
     });
+
+    // TIME_WAIT by remote: 30 connections to a listener of ours, each closed by the client
+    // first (the client's side goes to TIME_WAIT, towards the listener's endpoint).
+    let (port, made) = time_wait_towards_a_listener(30);
+    let remote = format!("127.0.0.1:{port}");
+    let s = tmux.wait("the listener's row in the TIME_WAIT panel", |s| {
+        s.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.windows(3)
+                .any(|w| w[0] == remote && w[1] == made.to_string() && w[2] == made.to_string())
+        })
+    });
+    assert!(s.contains("PORTS USED"), "{s}");
 
     // q: exit status 0, the terminal as it was, and a shell that still reads lines.
     tmux.type_text("q");

@@ -282,17 +282,12 @@ fn snapshot(path: &Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
 /// The remote endpoints with the most TIME_WAIT sockets now (the path's per-remote count:
 /// hand-overs seen in the trace, re-synced from sock_diag); no panel when there is none.
 fn time_wait_by_remote(path: &Pipeline, now_ns: u64) -> Option<Vec<RemoteTimeWait>> {
-    let v: Vec<RemoteTimeWait> = path
-        .time_wait_remotes(now_ns, 8)
-        .into_iter()
-        .map(|r| RemoteTimeWait {
-            addr: r.remote,
-            port: Some(r.rport),
-            time_wait: r.time_wait,
-        })
-        .collect();
+    let v = path.time_wait_top(now_ns, TIME_WAIT_ROWS);
     (!v.is_empty()).then_some(v)
 }
+
+/// Remotes the TIME_WAIT panel can show (the panel is as tall as the dwell panel).
+const TIME_WAIT_ROWS: usize = 10;
 
 /// Terminal events, read on a thread of its own (crossterm's reader blocks) and forwarded.
 struct KeyReader {

@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::IpAddr;
 
 use crate::container::ContainerId;
 use crate::engine::{Histogram, OwnerCloseWait};
@@ -135,13 +134,9 @@ impl Sink for TopSink {
     }
 }
 
-/// One remote endpoint's TIME_WAIT sockets (the hook for issue #11's per-remote TIME_WAIT).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteTimeWait {
-    pub addr: IpAddr,
-    pub port: Option<u16>,
-    pub time_wait: u64,
-}
+/// One remote endpoint's TIME_WAIT sockets and the ephemeral ports used towards it (the
+/// summary's `time_wait_top` rows).
+pub type RemoteTimeWait = crate::engine::summary::RemoteSummary;
 
 /// What the front-end reads from the path and the kernel once per redraw.
 #[derive(Clone, Debug)]
@@ -520,7 +515,7 @@ mod tests {
     use crate::engine::OwnerKey;
     use crate::event::Family;
     use crate::record::{OwnerSource, Role, SocketId, StatePath};
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     const S: u64 = 1_000_000_000;
 

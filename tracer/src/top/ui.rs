@@ -65,16 +65,24 @@ pub fn draw(
         return;
     }
     let host_h = if area.height >= 10 { 2 } else { 0 };
-    let dwell_h = if area.height >= 24 {
-        (view.dwell.len() as u16 + 2).clamp(3, 11)
-    } else {
-        0
+    let remotes = view.time_wait_by_remote.as_deref().unwrap_or_default();
+    let dwell_rows = view.dwell.len() as u16 + 2;
+    let tw_rows = remotes.len() as u16 + 2;
+    // The TIME_WAIT panel sits beside the time-in-state panel from 100 columns, below it on a
+    // narrower terminal with room (34 lines), and is left out otherwise.
+    let beside = area.width >= 100 && !remotes.is_empty();
+    let (dwell_h, tw_h) = match area.height {
+        h if h < 24 => (0, 0),
+        _ if beside => (dwell_rows.max(tw_rows).clamp(3, 12), 0),
+        h if h >= 34 && !remotes.is_empty() => (dwell_rows.clamp(3, 12), tw_rows.clamp(3, 8)),
+        _ => (dwell_rows.clamp(3, 12), 0),
     };
-    let [header, host, body, dwell, footer] = Layout::vertical([
+    let [header, host, body, dwell, below, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(host_h),
         Constraint::Min(1),
         Constraint::Length(dwell_h),
+        Constraint::Length(tw_h),
         Constraint::Length(1),
     ])
     .areas(area);
@@ -86,17 +94,17 @@ pub fn draw(
         (Mode::Sockets { .. }, Some(s)) => draw_sockets(f, body, s, ui.scroll),
         _ => draw_table(f, body, view, ui),
     }
-    if dwell_h > 0 {
-        match &view.time_wait_by_remote {
-            Some(remotes) if dwell.width >= 100 => {
-                let [left, right] =
-                    Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
-                        .areas(dwell);
-                draw_dwell(f, left, view);
-                draw_time_wait(f, right, remotes);
-            }
-            _ => draw_dwell(f, dwell, view),
-        }
+    if dwell_h > 0 && beside {
+        let [left, right] =
+            Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
+                .areas(dwell);
+        draw_dwell(f, left, view);
+        draw_time_wait(f, right, remotes);
+    } else if dwell_h > 0 {
+        draw_dwell(f, dwell, view);
+    }
+    if tw_h > 0 {
+        draw_time_wait(f, below, remotes);
     }
     f.render_widget(Paragraph::new(key_line(ui)), footer);
 }
@@ -312,34 +320,67 @@ fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
         .sockets
         .iter()
         .any(|k| k.id.netns != 0 && k.id.netns != s.own_netns);
-    let mut head = vec!["LOCAL", "REMOTE", "     AGE", "LEAKING", "AGE FROM"];
-    let mut widths = vec![wl, wr, 8, 7, 8];
-    if other_ns {
-        head.push("NETNS");
-        widths.push(10);
+    // Columns in display order with the rank they are kept in as the width shrinks (the
+    // remote and the age last; "AGE FROM" first to go; a leaking row is red anyway).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Col {
+        Local,
+        Remote,
+        Age,
+        Leaking,
+        From,
+        Netns,
     }
+    let mut cols: Vec<(Col, u16, u8)> = vec![
+        (Col::Local, wl, 2),
+        (Col::Remote, wr, 0),
+        (Col::Age, 8, 1),
+        (Col::Leaking, 7, 3),
+        (Col::From, 8, 5),
+    ];
+    if other_ns {
+        cols.push((Col::Netns, 10, 4));
+    }
+    let spacing = 2;
+    let total = |c: &[(Col, u16, u8)]| {
+        c.iter().map(|x| x.1).sum::<u16>() + spacing * (c.len() as u16).saturating_sub(1)
+    };
+    while cols.len() > 1 && total(&cols) > area.width {
+        let worst = (0..cols.len()).max_by_key(|&i| cols[i].2).unwrap_or(0);
+        cols.remove(worst);
+    }
+    let head: Vec<&str> = cols
+        .iter()
+        .map(|c| match c.0 {
+            Col::Local => "LOCAL",
+            Col::Remote => "REMOTE",
+            Col::Age => "     AGE",
+            Col::Leaking => "LEAKING",
+            Col::From => "AGE FROM",
+            Col::Netns => "NETNS",
+        })
+        .collect();
+    let widths: Vec<u16> = cols.iter().map(|c| c.1).collect();
     let skip = scroll.min(s.sockets.len().saturating_sub(1));
     let rows = s.sockets.iter().enumerate().skip(skip).map(|(i, k)| {
-        let mut cells = vec![
-            local[i].clone(),
-            remote[i].clone(),
-            format!("{:>8}", Dur(k.age_ns).to_string()),
-            if k.leaking { "yes" } else { "" }.to_owned(),
-            match k.age_source {
+        let cells = cols.iter().map(|c| match c.0 {
+            Col::Local => local[i].clone(),
+            Col::Remote => remote[i].clone(),
+            Col::Age => format!("{:>8}", Dur(k.age_ns).to_string()),
+            Col::Leaking => if k.leaking { "yes" } else { "" }.to_owned(),
+            Col::From => match k.age_source {
                 AgeSource::Traced => "traced",
                 AgeSource::Estimate => "estimate",
             }
             .to_owned(),
-        ];
-        if other_ns {
-            cells.push(k.id.netns.to_string());
-        }
+            Col::Netns => k.id.netns.to_string(),
+        });
         let row = TRow::new(cells);
         if k.leaking { row.red() } else { row }
     });
     let table = Table::new(rows, widths.into_iter().map(Constraint::Length))
         .header(TRow::new(head).style(Style::new().add_modifier(Modifier::BOLD)))
-        .column_spacing(2)
+        .column_spacing(spacing)
         .block(Block::new().borders(Borders::TOP).title(title));
     f.render_widget(table, area);
     if s.sockets.is_empty() && area.height > 2 {
@@ -384,22 +425,79 @@ fn draw_dwell(f: &mut Frame, area: Rect, view: &View) {
     f.render_widget(Paragraph::new(lines).block(block), area);
 }
 
-/// The TIME_WAIT-by-remote panel, drawn once the path offers the numbers (issue #11).
+/// The TIME_WAIT-by-remote panel: each remote's TIME_WAIT sockets and the ephemeral ports used
+/// towards it from the busiest local address (yellow from half the range, red from 80 %). As
+/// the width shrinks the network-namespace column goes, then the ports; a long remote loses
+/// its head, never its port.
 fn draw_time_wait(f: &mut Frame, area: Rect, remotes: &[super::model::RemoteTimeWait]) {
+    const TW: usize = 9;
+    const PORTS: usize = 10;
+    const NETNS: usize = 10;
+    const MIN_REMOTE: usize = 15;
     let block = Block::new()
         .borders(Borders::TOP)
         .title(" TIME_WAIT by remote ");
-    let lines: Vec<Line> = remotes
-        .iter()
-        .map(|r| {
-            let ep = match r.port {
-                Some(p) => EndpointFmt(r.addr, p).to_string(),
-                None => crate::event::AddrFmt(r.addr).to_string(),
-            };
-            Line::from(format!("{ep:<40} {:>8}", r.time_wait))
-        })
-        .collect();
+    let width = usize::from(area.width);
+    let mut netns = remotes.iter().any(|r| r.netns.is_some());
+    let mut ports = true;
+    let remote_w = |ports: bool, netns: bool| {
+        width
+            .saturating_sub(1 + TW)
+            .saturating_sub(if ports { 1 + PORTS } else { 0 })
+            .saturating_sub(if netns { 1 + NETNS } else { 0 })
+    };
+    if netns && remote_w(ports, netns) < MIN_REMOTE {
+        netns = false;
+    }
+    if remote_w(ports, netns) < MIN_REMOTE {
+        ports = false;
+    }
+    let rw = remote_w(ports, netns).max(1);
+    let mut head = format!("{:<rw$} {:>TW$}", "REMOTE", "TIME_WAIT");
+    if ports {
+        head.push_str(&format!(" {:>PORTS$}", "PORTS USED"));
+    }
+    if netns {
+        head.push_str(&format!(" {:>NETNS$}", "NETNS"));
+    }
+    let mut lines = vec![Line::from(head).bold()];
+    for r in remotes {
+        let mut spans = vec![Span::from(format!(
+            "{:<rw$} {:>TW$}",
+            keep_tail(&r.remote, rw),
+            r.time_wait
+        ))];
+        if ports {
+            let share = r.ephemeral_ports_used as f64 / r.ephemeral_port_range.max(1) as f64;
+            let text = format!(
+                " {:>PORTS$}",
+                format!("{} {:.0}%", r.ephemeral_ports_used, share * 100.0)
+            );
+            spans.push(if share >= 0.8 {
+                Span::from(text).red().bold()
+            } else if share >= 0.5 {
+                Span::from(text).yellow()
+            } else {
+                Span::from(text)
+            });
+        }
+        if netns {
+            let ns = r.netns.map(|n| n.to_string()).unwrap_or_default();
+            spans.push(Span::from(format!(" {ns:>NETNS$}")));
+        }
+        lines.push(Line::from(spans));
+    }
     f.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// `s` cut to its last `w` characters behind a '…' when it is longer.
+fn keep_tail(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n <= w {
+        return s.to_owned();
+    }
+    let tail: String = s.chars().skip(n - w.saturating_sub(1)).collect();
+    format!("…{tail}")
 }
 
 fn key_line(ui: &UiState) -> Line<'static> {
@@ -456,7 +554,7 @@ mod tests {
     use super::*;
     use crate::event::Family;
     use crate::record::SocketId;
-    use crate::top::model::{DwellLine, Host};
+    use crate::top::model::{DwellLine, Host, RemoteTimeWait};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
     use std::net::{IpAddr, Ipv4Addr};
@@ -631,6 +729,140 @@ mod tests {
         assert!(l.contains("127.0.0.1:8080") && l.contains("45.00s") && l.contains("yes"));
         assert!(line_with(&s, "10.0.0.9:50002").contains("3.00s"));
         assert!(s.contains("Esc back"), "{s}");
+    }
+
+    #[test]
+    fn sockets_screen_drops_columns_before_cutting_endpoints() {
+        let sock = CloseWaitSocket {
+            id: SocketId {
+                sk: 1,
+                netns: 4026532999,
+                family: Family::V4,
+                saddr: IpAddr::V4(Ipv4Addr::new(192, 168, 100, 200)),
+                sport: 8080,
+                daddr: IpAddr::V4(Ipv4Addr::new(10, 200, 100, 9)),
+                dport: 50001,
+            },
+            owner: None,
+            age_ns: 45_000_000_000,
+            leaking: true,
+            age_source: AgeSource::Estimate,
+        };
+        let sv = SocketsView {
+            owner: Some(4242),
+            comm: Comm::new("leaky-srv"),
+            sockets: vec![sock],
+            own_netns: 1,
+        };
+        let ui = UiState {
+            mode: Mode::Sockets { owner: Some(4242) },
+            ..UiState::default()
+        };
+        // Wide: every column, the namespace too.
+        let s = render(100, 12, &view(), &ui, Some(&sv));
+        let l = line_with(&s, "10.200.100.9:50001");
+        for t in [
+            "192.168.100.200:8080",
+            "45.00s",
+            "yes",
+            "estimate",
+            "4026532999",
+        ] {
+            assert!(l.contains(t), "{t} missing in {l:?}");
+        }
+        // 50 columns: "AGE FROM", the namespace and LEAKING go; both endpoints stay whole.
+        let s = render(50, 12, &view(), &ui, Some(&sv));
+        let l = line_with(&s, "10.200.100.9:50001");
+        assert!(
+            l.contains("192.168.100.200:8080") && l.contains("45.00s"),
+            "{s}"
+        );
+        assert!(!l.contains("estimate") && !l.contains("4026532999"), "{s}");
+        // 30 columns: the remote and its age.
+        let s = render(30, 12, &view(), &ui, Some(&sv));
+        let l = line_with(&s, "10.200.100.9:50001");
+        assert!(l.contains("45.00s") && !l.contains("192.168"), "{s}");
+    }
+
+    #[test]
+    fn time_wait_panel_shows_counts_and_port_use_at_any_width() {
+        let remote = |r: &str, tw: u64, used: u64, netns: Option<u32>| RemoteTimeWait {
+            remote: r.to_owned(),
+            netns,
+            time_wait: tw,
+            ephemeral_ports_used: used,
+            ephemeral_port_range: 28232,
+        };
+        let mut v = view();
+        v.time_wait_by_remote = Some(vec![
+            remote(
+                "[2001:db8:ffff:ffff:ffff:ffff:ffff:1]:443",
+                25000,
+                25010,
+                None,
+            ),
+            remote("10.0.0.7:5432", 120, 121, Some(4026532999)),
+        ]);
+        let s = render(200, 30, &v, &UiState::default(), None);
+        let head = line_with(&s, "REMOTE");
+        assert!(
+            head.contains("TIME_WAIT") && head.contains("PORTS USED") && head.contains("NETNS")
+        );
+        let l = line_with(&s, ":443");
+        assert!(
+            l.contains("2001:db8:ffff:ffff:ffff:ffff:ffff:1]:443"),
+            "{l}"
+        );
+        assert!(l.contains(" 25000 ") && l.contains("25010 89%"), "{l}");
+        let l = line_with(&s, "10.0.0.7:5432");
+        assert!(
+            l.contains(" 120 ") && l.contains("121 0%") && l.contains("4026532999"),
+            "{l}"
+        );
+        // 100 columns: the panel is 40 wide; the namespace goes, the count and ports stay,
+        // the long remote keeps its tail.
+        let s = render(100, 30, &v, &UiState::default(), None);
+        let head = line_with(&s, "REMOTE");
+        assert!(
+            head.contains("PORTS USED") && !head.contains("NETNS"),
+            "{s}"
+        );
+        let l = line_with(&s, "…");
+        assert!(
+            l.contains("ff:1]:443") && l.contains(" 25000 ") && l.contains("89%"),
+            "{l}"
+        );
+        assert!(line_with(&s, "10.0.0.7:5432").contains(" 120 "), "{s}");
+    }
+
+    #[test]
+    fn time_wait_panel_goes_below_on_a_narrow_tall_terminal() {
+        let mut v = view();
+        v.time_wait_by_remote = Some(vec![RemoteTimeWait {
+            remote: "10.0.0.7:5432".to_owned(),
+            netns: None,
+            time_wait: 120,
+            ephemeral_ports_used: 121,
+            ephemeral_port_range: 28232,
+        }]);
+        let s = render(80, 40, &v, &UiState::default(), None);
+        let dwell = s.find("time in state").expect("dwell panel");
+        let tw = s.find("TIME_WAIT by remote").expect("TIME_WAIT panel");
+        assert!(dwell < tw, "{s}");
+        assert!(line_with(&s, "10.0.0.7:5432").contains(" 120 "), "{s}");
+        // 80x24: no room; the host strip still counts TIME_WAIT.
+        let s = render(80, 24, &v, &UiState::default(), None);
+        assert!(
+            s.contains("time in state") && !s.contains("TIME_WAIT by remote"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn keep_tail_cuts_the_head() {
+        assert_eq!(keep_tail("10.0.0.1:80", 20), "10.0.0.1:80");
+        assert_eq!(keep_tail("10.0.0.1:80", 6), "….1:80");
+        assert_eq!(keep_tail("10.0.0.1:80", 11), "10.0.0.1:80");
     }
 
     #[test]
