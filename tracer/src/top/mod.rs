@@ -75,6 +75,9 @@ struct Top {
     ui: UiState,
     /// `--pid`'s process exited (top keeps showing what is left).
     exited: bool,
+    /// Periodic redraws (snapshot, view, frame) and the slowest of them, for the exit line.
+    redraws: u64,
+    slowest_redraw: Duration,
 }
 
 impl Top {
@@ -111,6 +114,8 @@ impl Top {
             view,
             ui: UiState::default(),
             exited: false,
+            redraws: 0,
+            slowest_redraw: Duration::ZERO,
         })
     }
 
@@ -153,8 +158,11 @@ impl Top {
                     if panic_at_first_redraw {
                         panic!("TRACER_TOP_TEST_PANIC is set: panicking to test the terminal restore");
                     }
+                    let started = std::time::Instant::now();
                     self.rebuild()?;
                     self.draw(screen)?;
+                    self.redraws += 1;
+                    self.slowest_redraw = self.slowest_redraw.max(started.elapsed());
                 }
                 event = keys.next() => match self.on_event(event?) {
                     Action::Quit => return Ok(()),
@@ -218,12 +226,14 @@ impl Top {
             self.path.counts(),
         );
         eprintln!(
-            "tracer: top: {} events, {} lost, {} undecodable; read in {} kernel wakeups and {} timer drains",
+            "tracer: top: {} events, {} lost, {} undecodable; read in {} kernel wakeups and {} timer drains; {} redraws, the slowest {}",
             n.events,
             c.lost(),
             n.undecodable,
             r.wakeups,
-            r.timer_drains
+            r.timer_drains,
+            self.redraws,
+            crate::output::Dur(self.slowest_redraw.as_nanos() as u64)
         );
     }
 }
