@@ -37,7 +37,8 @@ pub enum Command {
         common: CommonArgs,
     },
     /// A live full-screen view, redrawn about once a second: which processes hold CLOSE_WAIT
-    /// sockets (and which leak them), how their connections close, time in each state.
+    /// sockets (and which leak them), how their connections close, time in each state, and
+    /// the remote endpoints with the most TIME_WAIT sockets.
     /// Keys: arrows select, Enter shows a process's sockets, / filters, < > sort, q quits.
     /// Needs a terminal and root.
     Top(TopArgs),
@@ -132,6 +133,13 @@ pub struct LiveArgs {
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub max_remote_series: usize,
 
+    #[command(flatten)]
+    pub time_wait: TimeWaitArgs,
+}
+
+/// Options of the per-remote TIME_WAIT accounting, shared by the stream, the daemon and top.
+#[derive(Debug, clap::Args)]
+pub struct TimeWaitArgs {
     /// Most (namespace, local address, remote endpoint) tuples whose TIME_WAIT sockets are
     /// counted; hand-overs beyond are counted as dropped until a re-sync frees room.
     #[arg(long, value_name = "N", default_value_t = 16_384)]
@@ -142,6 +150,17 @@ pub struct LiveArgs {
     /// last re-read took.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub time_wait_resync: Duration,
+}
+
+impl TimeWaitArgs {
+    /// The accounting's limits, `series` remotes named in the metrics.
+    fn config(&self, series: usize) -> crate::pipeline::TimeWaitConfig {
+        crate::pipeline::TimeWaitConfig {
+            capacity: self.time_wait_capacity.max(1),
+            series,
+            resync_every: self.time_wait_resync.max(Duration::from_secs(1)),
+        }
+    }
 }
 
 /// Options of `tracer top`.
@@ -178,6 +197,9 @@ pub struct TopArgs {
     /// lasts, CPUs sharing rings beyond [default: 4 per online CPU, at most 64].
     #[arg(long, value_name = "MIB")]
     pub ring_mib: Option<u32>,
+
+    #[command(flatten)]
+    pub time_wait: TimeWaitArgs,
 }
 
 /// Validated configuration of `tracer top`.
@@ -191,6 +213,8 @@ pub struct TopConfig {
     pub drain_interval: Duration,
     /// Ring-buffer memory (None: the default for this host's CPUs).
     pub ring_bytes: Option<u32>,
+    /// The TIME_WAIT panel's accounting.
+    pub time_wait: crate::pipeline::TimeWaitConfig,
 }
 
 impl TopArgs {
@@ -215,9 +239,13 @@ impl TopArgs {
             baseline: !self.no_baseline,
             drain_interval: self.drain_interval,
             ring_bytes: self.ring_mib.map(|m| m << 20),
+            time_wait: self.time_wait.config(TOP_TIME_WAIT_ROWS),
         })
     }
 }
+
+/// Remotes named by top's TIME_WAIT panel.
+pub const TOP_TIME_WAIT_ROWS: usize = 10;
 
 /// Checks shared by every live front-end: `--pid`, `--drain-interval`, `--ring-mib`.
 fn live_limits(
@@ -349,11 +377,7 @@ impl LiveArgs {
             baseline: !self.no_baseline,
             drain_interval: self.drain_interval,
             ring_bytes: self.ring_mib.map(|m| m << 20),
-            time_wait: crate::pipeline::TimeWaitConfig {
-                capacity: self.time_wait_capacity.max(1),
-                series: self.max_remote_series,
-                resync_every: self.time_wait_resync.max(Duration::from_secs(1)),
-            },
+            time_wait: self.time_wait.config(self.max_remote_series),
         })
     }
 }
@@ -503,6 +527,15 @@ mod tests {
         assert_eq!(
             (c.pid, c.close_wait_threshold),
             (Some(std::process::id()), Duration::from_secs(2))
+        );
+        assert_eq!(
+            (c.time_wait.capacity, c.time_wait.resync_every),
+            (16_384, Duration::from_secs(30))
+        );
+        let c = top(&["--time-wait-capacity", "100", "--time-wait-resync", "5s"]).unwrap();
+        assert_eq!(
+            (c.time_wait.capacity, c.time_wait.resync_every),
+            (100, Duration::from_secs(5))
         );
         assert!(
             top(&["--refresh", "10ms"])

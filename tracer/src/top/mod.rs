@@ -97,6 +97,7 @@ impl Top {
             pid: cfg.pid,
         })
         .context("opening sock_diag")?;
+        path.set_time_wait_config(cfg.time_wait);
         let mut sink = TopSink::new(MAX_OWNERS);
         if cfg.baseline {
             kernel.baseline(&mut path)?;
@@ -292,12 +293,9 @@ fn snapshot(path: &Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
 /// The remote endpoints with the most TIME_WAIT sockets now (the path's per-remote count:
 /// hand-overs seen in the trace, re-synced from sock_diag); no panel when there is none.
 fn time_wait_by_remote(path: &Pipeline, now_ns: u64) -> Option<Vec<RemoteTimeWait>> {
-    let v = path.time_wait_top(now_ns, TIME_WAIT_ROWS);
+    let v = path.time_wait_top(now_ns, crate::cli::TOP_TIME_WAIT_ROWS);
     (!v.is_empty()).then_some(v)
 }
-
-/// Remotes the TIME_WAIT panel can show (the panel is as tall as the dwell panel).
-const TIME_WAIT_ROWS: usize = 10;
 
 /// Terminal events, read on a thread of its own (crossterm's reader blocks) and forwarded.
 struct KeyReader {
