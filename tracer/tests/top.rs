@@ -294,6 +294,12 @@ fn top_shows_the_leaking_server_sorts_filters_and_quits_cleanly() {
         )),
         "{s}"
     );
+    // Its command line above them (the fixture runs as `python3 …/leaky.py serve NAME …`).
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("command ") && l.contains("leaky.py")),
+        "{s}"
+    );
     for l in s.lines().filter(|l| l.starts_with(&local)) {
         let cols: Vec<&str> = l.split_whitespace().collect();
         assert!(

@@ -427,6 +427,7 @@ fn sockets_of(path: &Pipeline, view: &View, owner: model::OwnerId) -> SocketsVie
         comm,
         sockets,
         own_netns: path.own_netns(),
+        cmdline: owner.and_then(crate::attribution::process_cmdline),
     }
 }
 

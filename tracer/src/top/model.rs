@@ -365,9 +365,13 @@ impl Model {
 pub const TREND_MIN_SAMPLES: u64 = 20;
 /// How much larger a window's p99 must be than the previous window's to be flagged.
 pub const TREND_FACTOR: u64 = 4;
+/// The least p99 flagged: below it a 4x swing is scheduling noise (a FIN_WAIT2 of 4 µs, then
+/// of 28 µs), not a state that sockets start to linger in.
+pub const TREND_FLOOR_NS: u64 = 1_000_000;
 
-/// Whether the p99 of `window` is at least [`TREND_FACTOR`] times that of `before`, both
-/// having [`TREND_MIN_SAMPLES`] samples (fewer make a p99 too noisy to compare).
+/// Whether the p99 of `window` is at least [`TREND_FACTOR`] times that of `before` and at
+/// least [`TREND_FLOOR_NS`], both windows having [`TREND_MIN_SAMPLES`] samples (fewer make a
+/// p99 too noisy to compare).
 fn rising(window: &Histogram, before: Option<&Histogram>) -> bool {
     let Some(before) = before else { return false };
     if window.count() < TREND_MIN_SAMPLES || before.count() < TREND_MIN_SAMPLES {
@@ -375,7 +379,7 @@ fn rising(window: &Histogram, before: Option<&Histogram>) -> bool {
     }
     matches!(
         (window.quantile(0.99), before.quantile(0.99)),
-        (Some(a), Some(b)) if a >= b.saturating_mul(TREND_FACTOR)
+        (Some(a), Some(b)) if a >= b.saturating_mul(TREND_FACTOR) && a >= TREND_FLOOR_NS
     )
 }
 
@@ -761,6 +765,10 @@ mod tests {
             Some(&slow)
         ));
         assert!(!rising(&slow, None));
+        // Microseconds growing 7x: below the floor, noise.
+        let us = |ns| hist(TREND_MIN_SAMPLES, ns);
+        assert!(!rising(&us(28_000), Some(&us(4_000))));
+        assert!(rising(&us(TREND_FLOOR_NS), Some(&us(TREND_FLOOR_NS / 4))));
     }
 
     fn rows() -> Vec<Row> {

@@ -41,6 +41,8 @@ pub struct SocketsView {
     pub sockets: Vec<CloseWaitSocket>,
     /// The tracer's own network namespace (another one is named).
     pub own_netns: u32,
+    /// The process's command line, while it runs.
+    pub cmdline: Option<String>,
 }
 
 /// Smallest terminal anything but the "too small" line is drawn on.
@@ -378,18 +380,31 @@ fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
         let row = TRow::new(cells);
         if k.leaking { row.red() } else { row }
     });
+    let block = Block::new().borders(Borders::TOP).title(title);
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    // The process's command line (comm alone often says only "python3" or "java").
+    let cmd_h = u16::from(s.cmdline.is_some() && inner.height > 2);
+    let [cmd, list] =
+        Layout::vertical([Constraint::Length(cmd_h), Constraint::Min(0)]).areas(inner);
+    if let Some(c) = s.cmdline.as_deref().filter(|_| cmd_h > 0) {
+        let line = Line::from(vec![
+            Span::from("command ").bold(),
+            Span::from(c.to_owned()),
+        ]);
+        f.render_widget(Paragraph::new(line), cmd);
+    }
     let table = Table::new(rows, widths.into_iter().map(Constraint::Length))
         .header(TRow::new(head).style(Style::new().add_modifier(Modifier::BOLD)))
-        .column_spacing(spacing)
-        .block(Block::new().borders(Borders::TOP).title(title));
-    f.render_widget(table, area);
-    if s.sockets.is_empty() && area.height > 2 {
-        let inner = Rect {
-            y: area.y + 2,
+        .column_spacing(spacing);
+    f.render_widget(table, list);
+    if s.sockets.is_empty() && list.height > 1 {
+        let none = Rect {
+            y: list.y + 1,
             height: 1,
-            ..area
+            ..list
         };
-        f.render_widget(Paragraph::new("  none now"), inner);
+        f.render_widget(Paragraph::new("  none now"), none);
     }
 }
 
@@ -715,6 +730,7 @@ mod tests {
             comm: Comm::new("leaky-srv"),
             sockets: vec![sock(50001, 45, true), sock(50002, 3, false)],
             own_netns: 0,
+            cmdline: Some("/usr/bin/leaky-srv --port 8080".to_owned()),
         };
         let ui = UiState {
             mode: Mode::Sockets { owner: Some(4242) },
@@ -729,6 +745,12 @@ mod tests {
         assert!(l.contains("127.0.0.1:8080") && l.contains("45.00s") && l.contains("yes"));
         assert!(line_with(&s, "10.0.0.9:50002").contains("3.00s"));
         assert!(s.contains("Esc back"), "{s}");
+        let cmd = line_with(&s, "command ");
+        assert!(cmd.contains("/usr/bin/leaky-srv --port 8080"), "{s}");
+        assert!(
+            s.find("command ").unwrap() < s.find("LOCAL").unwrap(),
+            "the command above the sockets: {s}"
+        );
     }
 
     #[test]
@@ -753,6 +775,7 @@ mod tests {
             comm: Comm::new("leaky-srv"),
             sockets: vec![sock],
             own_netns: 1,
+            cmdline: None,
         };
         let ui = UiState {
             mode: Mode::Sockets { owner: Some(4242) },
