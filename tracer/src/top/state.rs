@@ -83,6 +83,19 @@ impl UiState {
         {
             return Action::Quit;
         }
+        // Esc and the next key typed at once reach the terminal as one sequence, which reads
+        // as Alt+key (a quick Esc then `/`): take it as the two keys it was.
+        if key.modifiers == KeyModifiers::ALT
+            && let KeyCode::Char(c) = key.code
+        {
+            let esc = self.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE), rows);
+            let next = self.on_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE), rows);
+            return match (esc, next) {
+                (_, Action::Quit) => Action::Quit,
+                (Action::None, Action::None) => Action::None,
+                _ => Action::Redraw,
+            };
+        }
         match self.mode.clone() {
             Mode::Filter => self.filter_key(key),
             Mode::Sockets { .. } => self.sockets_key(key),
@@ -191,6 +204,22 @@ mod tests {
 
     fn shown(ui: &UiState, rows: &[Row]) -> Vec<u32> {
         ui.visible(rows).iter().filter_map(|r| r.owner).collect()
+    }
+
+    #[test]
+    fn esc_typed_with_the_next_key_counts_as_both() {
+        let rows = vec![row(1, "alpha", 1), row(2, "beta", 5)];
+        let mut ui = UiState::default();
+        assert_eq!(ui.on_key(key(KeyCode::Enter), &rows), Action::Redraw);
+        assert_eq!(ui.mode, Mode::Sockets { owner: Some(2) });
+        // Esc + '/' in one read: back to the table, then typing a filter.
+        let alt = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::ALT);
+        assert_eq!(ui.on_key(alt('/'), &rows), Action::Redraw);
+        assert_eq!(ui.mode, Mode::Filter);
+        ui.on_key(key(KeyCode::Char('b')), &rows);
+        // Esc + 'q' while filtering: the filter is cleared, then top quits.
+        assert_eq!(ui.on_key(alt('q'), &rows), Action::Quit);
+        assert!(ui.filter.is_empty() && ui.mode == Mode::Table);
     }
 
     #[test]
