@@ -190,7 +190,14 @@ struct Live {
     namespaces: Namespaces,
     containers: Containers,
     proc: ProcFs,
+    /// The last host-wide TIME_WAIT count and when it was read.
+    time_wait_total: Option<(Instant, crate::netns::TimeWaitTotal)>,
 }
+
+/// The host-wide TIME_WAIT count is read again after this long.
+const TIME_WAIT_TOTAL_EVERY: Duration = Duration::from_secs(1);
+/// The list of namespaces it sums over is made again after this long.
+const NAMESPACES_REDISCOVER: Duration = Duration::from_secs(10);
 
 /// Stand-in keys for baseline sockets: below 2^63, so never a kernel address (those are in the
 /// upper half), and unique across namespaces (sock_diag cookies are per namespace on older
@@ -254,6 +261,7 @@ impl Pipeline {
                 namespaces,
                 containers: Containers::new(proc.clone(), Duration::from_secs(2), 65_536),
                 proc,
+                time_wait_total: None,
             }),
             own_netns,
             ..offline
@@ -434,7 +442,11 @@ impl Pipeline {
             {
                 self.tw.set_range(ns, lo, hi);
             }
-            self.tw.resync(ns, now_ns, &buf);
+            // With --pid the TIME_WAIT counts are that process's hand-overs only (timewait
+            // sockets have no owner to filter a dump by).
+            if self.pid.is_none() {
+                self.tw.resync(ns, now_ns, &buf);
+            }
             sockets.extend(buf.drain(..).map(|s| (ns, s)));
         }
         // With --pid only that process's fd table is read.
@@ -668,42 +680,65 @@ impl Pipeline {
             return None;
         }
         let started = Instant::now();
+        // A namespace that hands over its first socket before its port range is known (it
+        // came after the last re-sync) is read at once, not at the next round: until then its
+        // ephemeral ports would be counted against the default range.
+        let unranged = self.tw.take_unranged();
+        if !unranged.is_empty() && self.live.is_some() {
+            let mut known = match self.live.as_mut() {
+                Some(live) => live.namespaces.discover(started),
+                None => Vec::new(),
+            };
+            known.retain(|ns| unranged.contains(ns));
+            for ns in known {
+                self.resync_namespace(ns, started, now_ns);
+            }
+        }
         if let Some((at, took)) = self.tw_last_resync {
             let gap = self.tw_cfg.resync_every.max(took * RESYNC_DUTY);
             if started.saturating_duration_since(at) < gap {
                 return None;
             }
         }
-        let live = self.live.as_mut()?;
-        for ns in live.namespaces.discover(started) {
-            if let Some((lo, hi)) = live
-                .namespaces
-                .read_in(ns, std::path::Path::new(PORT_RANGE), started)
-                .as_deref()
-                .and_then(TimeWait::parse_range)
-            {
-                self.tw.set_range(ns, lo, hi);
-            }
-            let Some(diag) = live.namespaces.diag(ns, started) else {
-                self.tw.resync_failed();
-                continue;
-            };
-            let tw = &mut self.tw;
-            let mut r = tw.begin_resync(ns, now_ns);
-            match diag.dump_each(StateMask::ALL, |s| tw.feed(&mut r, s)) {
-                Ok(()) => tw.finish_resync(r),
-                Err(e) => {
-                    // What was read so far stands until the next re-sync.
-                    tracing::warn!("network namespace {ns}: TIME_WAIT re-sync: {e}");
-                    tw.finish_resync(r);
-                    tw.resync_failed();
-                }
-            }
+        let namespaces = self.live.as_mut()?.namespaces.discover(started);
+        for ns in namespaces {
+            self.resync_namespace(ns, started, now_ns);
         }
         self.tw.prune(now_ns);
         let took = started.elapsed();
         self.tw_last_resync = Some((started, took));
         Some(took)
+    }
+
+    /// One namespace's part of [`Pipeline::resync_time_wait`]: its port range, then a dump of
+    /// its sockets in place of what was counted.
+    fn resync_namespace(&mut self, ns: u32, started: Instant, now_ns: u64) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if let Some((lo, hi)) = live
+            .namespaces
+            .read_in(ns, std::path::Path::new(PORT_RANGE), started)
+            .as_deref()
+            .and_then(TimeWait::parse_range)
+        {
+            self.tw.set_range(ns, lo, hi);
+        }
+        let Some(diag) = live.namespaces.diag(ns, started) else {
+            self.tw.resync_failed();
+            return;
+        };
+        let tw = &mut self.tw;
+        let mut r = tw.begin_resync(ns, now_ns);
+        match diag.dump_each(StateMask::ALL, |s| tw.feed(&mut r, s)) {
+            Ok(()) => tw.finish_resync(r),
+            Err(e) => {
+                // What was read so far stands until the next re-sync.
+                tracing::warn!("network namespace {ns}: TIME_WAIT re-sync: {e}");
+                tw.finish_resync(r);
+                tw.resync_failed();
+            }
+        }
     }
 
     /// The `n` remote endpoints with the most TIME_WAIT sockets now, most first, each with its
@@ -714,9 +749,19 @@ impl Pipeline {
         now_ns: u64,
         n: usize,
     ) -> Vec<crate::engine::summary::RemoteSummary> {
+        self.time_wait_top_of(now_ns, n).0
+    }
+
+    /// [`Pipeline::time_wait_top`], and how many remote endpoints have TIME_WAIT sockets now.
+    pub fn time_wait_top_of(
+        &self,
+        now_ns: u64,
+        n: usize,
+    ) -> (Vec<crate::engine::summary::RemoteSummary>, usize) {
         let ports = self.tw.port_use(now_ns);
-        self.tw
-            .remotes(now_ns)
+        let remotes = self.tw.remotes(now_ns);
+        let total = remotes.len();
+        let top = remotes
             .into_iter()
             .take(n)
             .map(|r| {
@@ -733,7 +778,13 @@ impl Pipeline {
                     ephemeral_port_range: busiest.map_or(u64::from(hi - lo) + 1, |p| p.range),
                 }
             })
-            .collect()
+            .collect();
+        (top, total)
+    }
+
+    /// Counters of the per-remote TIME_WAIT accounting.
+    pub fn time_wait_stats(&self) -> crate::timewait::TimeWaitStats {
+        self.tw.stats()
     }
 
     /// The metrics view, taken at scrape time. Kernel and reader counters are the caller's.
@@ -759,15 +810,8 @@ impl Pipeline {
                 }
             })
             .collect();
+        let sockets = self.sockets_now(now_ns);
         let e = &self.engine;
-        let mut sockets = e.sockets_per_state();
-        // The tracepoint never shows TIME_WAIT (a separate timewait socket runs it); the kernel
-        // counts those sockets in /proc/net/sockstat.
-        if self.live.is_some()
-            && let Some(tw) = time_wait_count()
-        {
-            sockets[TcpState::TimeWait.index()] = tw;
-        }
         MetricsSnapshot {
             transitions: self.counts.transitions,
             dwell: TcpState::ALL
@@ -826,15 +870,36 @@ impl Pipeline {
             .and_then(|c| c.container_id)
     }
 
-    /// Sockets per state now, indexed by [`TcpState::index`]: the engine's, with TIME_WAIT
-    /// from the kernel's count (live only; the tracepoint never shows TIME_WAIT sockets).
-    pub fn sockets_now(&self) -> [u64; 12] {
+    /// Sockets per state now, indexed by [`TcpState::index`]: the engine's, and TIME_WAIT,
+    /// which the tracepoint never shows (a separate timewait socket runs it). Live, TIME_WAIT
+    /// is the kernel's own count summed over every network namespace (re-read at most once a
+    /// second); with `--pid`, the per-remote accounting's, which counts that process's
+    /// hand-overs only. Offline it is absent.
+    pub fn sockets_now(&mut self, now_ns: u64) -> [u64; 12] {
         let mut sockets = self.engine.sockets_per_state();
-        if self.live.is_some()
-            && let Some(tw) = time_wait_count()
-        {
-            sockets[TcpState::TimeWait.index()] = tw;
+        if self.pid.is_some() {
+            sockets[TcpState::TimeWait.index()] = self.tw.total(now_ns);
+            return sockets;
         }
+        let Some(live) = self.live.as_mut() else {
+            return sockets;
+        };
+        let now = Instant::now();
+        let fresh = live
+            .time_wait_total
+            .filter(|(at, _)| now.saturating_duration_since(*at) < TIME_WAIT_TOTAL_EVERY);
+        let total = match fresh {
+            Some((_, t)) => t,
+            None => {
+                let t = live.namespaces.time_wait_total(now, NAMESPACES_REDISCOVER);
+                if t.failed > 0 {
+                    tracing::debug!("TIME_WAIT count: {} namespaces unreadable", t.failed);
+                }
+                live.time_wait_total = Some((now, t));
+                t
+            }
+        };
+        sockets[TcpState::TimeWait.index()] = total.sockets;
         sockets
     }
 }
@@ -914,19 +979,6 @@ fn tuple_of(t: &Transition) -> FourTuple {
         dport: t.dport,
     }
     .normalized()
-}
-
-/// TIME_WAIT sockets of the host, from /proc/net/sockstat (`TCP: … tw N`).
-fn time_wait_count() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
-    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
-    let mut it = line.split_whitespace();
-    while let Some(w) = it.next() {
-        if w == "tw" {
-            return it.next()?.parse().ok();
-        }
-    }
-    None
 }
 
 #[cfg(test)]

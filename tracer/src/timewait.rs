@@ -146,6 +146,11 @@ pub struct TimeWait {
     /// Sockets in other states with an ephemeral local port, per tuple, at the last dump.
     others: HashMap<TupleKey, u32>,
     ranges: HashMap<u32, (u16, u16)>,
+    /// Namespaces that handed over a socket before their range was known, not yet asked for
+    /// ([`TimeWait::take_unranged`]); and those asked for since the last prune (each is asked
+    /// for once between two full re-syncs, even when its range cannot be read).
+    unranged: Vec<u32>,
+    asked: std::collections::HashSet<u32>,
     capacity: usize,
     stats: TimeWaitStats,
 }
@@ -171,6 +176,8 @@ impl TimeWait {
             tw: HashMap::new(),
             others: HashMap::new(),
             ranges: HashMap::new(),
+            unranged: Vec::new(),
+            asked: std::collections::HashSet::new(),
             capacity: capacity.max(1),
             stats: TimeWaitStats::default(),
         }
@@ -240,6 +247,9 @@ impl TimeWait {
         rport: u16,
         ts_ns: u64,
     ) {
+        if !self.ranges.contains_key(&netns) && self.asked.insert(netns) {
+            self.unranged.push(netns);
+        }
         let key = self.key(netns, local, lport, remote, rport);
         let expiry = secs(ts_ns.saturating_add(TIME_WAIT_NS)).saturating_add(1);
         let full = self.tw.len() >= self.capacity;
@@ -325,10 +335,24 @@ impl TimeWait {
         self.stats.resync_failures += 1;
     }
 
-    /// Drops tuples whose timewait sockets have all expired (and that have nothing else).
+    /// Drops tuples whose timewait sockets have all expired (and that have nothing else), and
+    /// forgets which namespaces were asked for their range.
     pub fn prune(&mut self, now_ns: u64) {
         let now_sec = secs(now_ns);
         self.tw.retain(|_, s| s.live(now_sec) > 0);
+        self.asked.clear();
+    }
+
+    /// The namespaces that handed over a socket before their port range was known, since the
+    /// last call: the caller reads their range (and re-syncs them) now.
+    pub fn take_unranged(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.unranged)
+    }
+
+    /// TIME_WAIT sockets counted now, over every tuple.
+    pub fn total(&self, now_ns: u64) -> u64 {
+        let now_sec = secs(now_ns);
+        self.tw.values().map(|s| s.live(now_sec)).sum()
     }
 
     /// TIME_WAIT sockets per remote endpoint now (summed over local addresses), most first.
@@ -441,6 +465,26 @@ mod tests {
             info: None,
             timer_ms,
         }
+    }
+
+    #[test]
+    fn a_namespace_without_a_range_is_asked_for_once_and_counted_in_the_total() {
+        let a = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let mut tw = TimeWait::new(100);
+        tw.set_range(1, 10_000, 10_099);
+        tw.on_handover(1, a, 10_050, a, 80, 0);
+        assert!(tw.take_unranged().is_empty(), "its range is known");
+        tw.on_handover(7, a, 40_000, a, 80, 0);
+        tw.on_handover(7, a, 40_001, a, 80, 0);
+        assert_eq!(tw.take_unranged(), vec![7]);
+        tw.on_handover(7, a, 40_002, a, 80, 0);
+        assert!(tw.take_unranged().is_empty(), "asked for once");
+        assert_eq!(tw.total(1_000_000_000), 4);
+        // Gone 60 s later (and asked for again after a prune).
+        assert_eq!(tw.total(62_000_000_000), 0);
+        tw.prune(62_000_000_000);
+        tw.on_handover(7, a, 40_003, a, 80, 62_000_000_000);
+        assert_eq!(tw.take_unranged(), vec![7]);
     }
 
     #[test]

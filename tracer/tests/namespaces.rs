@@ -370,3 +370,49 @@ fn baseline_reads_twenty_namespaces() {
         b["took_us"]
     );
 }
+
+/// The `tw` count of a `/proc/.../net/sockstat`.
+fn sockstat_tw(path: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    tracer::netns::sockstat_time_wait(&text).unwrap_or_else(|| panic!("no tw in {path}: {text}"))
+}
+
+/// The kernel counts timewait sockets per network namespace (`/proc/net/sockstat` answers for
+/// the reader's own): the host-wide TIME_WAIT count that the metrics and `tracer top` show sums
+/// every namespace, a container's too. A fixture in a new namespace closes 150 connections
+/// first (its side waits in a timewait socket); the sum counts them on top of this namespace's.
+#[test]
+fn time_wait_count_sums_every_namespace() {
+    const N: usize = 150;
+    let mut f = Fixture::spawn_in_new_netns(&["serve", "tw-ns"]);
+    f.send(&format!("connect {} {N}", f.port));
+    f.expect("connected ", common::WAIT);
+    f.send(&format!("wait {N}"));
+    f.expect(&format!("have {N}"), common::WAIT);
+    f.send("drop");
+    f.expect("dropped ", common::WAIT);
+    let theirs_path = format!("/proc/{}/net/sockstat", f.pid);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let theirs = loop {
+        let n = sockstat_tw(&theirs_path);
+        if n >= N as u64 {
+            break n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} timewait sockets in the fixture's namespace, {N} made"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut ns = tracer::netns::Namespaces::open().expect("sock_diag");
+    let before = sockstat_tw("/proc/net/sockstat");
+    let total = ns.time_wait_total(std::time::Instant::now(), Duration::ZERO);
+    let after = sockstat_tw("/proc/net/sockstat");
+    // Other namespaces (other tests' fixtures) may add theirs; none can take ours away.
+    assert!(
+        total.sockets >= before.min(after) + theirs,
+        "summed {total:?}; this namespace {before}..{after}, the fixture's {theirs}"
+    );
+    assert!(total.namespaces >= 2, "{total:?}");
+    eprintln!("TIME_WAIT summed: {total:?}; own {before}..{after}, fixture's {theirs}");
+}

@@ -43,12 +43,13 @@ fn allocs() -> u64 {
     ALLOCS.with(Cell::get)
 }
 
-fn snapshot(path: &Pipeline, now_ns: u64) -> Snapshot {
+fn snapshot(path: &mut Pipeline, now_ns: u64) -> Snapshot {
+    let sockets = path.sockets_now(now_ns);
     let e = path.engine();
     Snapshot {
         now_ns,
         close_wait: e.close_wait_by_owner(now_ns),
-        sockets: path.sockets_now(),
+        sockets,
         leaking_now: e.leaking_now(),
         closes_total: e.stats().closes,
         events_total: path.counts().events,
@@ -72,7 +73,8 @@ fn top_sink_allocates_nothing_per_event() {
     for t in stream.by_ref().take(500_000) {
         path.on_transition(&t, None, &mut sink).unwrap();
     }
-    let warm = snapshot(&path, path.engine().clock_ns());
+    let clock = path.engine().clock_ns();
+    let warm = snapshot(&mut path, clock);
     model.update(&warm, &mut sink, |_| None);
     let closes_before = path.engine().stats().closes;
 
@@ -88,7 +90,7 @@ fn top_sink_allocates_nothing_per_event() {
 
     // And the sink did see them: one redraw shows the synthetic owner's closes per second.
     let now = path.engine().clock_ns();
-    let view = model.update(&snapshot(&path, now), &mut sink, |_| None);
+    let view = model.update(&snapshot(&mut path, now), &mut sink, |_| None);
     let closes = path.engine().stats().closes - closes_before;
     assert!(closes > 0);
     let row = view

@@ -30,7 +30,7 @@ use crate::engine::{EngineConfig, Histogram};
 use crate::event::TcpState;
 use crate::live::{Kernel, KernelOptions};
 use crate::pipeline::{Pipeline, PipelineConfig};
-use model::{Model, RemoteTimeWait, Snapshot, TopSink, View};
+use model::{Model, Snapshot, TimeWaitPanel, TopSink, View};
 use state::{Action, Mode, UiState};
 use ui::{SocketsView, Status};
 
@@ -103,7 +103,7 @@ impl Top {
             kernel.baseline(&mut path)?;
         }
         let now = kernel.tick(&mut path, &mut sink)?;
-        let snap = snapshot(&path, &kernel, now);
+        let snap = snapshot(&mut path, &kernel, now);
         let mut model = Model::new(now, snap.events_total, snap.closes_total, &snap.dwell);
         let view = model.update(&snap, &mut sink, |pid| path.container_id(pid));
         Ok(Top {
@@ -179,7 +179,7 @@ impl Top {
     /// snapshot.
     fn rebuild(&mut self) -> anyhow::Result<()> {
         let now = self.kernel.tick(&mut self.path, &mut self.sink)?;
-        let snap = snapshot(&self.path, &self.kernel, now);
+        let snap = snapshot(&mut self.path, &self.kernel, now);
         let path = &mut self.path;
         self.view = self
             .model
@@ -195,11 +195,15 @@ impl Top {
         }
     }
 
-    fn draw(&self, screen: &mut Screen) -> anyhow::Result<()> {
+    fn draw(&mut self, screen: &mut Screen) -> anyhow::Result<()> {
         let sockets = match self.ui.mode {
             Mode::Sockets { owner } => Some(sockets_of(&self.path, &self.view, owner)),
             _ => None,
         };
+        if let Some(s) = &sockets {
+            // Scrolled no further than the last socket, so that a key back up moves at once.
+            self.ui.scroll = self.ui.scroll.min(s.sockets.len().saturating_sub(1));
+        }
         let clock = wall_clock();
         // `--pid`'s exit, else the latest log line held (all are printed at exit).
         let note = match self.cfg.pid {
@@ -268,12 +272,13 @@ impl Signals {
 }
 
 /// What the view reads from the path and the kernel, once per redraw.
-fn snapshot(path: &Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
+fn snapshot(path: &mut Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
+    let sockets = path.sockets_now(now_ns);
     let e = path.engine();
     Snapshot {
         now_ns,
         close_wait: e.close_wait_by_owner(now_ns),
-        sockets: path.sockets_now(),
+        sockets,
         leaking_now: e.leaking_now(),
         closes_total: e.stats().closes,
         events_total: path.counts().events,
@@ -292,9 +297,14 @@ fn snapshot(path: &Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
 
 /// The remote endpoints with the most TIME_WAIT sockets now (the path's per-remote count:
 /// hand-overs seen in the trace, re-synced from sock_diag); no panel when there is none.
-fn time_wait_by_remote(path: &Pipeline, now_ns: u64) -> Option<Vec<RemoteTimeWait>> {
-    let v = path.time_wait_top(now_ns, crate::cli::TOP_TIME_WAIT_ROWS);
-    (!v.is_empty()).then_some(v)
+fn time_wait_by_remote(path: &Pipeline, now_ns: u64) -> Option<TimeWaitPanel> {
+    let (rows, remotes) = path.time_wait_top_of(now_ns, crate::cli::TOP_TIME_WAIT_ROWS);
+    let uncounted = path.time_wait_stats().table_full;
+    (!rows.is_empty() || uncounted > 0).then_some(TimeWaitPanel {
+        rows,
+        remotes,
+        uncounted,
+    })
 }
 
 /// Terminal events, read on a thread of its own (crossterm's reader blocks) and forwarded.
@@ -428,6 +438,7 @@ fn sockets_of(path: &Pipeline, view: &View, owner: model::OwnerId) -> SocketsVie
         sockets,
         own_netns: path.own_netns(),
         cmdline: owner.and_then(crate::attribution::process_cmdline),
+        exited: owner.is_some_and(|pid| !crate::attribution::process_alive(pid)),
     }
 }
 

@@ -138,6 +138,18 @@ impl Sink for TopSink {
 /// summary's `time_wait_top` rows).
 pub type RemoteTimeWait = crate::engine::summary::RemoteSummary;
 
+/// The TIME_WAIT panel's content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeWaitPanel {
+    /// The remotes with the most TIME_WAIT sockets, most first.
+    pub rows: Vec<RemoteTimeWait>,
+    /// Remote endpoints with TIME_WAIT sockets now, shown or not.
+    pub remotes: usize,
+    /// Hand-overs not counted because the accounting's table was full
+    /// (`--time-wait-capacity`).
+    pub uncounted: u64,
+}
+
 /// What the front-end reads from the path and the kernel once per redraw.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -160,8 +172,8 @@ pub struct Snapshot {
     pub capacity: u64,
     /// Cumulative dwell histograms, by [`TcpState::index`].
     pub dwell: [Histogram; 12],
-    /// Remote endpoints by TIME_WAIT sockets, once the path offers them (issue #11).
-    pub time_wait_by_remote: Option<Vec<RemoteTimeWait>>,
+    /// Remote endpoints by TIME_WAIT sockets; `None` when there is none.
+    pub time_wait_by_remote: Option<TimeWaitPanel>,
 }
 
 /// One process row.
@@ -216,7 +228,7 @@ pub struct View {
     pub rows: Vec<Row>,
     pub host: Host,
     pub dwell: Vec<DwellLine>,
-    pub time_wait_by_remote: Option<Vec<RemoteTimeWait>>,
+    pub time_wait_by_remote: Option<TimeWaitPanel>,
     /// Records about owners top could not follow (over its owner limit).
     pub unfollowed: u64,
 }
@@ -365,9 +377,9 @@ impl Model {
 pub const TREND_MIN_SAMPLES: u64 = 20;
 /// How much larger a window's p99 must be than the previous window's to be flagged.
 pub const TREND_FACTOR: u64 = 4;
-/// The least p99 flagged: below it a 4x swing is scheduling noise (a FIN_WAIT2 of 4 µs, then
-/// of 28 µs), not a state that sockets start to linger in.
-pub const TREND_FLOOR_NS: u64 = 1_000_000;
+/// The least p99 flagged: below it a 4x swing is noise (a FIN_WAIT2 of 4 µs, then of 28 µs; a
+/// CLOSE_WAIT of 0.6 ms, then of 2.7 ms), not a state that sockets start to linger in.
+pub const TREND_FLOOR_NS: u64 = 10_000_000;
 
 /// Whether the p99 of `window` is at least [`TREND_FACTOR`] times that of `before` and at
 /// least [`TREND_FLOOR_NS`], both windows having [`TREND_MIN_SAMPLES`] samples (fewer make a

@@ -120,8 +120,8 @@ impl UiState {
             KeyCode::PageDown => select(PAGE),
             KeyCode::Home => select(isize::MIN / 2),
             KeyCode::End => select(isize::MAX / 2),
-            KeyCode::Char('<') | KeyCode::Char(',') | KeyCode::Left => self.sort_by(-1),
-            KeyCode::Char('>') | KeyCode::Char('.') | KeyCode::Right => self.sort_by(1),
+            KeyCode::Char('<') | KeyCode::Char(',') | KeyCode::Left => self.sort_by(-1, rows),
+            KeyCode::Char('>') | KeyCode::Char('.') | KeyCode::Right => self.sort_by(1, rows),
             KeyCode::Char('r') => self.descending = !self.descending,
             KeyCode::Char('/') => self.mode = Mode::Filter,
             KeyCode::Esc if !self.filter.is_empty() => self.filter.clear(),
@@ -140,8 +140,13 @@ impl UiState {
         Action::Redraw
     }
 
-    fn sort_by(&mut self, step: isize) {
+    /// The previous or next column; the container column only when some row has one (it is
+    /// not shown otherwise).
+    fn sort_by(&mut self, step: isize, rows: &[Row]) {
         self.sort = self.sort.step(step);
+        if self.sort == Column::Container && rows.iter().all(|r| r.container.is_none()) {
+            self.sort = self.sort.step(step);
+        }
         self.descending = self.sort.descending_first();
     }
 
@@ -174,6 +179,8 @@ impl UiState {
             KeyCode::PageUp => self.scroll = self.scroll.saturating_sub(PAGE as usize),
             KeyCode::PageDown => self.scroll = self.scroll.saturating_add(PAGE as usize),
             KeyCode::Home => self.scroll = 0,
+            // The front-end stops it at the last socket.
+            KeyCode::End => self.scroll = usize::MAX,
             _ => return Action::None,
         }
         Action::Redraw
@@ -227,11 +234,15 @@ mod tests {
         let rows = vec![row(1, "alpha", 1), row(2, "beta", 5), row(3, "gamma", 3)];
         let mut ui = UiState::default();
         assert_eq!(shown(&ui, &rows), vec![2, 3, 1]);
-        // `<` moves the sort one column left: CLOSE_WAIT → CONTAINER → COMM (ascending).
+        // `<` moves the sort one column left: CLOSE_WAIT → COMM (ascending); CONTAINER, between
+        // them, only when a row has a container.
         assert_eq!(ui.on_key(key(KeyCode::Char('<')), &rows), Action::Redraw);
-        assert_eq!(ui.sort, Column::Container);
-        ui.on_key(key(KeyCode::Char('<')), &rows);
         assert_eq!((ui.sort, ui.descending), (Column::Comm, false));
+        let mut boxed = rows.clone();
+        boxed[0].container = crate::container::ContainerId::parse(&"0f".repeat(32));
+        let mut other = UiState::default();
+        other.on_key(key(KeyCode::Char('<')), &boxed);
+        assert_eq!(other.sort, Column::Container);
         assert_eq!(shown(&ui, &rows), vec![1, 2, 3]);
         ui.on_key(key(KeyCode::Char('r')), &rows);
         assert_eq!(shown(&ui, &rows), vec![3, 2, 1]);

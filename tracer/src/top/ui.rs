@@ -43,6 +43,8 @@ pub struct SocketsView {
     pub own_netns: u32,
     /// The process's command line, while it runs.
     pub cmdline: Option<String>,
+    /// The process has exited (its sockets are gone or going).
+    pub exited: bool,
 }
 
 /// Smallest terminal anything but the "too small" line is drawn on.
@@ -67,16 +69,16 @@ pub fn draw(
         return;
     }
     let host_h = if area.height >= 10 { 2 } else { 0 };
-    let remotes = view.time_wait_by_remote.as_deref().unwrap_or_default();
+    let panel = view.time_wait_by_remote.as_ref();
     let dwell_rows = view.dwell.len() as u16 + 2;
-    let tw_rows = remotes.len() as u16 + 2;
+    let tw_rows = panel.map_or(0, |p| p.rows.len() as u16 + 2);
     // The TIME_WAIT panel sits beside the time-in-state panel from 100 columns, below it on a
     // narrower terminal with room (34 lines), and is left out otherwise.
-    let beside = area.width >= 100 && !remotes.is_empty();
+    let beside = area.width >= 100 && panel.is_some();
     let (dwell_h, tw_h) = match area.height {
         h if h < 24 => (0, 0),
         _ if beside => (dwell_rows.max(tw_rows).clamp(3, 12), 0),
-        h if h >= 34 && !remotes.is_empty() => (dwell_rows.clamp(3, 12), tw_rows.clamp(3, 8)),
+        h if h >= 34 && panel.is_some() => (dwell_rows.clamp(3, 12), tw_rows.clamp(3, 12)),
         _ => (dwell_rows.clamp(3, 12), 0),
     };
     let [header, host, body, dwell, below, footer] = Layout::vertical([
@@ -96,17 +98,19 @@ pub fn draw(
         (Mode::Sockets { .. }, Some(s)) => draw_sockets(f, body, s, ui.scroll),
         _ => draw_table(f, body, view, ui),
     }
-    if dwell_h > 0 && beside {
-        let [left, right] =
-            Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
-                .areas(dwell);
-        draw_dwell(f, left, view);
-        draw_time_wait(f, right, remotes);
-    } else if dwell_h > 0 {
-        draw_dwell(f, dwell, view);
+    match panel {
+        Some(p) if dwell_h > 0 && beside => {
+            let [left, right] =
+                Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
+                    .areas(dwell);
+            draw_dwell(f, left, view);
+            draw_time_wait(f, right, p);
+        }
+        _ if dwell_h > 0 => draw_dwell(f, dwell, view),
+        _ => {}
     }
-    if tw_h > 0 {
-        draw_time_wait(f, below, remotes);
+    if let Some(p) = panel.filter(|_| tw_h > 0) {
+        draw_time_wait(f, below, p);
     }
     f.render_widget(Paragraph::new(key_line(ui)), footer);
 }
@@ -281,6 +285,11 @@ fn draw_table(f: &mut Frame, area: Rect, view: &View, ui: &UiState) {
     if !ui.filter.is_empty() || ui.mode == Mode::Filter {
         title.push_str(&format!("· filter \"{}\" ", ui.filter));
     }
+    if !cols.contains(&ui.sort) {
+        // Sorted by a column the width leaves out: say which.
+        let arrow = if ui.descending { '▼' } else { '▲' };
+        title.push_str(&format!("· sorted by {}{arrow} ", ui.sort.title()));
+    }
     let header = TRow::new(cols.iter().map(|c| title_cell(*c, ui)))
         .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
     let rows = shown.iter().map(|r| {
@@ -299,6 +308,7 @@ fn draw_table(f: &mut Frame, area: Rect, view: &View, ui: &UiState) {
 fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
     let leaking = s.sockets.iter().filter(|k| k.leaking).count();
     let who = match s.owner {
+        Some(p) if s.exited => format!("{p} ({}, exited)", s.comm),
         Some(p) => format!("{p} ({})", s.comm),
         None => "unknown owners".to_owned(),
     };
@@ -441,17 +451,28 @@ fn draw_dwell(f: &mut Frame, area: Rect, view: &View) {
 }
 
 /// The TIME_WAIT-by-remote panel: each remote's TIME_WAIT sockets and the ephemeral ports used
-/// towards it from the busiest local address (yellow from half the range, red from 80 %). As
-/// the width shrinks the network-namespace column goes, then the ports; a long remote loses
-/// its head, never its port.
-fn draw_time_wait(f: &mut Frame, area: Rect, remotes: &[super::model::RemoteTimeWait]) {
-    const TW: usize = 9;
+/// towards it from the busiest local address (yellow from half the range, red from 80 %); the
+/// title says how many remotes there are and any hand-overs the accounting could not count. As
+/// the width shrinks the network-namespace column goes, then the ports, before an IPv4
+/// endpoint would be cut; a longer remote loses its head, never its port.
+fn draw_time_wait(f: &mut Frame, area: Rect, panel: &super::model::TimeWaitPanel) {
+    const TW: usize = 7;
     const PORTS: usize = 10;
     const NETNS: usize = 10;
-    const MIN_REMOTE: usize = 15;
-    let block = Block::new()
-        .borders(Borders::TOP)
-        .title(" TIME_WAIT by remote ");
+    /// "255.255.255.255:65535".
+    const MIN_REMOTE: usize = 21;
+    let remotes = &panel.rows;
+    let shown = remotes
+        .len()
+        .min(usize::from(area.height.saturating_sub(2)));
+    let mut title = vec![Span::from(format!(
+        " TIME_WAIT by remote: {shown} of {} ",
+        panel.remotes
+    ))];
+    if panel.uncounted > 0 {
+        title.push(Span::from(format!("· {} uncounted: table full ", panel.uncounted)).red());
+    }
+    let block = Block::new().borders(Borders::TOP).title(Line::from(title));
     let width = usize::from(area.width);
     let mut netns = remotes.iter().any(|r| r.netns.is_some());
     let mut ports = true;
@@ -468,7 +489,7 @@ fn draw_time_wait(f: &mut Frame, area: Rect, remotes: &[super::model::RemoteTime
         ports = false;
     }
     let rw = remote_w(ports, netns).max(1);
-    let mut head = format!("{:<rw$} {:>TW$}", "REMOTE", "TIME_WAIT");
+    let mut head = format!("{:<rw$} {:>TW$}", "REMOTE", "SOCKETS");
     if ports {
         head.push_str(&format!(" {:>PORTS$}", "PORTS USED"));
     }
@@ -569,7 +590,7 @@ mod tests {
     use super::*;
     use crate::event::Family;
     use crate::record::SocketId;
-    use crate::top::model::{DwellLine, Host, RemoteTimeWait};
+    use crate::top::model::{DwellLine, Host, RemoteTimeWait, TimeWaitPanel};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
     use std::net::{IpAddr, Ipv4Addr};
@@ -700,6 +721,23 @@ mod tests {
     }
 
     #[test]
+    fn a_sort_column_left_out_for_width_is_named() {
+        let ui = UiState {
+            sort: Column::Rate(4),
+            descending: true,
+            ..UiState::default()
+        };
+        let s = render(60, 30, &view(), &ui, None);
+        assert!(!line_with(&s, "PID").contains("REF/s"), "{s}");
+        assert!(s.contains("sorted by REF/s▼"), "{s}");
+        let s = render(120, 30, &view(), &ui, None);
+        assert!(
+            line_with(&s, "PID").contains("REF/s▼") && !s.contains("sorted by"),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn containers_get_a_column_when_known() {
         let mut v = view();
         v.rows[1].container = crate::container::ContainerId::parse(&"0f".repeat(32));
@@ -731,6 +769,7 @@ mod tests {
             sockets: vec![sock(50001, 45, true), sock(50002, 3, false)],
             own_netns: 0,
             cmdline: Some("/usr/bin/leaky-srv --port 8080".to_owned()),
+            exited: false,
         };
         let ui = UiState {
             mode: Mode::Sockets { owner: Some(4242) },
@@ -776,6 +815,7 @@ mod tests {
             sockets: vec![sock],
             own_netns: 1,
             cmdline: None,
+            exited: true,
         };
         let ui = UiState {
             mode: Mode::Sockets { owner: Some(4242) },
@@ -783,6 +823,10 @@ mod tests {
         };
         // Wide: every column, the namespace too.
         let s = render(100, 12, &view(), &ui, Some(&sv));
+        assert!(
+            s.contains("CLOSE_WAIT sockets of 4242 (leaky-srv, exited)"),
+            "{s}"
+        );
         let l = line_with(&s, "10.200.100.9:50001");
         for t in [
             "192.168.100.200:8080",
@@ -817,20 +861,24 @@ mod tests {
             ephemeral_port_range: 28232,
         };
         let mut v = view();
-        v.time_wait_by_remote = Some(vec![
-            remote(
-                "[2001:db8:ffff:ffff:ffff:ffff:ffff:1]:443",
-                25000,
-                25010,
-                None,
-            ),
-            remote("10.0.0.7:5432", 120, 121, Some(4026532999)),
-        ]);
+        v.time_wait_by_remote = Some(TimeWaitPanel {
+            rows: vec![
+                remote(
+                    "[2001:db8:ffff:ffff:ffff:ffff:ffff:1]:443",
+                    25000,
+                    25010,
+                    None,
+                ),
+                remote("10.0.0.7:5432", 120, 121, Some(4026532999)),
+            ],
+            remotes: 57,
+            uncounted: 3,
+        });
         let s = render(200, 30, &v, &UiState::default(), None);
+        assert!(s.contains("TIME_WAIT by remote: 2 of 57"), "{s}");
+        assert!(s.contains("3 uncounted: table full"), "{s}");
         let head = line_with(&s, "REMOTE");
-        assert!(
-            head.contains("TIME_WAIT") && head.contains("PORTS USED") && head.contains("NETNS")
-        );
+        assert!(head.contains("SOCKETS") && head.contains("PORTS USED") && head.contains("NETNS"));
         let l = line_with(&s, ":443");
         assert!(
             l.contains("2001:db8:ffff:ffff:ffff:ffff:ffff:1]:443"),
@@ -856,23 +904,37 @@ mod tests {
             "{l}"
         );
         assert!(line_with(&s, "10.0.0.7:5432").contains(" 120 "), "{s}");
+        // The longest IPv4 endpoint stays whole at 100 columns (its namespace column goes).
+        v.time_wait_by_remote.as_mut().unwrap().rows[1].remote = "127.100.200.251:50002".into();
+        let s = render(100, 30, &v, &UiState::default(), None);
+        let l = line_with(&s, "127.100.200.251:50002");
+        assert!(l.contains(" 120 ") && l.contains("121 0%"), "{l}");
     }
 
     #[test]
     fn time_wait_panel_goes_below_on_a_narrow_tall_terminal() {
         let mut v = view();
-        v.time_wait_by_remote = Some(vec![RemoteTimeWait {
-            remote: "10.0.0.7:5432".to_owned(),
-            netns: None,
-            time_wait: 120,
-            ephemeral_ports_used: 121,
-            ephemeral_port_range: 28232,
-        }]);
+        v.time_wait_by_remote = Some(TimeWaitPanel {
+            rows: (0..12)
+                .map(|i| RemoteTimeWait {
+                    remote: format!("10.0.0.{i}:5432"),
+                    netns: None,
+                    time_wait: 120 - i,
+                    ephemeral_ports_used: 121,
+                    ephemeral_port_range: 28232,
+                })
+                .collect(),
+            remotes: 12,
+            uncounted: 0,
+        });
         let s = render(80, 40, &v, &UiState::default(), None);
         let dwell = s.find("time in state").expect("dwell panel");
         let tw = s.find("TIME_WAIT by remote").expect("TIME_WAIT panel");
         assert!(dwell < tw, "{s}");
-        assert!(line_with(&s, "10.0.0.7:5432").contains(" 120 "), "{s}");
+        assert!(line_with(&s, "10.0.0.0:5432").contains(" 120 "), "{s}");
+        // Ten rows below (the title and the header take two), and the title says so.
+        assert!(s.contains("TIME_WAIT by remote: 10 of 12"), "{s}");
+        assert!(line_with(&s, "10.0.0.9:5432").contains(" 111 "), "{s}");
         // 80x24: no room; the host strip still counts TIME_WAIT.
         let s = render(80, 24, &v, &UiState::default(), None);
         assert!(
