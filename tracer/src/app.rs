@@ -301,11 +301,11 @@ fn exit_line(sh: &Shared) {
         r.timer_drains
     );
     if let Some(ns) = sh.path.netns_stats()
-        && (ns.enter_failed > 0 || ns.unreachable > 0)
+        && (ns.enter_failed > 0 || ns.unreachable > 0 || ns.sockstat_failed > 0)
     {
         eprintln!(
-            "tracer: network namespaces: {} entered, {} could not be entered, {} questions about namespaces no process leads to (owners there unconfirmed)",
-            ns.entered, ns.enter_failed, ns.unreachable
+            "tracer: network namespaces: {} entered, {} could not be entered, {} questions about namespaces no process leads to (owners there unconfirmed), {} left out of a TIME_WAIT count (gone while it was read)",
+            ns.entered, ns.enter_failed, ns.unreachable, ns.sockstat_failed
         );
     }
 }

@@ -214,6 +214,9 @@ pub struct NetnsStats {
     pub unreachable: u64,
     /// Sockets dropped because their namespace disappeared, or to stay within capacity.
     pub dropped: u64,
+    /// Namespaces left out of a host-wide TIME_WAIT count: their sockstat could not be read
+    /// (gone between listing and reading, a pid reused meanwhile).
+    pub sockstat_failed: u64,
 }
 
 /// sock_diag sockets per network namespace, made on demand and cached.
@@ -375,6 +378,7 @@ impl Namespaces {
             };
             add(text);
         }
+        self.stats.sockstat_failed += total.failed;
         total
     }
 

@@ -891,10 +891,8 @@ impl Pipeline {
         let total = match fresh {
             Some((_, t)) => t,
             None => {
+                // Namespaces that could not be read are counted in the namespace counters.
                 let t = live.namespaces.time_wait_total(now, NAMESPACES_REDISCOVER);
-                if t.failed > 0 {
-                    tracing::debug!("TIME_WAIT count: {} namespaces unreadable", t.failed);
-                }
                 live.time_wait_total = Some((now, t));
                 t
             }
