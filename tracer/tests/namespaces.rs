@@ -433,3 +433,71 @@ fn time_wait_count_sums_every_namespace() {
     assert!(total.namespaces >= 2, "{total:?}");
     eprintln!("TIME_WAIT summed: {total:?}; own {before}..{after}, fixture's {theirs}");
 }
+
+/// Runs `ip ARGS…`, panicking with its stderr when it fails.
+fn ip(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A namespace with only a name under /run/netns (`ip netns add`), deleted when dropped.
+struct NamedNetns(String);
+
+impl Drop for NamedNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// A namespace that no process is in, only a name (`ip netns add`), is counted too: read from
+/// a thread inside it. 120 client-first connections made there by a process that then exits
+/// leave their timewait sockets behind.
+#[test]
+fn time_wait_count_reaches_a_namespace_with_only_a_name() {
+    const N: usize = 120;
+    let ns = NamedNetns(format!("tracer-tw-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+    let script = format!(
+        "import socket, threading, time\n\
+         l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(256)\n\
+         port = l.getsockname()[1]\n\
+         def serve():\n\
+         \x20   while True:\n\
+         \x20       c, _ = l.accept()\n\
+         \x20       while c.recv(16): pass\n\
+         \x20       c.close()\n\
+         threading.Thread(target=serve, daemon=True).start()\n\
+         for _ in range({N}):\n\
+         \x20   socket.create_connection(('127.0.0.1', port)).close()\n\
+         time.sleep(0.5)\n"
+    );
+    ip(&["netns", "exec", &ns.0, "python3", "-c", &script]);
+    let theirs = tracer::netns::sockstat_time_wait(&ip(&[
+        "netns",
+        "exec",
+        &ns.0,
+        "cat",
+        "/proc/net/sockstat",
+    ]))
+    .expect("tw in the namespace's sockstat");
+    assert!(theirs >= N as u64 / 2, "{theirs} timewait sockets of {N}");
+    let mut namespaces = tracer::netns::Namespaces::open().expect("sock_diag");
+    let before = sockstat_tw("/proc/net/sockstat");
+    let total = namespaces.time_wait_total(std::time::Instant::now(), Duration::ZERO);
+    let after = sockstat_tw("/proc/net/sockstat");
+    assert!(
+        total.sockets >= before.min(after) + theirs,
+        "summed {total:?}; this namespace {before}..{after}, the named one's {theirs}"
+    );
+}
