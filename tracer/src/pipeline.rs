@@ -434,14 +434,7 @@ impl Pipeline {
                 }
             }
             report.namespaces += 1;
-            if let Some((lo, hi)) = live
-                .namespaces
-                .read_in(ns, std::path::Path::new(PORT_RANGE), started)
-                .as_deref()
-                .and_then(TimeWait::parse_range)
-            {
-                self.tw.set_range(ns, lo, hi);
-            }
+            read_port_range(&mut live.namespaces, &mut self.tw, ns, started);
             // With --pid the TIME_WAIT counts are that process's hand-overs only (timewait
             // sockets have no owner to filter a dump by).
             if self.pid.is_none() {
@@ -716,14 +709,7 @@ impl Pipeline {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        if let Some((lo, hi)) = live
-            .namespaces
-            .read_in(ns, std::path::Path::new(PORT_RANGE), started)
-            .as_deref()
-            .and_then(TimeWait::parse_range)
-        {
-            self.tw.set_range(ns, lo, hi);
-        }
+        read_port_range(&mut live.namespaces, &mut self.tw, ns, started);
         let Some(diag) = live.namespaces.diag(ns, started) else {
             self.tw.resync_failed();
             return;
@@ -966,6 +952,18 @@ fn held_by_pid(engine: &Engine, now_ns: u64) -> HashMap<u32, u64> {
             *m.entry(p).or_insert(0) += n;
             m
         })
+}
+
+/// Reads namespace `ns`'s `ip_local_port_range` from inside it into the TIME_WAIT accounting
+/// (left at the default when it cannot be read).
+fn read_port_range(namespaces: &mut Namespaces, tw: &mut TimeWait, ns: u32, at: Instant) {
+    if let Some((lo, hi)) = namespaces
+        .read_in(ns, std::path::Path::new(PORT_RANGE), at)
+        .as_deref()
+        .and_then(TimeWait::parse_range)
+    {
+        tw.set_range(ns, lo, hi);
+    }
 }
 
 fn tuple_of(t: &Transition) -> FourTuple {
