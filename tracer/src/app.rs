@@ -18,8 +18,8 @@ use crate::engine::{Engine, EngineConfig};
 use crate::event::{self, Comm, TcpState, Transition};
 use crate::live::{Kernel, KernelOptions};
 use crate::metrics::{self, MetricsSnapshot};
-use crate::output::{self, Format, Output, RecordContext};
-use crate::pipeline::{Pipeline, PipelineConfig, Sink};
+use crate::output::{self, Format, Output};
+use crate::pipeline::{Pipeline, PipelineConfig, RecordContext, Sink};
 use crate::record::{CloseRecord, LeakRecord, Owner};
 
 pub use crate::live::ReaderStats;

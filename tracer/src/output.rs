@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::IpAddr;
 
-use crate::container::Cgroup;
 use crate::event::{AddrFmt, EndpointFmt, Family, Transition};
+use crate::pipeline::{RecordContext, Sink};
 use crate::record::{CloseRecord, LeakRecord, Owner, SocketId};
 
 /// What to print.
@@ -55,18 +55,6 @@ impl Show {
 pub enum Format {
     Text,
     Json,
-}
-
-/// Facts about a record's owner that the engine does not know (gathered from /proc by the
-/// per-event path; empty in replay).
-#[derive(Clone, Debug, Default)]
-pub struct RecordContext {
-    /// Command line of the owning process (leaks only).
-    pub cmdline: Option<String>,
-    /// CLOSE_WAIT sockets the owner holds now (leaks only).
-    pub close_wait_held: Option<u64>,
-    /// The owner's cgroup v2 path and container.
-    pub cgroup: Option<Cgroup>,
 }
 
 /// The settings of a live run, written first in a recording (`{"type":"meta",…}`) so that a
@@ -666,6 +654,20 @@ pub fn is_loopback(a: &IpAddr) -> bool {
     match a {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
+    }
+}
+
+impl<W: io::Write> Sink for Output<W> {
+    fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()> {
+        Output::transition(self, t, owner)
+    }
+
+    fn close(&mut self, c: &CloseRecord, cx: &RecordContext) -> io::Result<()> {
+        Output::close(self, c, cx)
+    }
+
+    fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()> {
+        Output::leak(self, l, cx)
     }
 }
 

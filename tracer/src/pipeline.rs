@@ -30,10 +30,21 @@ use crate::engine::{
 use crate::event::{self, TcpState, Transition};
 use crate::metrics::{HistogramSnapshot, MetricsSnapshot, OwnerCloseWait};
 use crate::netns::{Namespaces, NetnsStats};
-use crate::output::{Output, RecordContext};
 use crate::record::{CloseKind, CloseRecord, LeakRecord, Owner, OwnerSource, Record, SocketId};
 use crate::sockdiag::{DiagSocket, FourTuple, SockDiagError, StateMask};
 use crate::timewait::{PortUse, RemoteCount, TimeWait};
+
+/// Facts about a record's owner that the engine does not know (gathered from /proc by the
+/// per-event path; empty in replay).
+#[derive(Clone, Debug, Default)]
+pub struct RecordContext {
+    /// Command line of the owning process (leaks only).
+    pub cmdline: Option<String>,
+    /// CLOSE_WAIT sockets the owner holds now (leaks only).
+    pub close_wait_held: Option<u64>,
+    /// The owner's cgroup v2 path and container.
+    pub cgroup: Option<crate::container::Cgroup>,
+}
 
 /// Where a front-end sends what the path produces. Called only for what passes the `--pid`
 /// filter.
@@ -44,20 +55,6 @@ pub trait Sink {
     fn close(&mut self, c: &CloseRecord, cx: &RecordContext) -> io::Result<()>;
     /// A socket's CLOSE_WAIT age crossed the threshold.
     fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()>;
-}
-
-impl<W: io::Write> Sink for Output<W> {
-    fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()> {
-        Output::transition(self, t, owner)
-    }
-
-    fn close(&mut self, c: &CloseRecord, cx: &RecordContext) -> io::Result<()> {
-        Output::close(self, c, cx)
-    }
-
-    fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()> {
-        Output::leak(self, l, cx)
-    }
 }
 
 /// Counts kept by the path.

@@ -46,8 +46,8 @@ use serde::Deserialize;
 use crate::cli::{DEFAULT_CAPACITY, DEFAULT_CLOSE_WAIT_THRESHOLD, ReplayConfig};
 use crate::engine::{EngineConfig, Summary};
 use crate::event::{Comm, Family, TcpState, Transition};
-use crate::output::{Format, Output, RecordContext};
-use crate::pipeline::{Pipeline, PipelineConfig, Sink};
+use crate::output::{Format, Output};
+use crate::pipeline::{Pipeline, PipelineConfig, RecordContext, Sink};
 use crate::record::{CloseRecord, LeakRecord, Owner, OwnerSource};
 
 /// Longest input line kept, in bytes (without its newline); longer ones are skipped.

@@ -13,7 +13,7 @@ use std::io;
 use crate::container::ContainerId;
 use crate::engine::{Histogram, OwnerCloseWait};
 use crate::event::{Comm, TcpState, Transition};
-use crate::output::RecordContext;
+use crate::pipeline::RecordContext;
 use crate::pipeline::Sink;
 use crate::record::{CloseKind, CloseRecord, LeakRecord, Owner};
 
