@@ -253,6 +253,10 @@ pub struct CloseRecord {
     /// A leak record was emitted for this socket.
     pub leaked: bool,
     pub owner: Option<Owner>,
+    /// The close itself was never seen: the kernel no longer had the socket when asked (a
+    /// leak check or a reconciliation), so it closed while its events were lost. The kind is
+    /// then `unknown`, and `ts_ns` is when that was found out.
+    pub closed_unseen: bool,
 }
 
 /// Emitted once per socket when its time in CLOSE_WAIT crosses the threshold.

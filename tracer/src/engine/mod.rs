@@ -166,6 +166,13 @@ pub struct Stats {
     pub stale_dropped: u64,
     /// `X→X` transitions, and `CLOSE→CLOSE` on untracked sockets.
     pub ignored: u64,
+    /// Sockets the kernel no longer had when asked (a leak check, a reconciliation): their
+    /// close was never seen (events lost). Each left as a close of kind `unknown` with
+    /// `closed_unseen`.
+    pub closed_unseen: u64,
+    /// Sockets the kernel had in another state than the engine believed, when asked: the
+    /// kernel's state was taken.
+    pub state_corrected: u64,
 }
 
 impl Stats {
@@ -251,6 +258,12 @@ pub enum LeakDecision {
     /// Not yet: the owner sent data recently. Check again at `at_ns` (engine clock), when it
     /// will have been idle for the threshold if it sends nothing more.
     RecheckAt { at_ns: u64 },
+    /// Not a leak: the kernel has no such socket (it closed while its events were lost). It
+    /// leaves as a close of kind `unknown`, marked `closed_unseen`.
+    Gone,
+    /// Not a leak: the kernel has the socket in `state` (it left CLOSE_WAIT while its events
+    /// were lost). The engine takes that state.
+    InState { state: TcpState },
 }
 
 /// The state machine. See the module documentation.
@@ -334,7 +347,14 @@ impl Engine {
             return;
         }
         match d {
-            LeakDecision::Leak { idle_ns } => {
+            LeakDecision::Leak { .. }
+            | LeakDecision::InState {
+                state: TcpState::CloseWait,
+            } => {
+                let idle_ns = match d {
+                    LeakDecision::Leak { idle_ns } => idle_ns,
+                    _ => None,
+                };
                 self.table.get_mut(c.idx).flags &= !(flag::CW_CHECKING | flag::CW_DEFERRED);
                 self.stats.leaks_confirmed += 1;
                 self.start_leak_now(c.idx, idle_ns, out);
@@ -346,6 +366,99 @@ impl Engine {
                 e.flags |= flag::CW_DEFERRED;
                 self.push_cw(c.idx, at_ns.max(self.clock_ns.saturating_add(1)));
             }
+            LeakDecision::Gone => self.close_unseen_at(c.idx, out),
+            LeakDecision::InState { state } => self.correct_state_at(c.idx, state, out),
+        }
+    }
+
+    /// The kernel no longer has socket `sk` (asked by sock_diag in its namespace): its close
+    /// happened while its events were lost. It leaves as a close of kind `unknown` with
+    /// `closed_unseen` (counted in [`Stats::closed_unseen`]). Returns whether it was tracked.
+    pub fn close_unseen(&mut self, sk: u64, out: &mut Vec<Record>) -> bool {
+        let Some(i) = self.table.find(sk) else {
+            return false;
+        };
+        self.close_unseen_at(i, out);
+        true
+    }
+
+    /// The kernel has socket `sk` in `state`, which is not what the engine believes: the
+    /// kernel's state is taken (its start unknown), counted in [`Stats::state_corrected`]. A
+    /// state the tracepoint never shows (CLOSE, TIME_WAIT, NEW_SYN_RECV) means the engine's
+    /// socket is gone ([`Engine::close_unseen`]). Returns whether it was tracked.
+    pub fn correct_state(&mut self, sk: u64, state: TcpState, out: &mut Vec<Record>) -> bool {
+        let Some(i) = self.table.find(sk) else {
+            return false;
+        };
+        self.correct_state_at(i, state, out);
+        true
+    }
+
+    fn close_unseen_at(&mut self, i: u32, out: &mut Vec<Record>) {
+        let st = self.table.get(i).state;
+        if st == TcpState::CloseWait {
+            self.exit_cw(i);
+        }
+        self.per_state[st.index()] -= 1;
+        let e = self.table.get(i);
+        let mut states = e.path;
+        states.push(TcpState::Close);
+        out.push(Record::Close(CloseRecord {
+            ts_ns: self.clock_ns,
+            id: e.id(),
+            role: e.role,
+            kind: CloseKind::Unknown,
+            states,
+            dwell_ns: e.dwell_record(),
+            // When it ended is not known.
+            lifetime_ns: None,
+            time_wait: false,
+            reset_by: None,
+            sk_err: None,
+            leaked: e.has(flag::LEAKED),
+            owner: e.owner,
+            closed_unseen: true,
+        }));
+        let s = &mut self.stats;
+        s.closes += 1;
+        s.closes_by_kind[CloseKind::Unknown as usize] += 1;
+        s.closes_by_role[e.role as usize] += 1;
+        s.closed_unseen += 1;
+        self.table.remove(i, Which::Lru);
+    }
+
+    fn correct_state_at(&mut self, i: u32, state: TcpState, out: &mut Vec<Record>) {
+        if matches!(
+            state,
+            TcpState::Close | TcpState::TimeWait | TcpState::NewSynRecv
+        ) {
+            self.close_unseen_at(i, out);
+            return;
+        }
+        let cur = self.table.get(i).state;
+        if cur == state {
+            return;
+        }
+        if cur == TcpState::CloseWait {
+            self.exit_cw(i);
+        }
+        self.per_state[cur.index()] -= 1;
+        self.per_state[state.index()] += 1;
+        self.stats.state_corrected += 1;
+        let clock = self.clock_ns;
+        let e = self.table.get_mut(i);
+        e.state = state;
+        e.since_ns = clock;
+        e.flags |= flag::SINCE_UNKNOWN;
+        e.path.push(state);
+        if !e.has(flag::LEAKING) {
+            self.table.touch(i);
+        }
+        if state == TcpState::CloseWait {
+            // Its CLOSE_WAIT began while events were lost: its age counts from now.
+            self.table.get_mut(i).flags |= flag::AGE_ESTIMATE;
+            self.enter_cw(i);
+            self.fire_due(out);
         }
     }
 
@@ -880,6 +993,7 @@ impl Engine {
             sk_err,
             leaked: e.has(flag::LEAKED),
             owner: e.owner,
+            closed_unseen: false,
         };
         let s = stats;
         s.closes += 1;

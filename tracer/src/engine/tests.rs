@@ -1136,3 +1136,102 @@ fn confirmed_leaks_wait_for_the_callers_decision() {
     assert_eq!(h.e.stats().leaks, 1);
     h.check_invariants();
 }
+
+/// A leak candidate the kernel no longer has (its close events were lost) is never a leak: it
+/// leaves as a close of kind `unknown`, `closed_unseen`, and the CLOSE_WAIT counts drop.
+#[test]
+fn a_candidate_the_kernel_no_longer_has_closes_unseen() {
+    let mut h = H::new();
+    h.e.confirm_leaks(true);
+    h.seq(1, 0, 0, &[Established, CloseWait]);
+    h.seq(2, 0, 0, &[Established, CloseWait]);
+    assert!(h.tick(THR).is_empty());
+    let mut checks = Vec::new();
+    h.e.take_leak_checks(&mut checks);
+    assert_eq!(checks.len(), 2);
+    let mut out = Vec::new();
+    for c in &checks {
+        h.e.decide_leak(c, LeakDecision::Gone, &mut out);
+    }
+    assert!(leaks(&out).is_empty(), "{out:?}");
+    assert_eq!(out.len(), 2);
+    for r in &out {
+        let Record::Close(c) = r else { unreachable!() };
+        assert_eq!(
+            (c.kind, c.closed_unseen, c.leaked),
+            (CloseKind::Unknown, true, false)
+        );
+        assert_eq!(c.lifetime_ns, None);
+        assert_eq!(c.ts_ns, THR);
+        assert_eq!(path(c), &[Established, CloseWait, Close]);
+    }
+    assert_eq!(h.e.close_wait_now(), 0);
+    assert_eq!(h.e.leaking_now(), 0);
+    assert_eq!(h.e.tracked(), 0);
+    assert_eq!(h.e.stats().closed_unseen, 2);
+    assert_eq!(h.e.stats().closes_of(CloseKind::Unknown), 2);
+    assert_eq!(h.e.stats().leaks, 0);
+    h.check_invariants();
+    // Nothing is due any more.
+    assert!(h.tick(10 * THR).is_empty());
+    h.e.take_leak_checks(&mut checks);
+    assert!(checks.is_empty());
+}
+
+/// A leak candidate the kernel has in another state (it left CLOSE_WAIT while its events were
+/// lost) takes that state; its later events then follow on from it.
+#[test]
+fn a_candidate_in_another_state_takes_the_kernels_state() {
+    let mut h = H::new();
+    h.e.confirm_leaks(true);
+    h.seq(1, 0, 0, &[Established, CloseWait]);
+    h.tick(THR);
+    let mut checks = Vec::new();
+    h.e.take_leak_checks(&mut checks);
+    let mut out = Vec::new();
+    h.e.decide_leak(
+        &checks[0],
+        LeakDecision::InState { state: LastAck },
+        &mut out,
+    );
+    assert!(out.is_empty());
+    assert_eq!(h.e.close_wait_now(), 0);
+    assert_eq!(h.e.sockets_per_state()[LastAck.index()], 1);
+    assert_eq!(h.e.stats().state_corrected, 1);
+    h.check_invariants();
+    let c = only_close(&h.ev(tr(THR + S, 1, LastAck, Close)));
+    assert_eq!(c.kind, CloseKind::Passive);
+    assert!(!c.leaked && !c.closed_unseen);
+    // The time in LAST_ACK began while events were lost: unknown.
+    assert_eq!(c.dwell_ns[LastAck.index()], None);
+    h.check_invariants();
+}
+
+/// The kernel can also say a socket is gone outside a leak check (a reconciliation): a
+/// leaking socket leaves as `closed_unseen` and `leaked`; a socket it has in CLOSE_WAIT that the
+/// engine held as ESTABLISHED enters CLOSE_WAIT now (its age an estimate from now).
+#[test]
+fn reconciliation_closes_and_corrects_any_socket() {
+    let mut h = H::new();
+    h.seq(1, 0, 0, &[Established, CloseWait]);
+    assert_eq!(leaks(&h.tick(THR)).len(), 1);
+    h.seq(2, 0, 0, &[SynSent, Established]);
+    let mut out = Vec::new();
+    assert!(h.e.close_unseen(1, &mut out));
+    let c = only_close(&out);
+    assert!(c.closed_unseen && c.leaked);
+    assert_eq!(h.e.leaking_now(), 0);
+    out.clear();
+    assert!(h.e.correct_state(2, CloseWait, &mut out));
+    assert_eq!(h.e.close_wait_now(), 1);
+    assert!(h.tick(THR + THR - 1).is_empty());
+    let l = leaks(&h.tick(2 * THR));
+    assert_eq!((l.len(), l[0].age_source), (1, AgeSource::Estimate));
+    assert!(!h.e.close_unseen(99, &mut out));
+    // A state the tracepoint never shows means gone.
+    out.clear();
+    assert!(h.e.correct_state(2, TimeWait, &mut out));
+    assert!(only_close(&out).closed_unseen);
+    assert_eq!(h.e.tracked(), 0);
+    h.check_invariants();
+}

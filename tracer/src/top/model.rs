@@ -566,6 +566,7 @@ mod tests {
             reset_by: None,
             sk_err: None,
             leaked: false,
+            closed_unseen: false,
             owner,
         }
     }
