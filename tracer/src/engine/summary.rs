@@ -121,6 +121,11 @@ pub struct Summary {
     pub gaps: u64,
     pub out_of_order: u64,
     pub stale_dropped: u64,
+    /// Sockets the kernel no longer had when asked (a leak check, a reconciliation): closed
+    /// while their events were lost, each left as a close of kind `unknown`.
+    pub closed_unseen: u64,
+    /// Sockets the kernel had in another state than the engine believed, when asked.
+    pub state_corrected: u64,
     /// Events the kernel could not deliver (filled in by the app).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_lost: Option<u64>,
@@ -234,6 +239,8 @@ impl Engine {
             gaps: s.gaps,
             out_of_order: s.out_of_order,
             stale_dropped: s.stale_dropped,
+            closed_unseen: s.closed_unseen,
+            state_corrected: s.state_corrected,
             events_lost: None,
             skipped_lines: None,
             baseline: None,
@@ -247,10 +254,23 @@ impl Engine {
 }
 
 impl Summary {
-    /// A readable multi-line table for the terminal.
+    /// A readable multi-line table for the terminal: one small writer per section, in order.
     pub fn render_text(&self) -> String {
         let mut o = String::new();
-        // Writing to a String cannot fail.
+        self.text_totals(&mut o);
+        self.text_dwell(&mut o);
+        self.text_now(&mut o);
+        self.text_time_wait(&mut o);
+        self.text_close_wait(&mut o);
+        self.text_bookkeeping(&mut o);
+        self.text_kernel_checks(&mut o);
+        self.text_extra(&mut o);
+        o
+    }
+
+    // Writing to a String cannot fail: the sections ignore `fmt::Result`.
+
+    fn text_totals(&self, o: &mut String) {
         let _ = writeln!(
             o,
             "summary over {}: {} transitions, {} closes ({} handed to TIME_WAIT), {} CLOSE_WAIT leaks",
@@ -270,27 +290,34 @@ impl Summary {
             .map(|&r| format!("{} {}", r.name(), self.closes_by_role.get(r)))
             .collect();
         let _ = writeln!(o, "closes by role: {}", roles.join(", "));
-        if self.dwell.0.iter().any(Option::is_some) {
-            let _ = writeln!(
-                o,
-                "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                "dwell", "count", "p50", "p90", "p99", "max"
-            );
-            for st in TcpState::ALL {
-                if let Some(d) = self.dwell.get(st) {
-                    let _ = writeln!(
-                        o,
-                        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                        st.name(),
-                        d.count,
-                        fmt_ns(d.p50_ns),
-                        fmt_ns(d.p90_ns),
-                        fmt_ns(d.p99_ns),
-                        fmt_ns(d.max_ns)
-                    );
-                }
+    }
+
+    fn text_dwell(&self, o: &mut String) {
+        if !self.dwell.0.iter().any(Option::is_some) {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "dwell", "count", "p50", "p90", "p99", "max"
+        );
+        for st in TcpState::ALL {
+            if let Some(d) = self.dwell.get(st) {
+                let _ = writeln!(
+                    o,
+                    "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    st.name(),
+                    d.count,
+                    fmt_ns(d.p50_ns),
+                    fmt_ns(d.p90_ns),
+                    fmt_ns(d.p99_ns),
+                    fmt_ns(d.max_ns)
+                );
             }
         }
+    }
+
+    fn text_now(&self, o: &mut String) {
         let now: Vec<String> = TcpState::ALL
             .iter()
             .filter_map(|&st| {
@@ -307,24 +334,31 @@ impl Summary {
             if now.is_empty() { "" } else { ": " },
             now.join(", ")
         );
-        if !self.time_wait_top.is_empty() {
-            let _ = writeln!(o, "TIME_WAIT by remote (top {}):", self.time_wait_top.len());
-            for r in &self.time_wait_top {
-                let _ = write!(
-                    o,
-                    "  {:<28} {:>8} TIME_WAIT, ephemeral ports {}/{} ({:.1}%)",
-                    r.remote,
-                    r.time_wait,
-                    r.ephemeral_ports_used,
-                    r.ephemeral_port_range,
-                    r.ephemeral_ports_used as f64 * 100.0 / r.ephemeral_port_range.max(1) as f64
-                );
-                if let Some(ns) = r.netns {
-                    let _ = write!(o, "  netns {ns}");
-                }
-                o.push('\n');
-            }
+    }
+
+    fn text_time_wait(&self, o: &mut String) {
+        if self.time_wait_top.is_empty() {
+            return;
         }
+        let _ = writeln!(o, "TIME_WAIT by remote (top {}):", self.time_wait_top.len());
+        for r in &self.time_wait_top {
+            let _ = write!(
+                o,
+                "  {:<28} {:>8} TIME_WAIT, ephemeral ports {}/{} ({:.1}%)",
+                r.remote,
+                r.time_wait,
+                r.ephemeral_ports_used,
+                r.ephemeral_port_range,
+                r.ephemeral_ports_used as f64 * 100.0 / r.ephemeral_port_range.max(1) as f64
+            );
+            if let Some(ns) = r.netns {
+                let _ = write!(o, "  netns {ns}");
+            }
+            o.push('\n');
+        }
+    }
+
+    fn text_close_wait(&self, o: &mut String) {
         let _ = write!(
             o,
             "CLOSE_WAIT now: {}, leaking {}",
@@ -334,6 +368,9 @@ impl Summary {
             let _ = write!(o, ", oldest {}", fmt_ns(age));
         }
         o.push('\n');
+    }
+
+    fn text_bookkeeping(&self, o: &mut String) {
         let _ = writeln!(
             o,
             "bookkeeping: evicted {} (leaking {}), recycled addresses {}, seeded {}, first seen mid-life {}, gaps {}, out of order {}, stale {}",
@@ -346,6 +383,21 @@ impl Summary {
             self.out_of_order,
             self.stale_dropped
         );
+    }
+
+    /// What asking the kernel found (only when it found something).
+    fn text_kernel_checks(&self, o: &mut String) {
+        if self.closed_unseen == 0 && self.state_corrected == 0 {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "checked against the kernel: {} sockets closed while events were lost, {} states corrected",
+            self.closed_unseen, self.state_corrected
+        );
+    }
+
+    fn text_extra(&self, o: &mut String) {
         let mut extra = Vec::new();
         if let Some(n) = self.events_lost {
             extra.push(format!("events lost {n}"));
@@ -353,7 +405,7 @@ impl Summary {
         if let Some(n) = self.skipped_lines {
             match self.long_lines {
                 Some(long) if long > 0 => {
-                    extra.push(format!("skipped lines {n} ({long} too long)"))
+                    extra.push(format!("skipped lines {n} ({long} too long)"));
                 }
                 _ => extra.push(format!("skipped lines {n}")),
             }
@@ -379,7 +431,6 @@ impl Summary {
         if !extra.is_empty() {
             let _ = writeln!(o, "{}", extra.join(", "));
         }
-        o
     }
 }
 
