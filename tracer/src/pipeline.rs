@@ -34,6 +34,9 @@ use crate::record::{CloseKind, CloseRecord, LeakRecord, Owner, OwnerSource, Reco
 use crate::sockdiag::{DiagSocket, FourTuple, SockDiagError, StateMask};
 use crate::timewait::{PortUse, RemoteCount, TimeWait};
 
+mod reconcile;
+pub use reconcile::{ReconcileConfig, ReconcileStats};
+
 /// Facts about a record's owner that the engine does not know (gathered from /proc by the
 /// per-event path; empty in replay).
 #[derive(Clone, Debug, Default)]
@@ -70,9 +73,15 @@ pub struct PathCounts {
     pub leak_checks: u64,
     /// Of those, the owner had sent data within the threshold: re-checked later.
     pub leak_checks_deferred: u64,
-    /// Of those, no answer (socket not found, no tcp_info, namespace unreachable, sock_diag
-    /// error): decided by the CLOSE_WAIT age alone.
+    /// Of those, the kernel could not be asked (namespace unreachable, sock_diag error):
+    /// decided by the CLOSE_WAIT age alone.
     pub leak_checks_unanswered: u64,
+    /// Of those, the kernel said the socket was not in CLOSE_WAIT: asked again a moment later.
+    pub leak_checks_reasked: u64,
+    /// Of those, the kernel no longer had the socket, twice: not a leak, closed out unseen.
+    pub leak_checks_gone: u64,
+    /// Of those, the kernel had it in another state, twice: not a leak, state corrected.
+    pub leak_checks_other_state: u64,
 }
 
 /// What the startup baseline found.
@@ -123,6 +132,25 @@ impl Default for TimeWaitConfig {
 
 /// Resolution of tcp_info's "ms ago" stamps: one jiffy, at most 10 ms (HZ=100).
 const IDLE_RESOLUTION_NS: u64 = 10_000_000;
+
+/// A leak candidate the kernel says is not in CLOSE_WAIT is asked about again this much later
+/// (engine clock), after at least one more drain: the events that took it out of CLOSE_WAIT may
+/// still have been in a ring buffer.
+const KERNEL_RECHECK_NS: u64 = 250_000_000;
+
+/// What the kernel says of a leak candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeakAnswer {
+    /// Still in CLOSE_WAIT; the owner has sent nothing for `idle_ns` (0 with data queued),
+    /// `None` without tcp_info.
+    CloseWait { idle_ns: Option<u64> },
+    /// The kernel has no such socket.
+    Gone,
+    /// The kernel has it in another state.
+    InState(TcpState),
+    /// The kernel could not be asked (namespace unreachable, sock_diag error, offline).
+    Unasked,
+}
 
 /// A re-sync takes at most this share of the reader's time.
 const RESYNC_DUTY: u32 = 20;
@@ -210,6 +238,9 @@ pub struct Pipeline {
     records: Vec<Record>,
     /// Leak checks taken from the engine (buffer reused).
     checks: Vec<LeakCheck>,
+    /// Leak candidates the kernel said once were not in CLOSE_WAIT, and when (engine clock):
+    /// the next answer is taken.
+    kernel_said: Vec<(u64, u64)>,
     /// TIME_WAIT sockets and ephemeral ports per remote endpoint.
     tw: TimeWait,
     tw_cfg: TimeWaitConfig,
@@ -219,6 +250,8 @@ pub struct Pipeline {
     own_netns: u32,
     next_stand_in: u64,
     baseline: Option<BaselineSummary>,
+    /// The engine's CLOSE_WAIT sockets checked against the kernel's.
+    reconcile: reconcile::Reconciler,
 }
 
 impl Pipeline {
@@ -232,6 +265,7 @@ impl Pipeline {
             pid: cfg.pid,
             records: Vec::with_capacity(256),
             checks: Vec::new(),
+            kernel_said: Vec::new(),
             tw: TimeWait::new(TimeWait::DEFAULT_CAPACITY),
             tw_cfg: TimeWaitConfig::default(),
             tw_last_resync: None,
@@ -239,6 +273,7 @@ impl Pipeline {
             own_netns: 0,
             next_stand_in: STAND_IN_BASE,
             baseline: None,
+            reconcile: reconcile::Reconciler::default(),
         }
     }
 
@@ -452,41 +487,10 @@ impl Pipeline {
             if matches!(s.state, TcpState::TimeWait | TcpState::Close) {
                 continue;
             }
-            // The engine keys sockets by kernel address, which sock_diag does not give; a
-            // stand-in key is used until the socket's first traced event.
-            let key = self.next_stand_in;
-            self.next_stand_in += 1;
-            self.owners
-                .baseline
-                .insert((*ns, s.tuple().normalized()), key);
-            if s.state == TcpState::Listen
-                && let Some(o) = owner
-            {
-                self.owners.listeners.insert((*ns, s.sport), o);
-            }
             if self.pid.is_some() {
                 report.pid_ports.push((*ns, s.sport));
             }
-            let since = s
-                .close_wait_since_estimate_ms()
-                .map(|ms| now_ns.saturating_sub(u64::from(ms) * 1_000_000));
-            self.engine.seed(
-                &Seed {
-                    id: SocketId {
-                        sk: key,
-                        netns: *ns,
-                        family: s.family,
-                        saddr: s.saddr,
-                        sport: s.sport,
-                        daddr: s.daddr,
-                        dport: s.dport,
-                    },
-                    state: s.state,
-                    owner,
-                    state_since_ns: since,
-                },
-                &mut self.records,
-            );
+            self.seed_diag(*ns, s, owner, now_ns);
             report.seeded += 1;
         }
         if let Some(live) = self.live.as_mut() {
@@ -501,6 +505,42 @@ impl Pipeline {
         });
         self.tw_last_resync = Some((started, report.elapsed));
         Ok(report)
+    }
+
+    /// Seeds one socket that sock_diag reported in namespace `ns` (the startup baseline, and
+    /// reconciliation). The engine keys sockets by kernel address, which sock_diag does not
+    /// give: a stand-in key is used until the socket's first traced event.
+    fn seed_diag(&mut self, ns: u32, s: &DiagSocket, owner: Option<Owner>, now_ns: u64) {
+        let key = self.next_stand_in;
+        self.next_stand_in += 1;
+        self.owners
+            .baseline
+            .insert((ns, s.tuple().normalized()), key);
+        if s.state == TcpState::Listen
+            && let Some(o) = owner
+        {
+            self.owners.listeners.insert((ns, s.sport), o);
+        }
+        let since = s
+            .close_wait_since_estimate_ms()
+            .map(|ms| now_ns.saturating_sub(u64::from(ms) * 1_000_000));
+        self.engine.seed(
+            &Seed {
+                id: SocketId {
+                    sk: key,
+                    netns: ns,
+                    family: s.family,
+                    saddr: s.saddr,
+                    sport: s.sport,
+                    daddr: s.daddr,
+                    dport: s.dport,
+                },
+                state: s.state,
+                owner,
+                state_since_ns: since,
+            },
+            &mut self.records,
+        );
     }
 
     /// Sends the records the engine produced to the sink: leak owners confirmed first (so
@@ -569,13 +609,16 @@ impl Pipeline {
         result
     }
 
-    /// Answers the engine's leak checks: a CLOSE_WAIT socket past the threshold is a leak only
-    /// if its owner has also sent nothing for the threshold. The socket is looked up by its
-    /// 4-tuple in its own namespace; `tcpi_last_data_sent` says how long ago data was last
-    /// sent, and data still queued (`send_queue`, written and not yet acknowledged) counts as
-    /// sending now. A socket still sending is re-checked when it will have been idle for the
-    /// threshold. Without an answer the age alone decides (counted). Runs only when a
-    /// threshold passes: one sock_diag lookup per socket per threshold period.
+    /// Answers the engine's leak checks against the kernel: a CLOSE_WAIT socket past the
+    /// threshold is a leak only if the kernel still has it in CLOSE_WAIT, looked up by its
+    /// 4-tuple in its own namespace, and its owner has also sent nothing for the threshold
+    /// (`tcpi_last_data_sent`; data still queued counts as sending now). A socket still sending
+    /// is re-checked when it will have been idle for the threshold. A socket the kernel no
+    /// longer has, or has in another state, is asked again [`KERNEL_RECHECK_NS`] later (its
+    /// events may still be in a ring buffer); the second such answer is taken: it leaves as a
+    /// close of kind `unknown` (`closed_unseen`), or takes the kernel's state. Only when the
+    /// kernel cannot be asked (namespace unreachable, sock_diag error) does the age alone
+    /// decide, with `idle_ns: null` (counted apart). One lookup per socket per threshold period.
     fn check_leaks(&mut self) {
         let mut checks = std::mem::take(&mut self.checks);
         self.engine.take_leak_checks(&mut checks);
@@ -583,51 +626,92 @@ impl Pipeline {
         let now = Instant::now();
         for c in &checks {
             self.counts.leak_checks += 1;
-            let idle_ns = self.owner_idle_ns(&c.id, now);
-            let decision = match idle_ns {
+            let answer = self.ask_about_leak(&c.id, now);
+            let decision = match answer {
                 // tcp_info's stamps have one-jiffy resolution: an owner that sent nothing
                 // since before CLOSE_WAIT began can read a few ms short of the threshold.
-                Some(idle) if idle.saturating_add(IDLE_RESOLUTION_NS) < thr => {
+                LeakAnswer::CloseWait {
+                    idle_ns: Some(idle),
+                } if idle.saturating_add(IDLE_RESOLUTION_NS) < thr => {
                     self.counts.leak_checks_deferred += 1;
                     LeakDecision::RecheckAt {
                         at_ns: c.at_ns.saturating_add(thr - idle),
                     }
                 }
-                Some(idle) => LeakDecision::Leak {
-                    idle_ns: Some(idle),
-                },
-                None => {
+                LeakAnswer::CloseWait { idle_ns } => LeakDecision::Leak { idle_ns },
+                LeakAnswer::Unasked => {
                     self.counts.leak_checks_unanswered += 1;
                     LeakDecision::Leak { idle_ns: None }
                 }
+                LeakAnswer::Gone | LeakAnswer::InState(_) if self.kernel_said_once(c.id.sk) => {
+                    self.counts.leak_checks_reasked += 1;
+                    LeakDecision::RecheckAt {
+                        at_ns: c.at_ns.saturating_add(KERNEL_RECHECK_NS),
+                    }
+                }
+                LeakAnswer::Gone => {
+                    self.counts.leak_checks_gone += 1;
+                    LeakDecision::Gone
+                }
+                LeakAnswer::InState(state) => {
+                    self.counts.leak_checks_other_state += 1;
+                    LeakDecision::InState { state }
+                }
             };
+            if matches!(
+                decision,
+                LeakDecision::Leak { .. } | LeakDecision::Gone | LeakDecision::InState { .. }
+            ) {
+                self.kernel_said.retain(|&(sk, _)| sk != c.id.sk);
+            }
             self.engine.decide_leak(c, decision, &mut self.records);
         }
         checks.clear();
         self.checks = checks;
     }
 
-    /// How long the owner of a CLOSE_WAIT socket has sent nothing, from tcp_info in the
-    /// socket's namespace; `None` when it cannot be learnt.
-    fn owner_idle_ns(&mut self, id: &SocketId, now: Instant) -> Option<u64> {
+    /// Whether this is the kernel's first "not in CLOSE_WAIT" about `sk`: remembered, so that
+    /// the re-check's answer is taken. Entries older than a minute are dropped (their socket
+    /// left CLOSE_WAIT through its own events meanwhile).
+    fn kernel_said_once(&mut self, sk: u64) -> bool {
+        let now = self.engine.clock_ns();
+        self.kernel_said
+            .retain(|&(_, at)| now.saturating_sub(at) < 60_000_000_000);
+        if self.kernel_said.iter().any(|&(s, _)| s == sk) {
+            return false;
+        }
+        self.kernel_said.push((sk, now));
+        true
+    }
+
+    /// What the kernel says of a leak candidate, asked in the socket's own namespace.
+    fn ask_about_leak(&mut self, id: &SocketId, now: Instant) -> LeakAnswer {
         let netns = self.ns(id.netns);
-        let live = self.live.as_mut()?;
-        let diag = live.namespaces.diag(netns, now)?;
+        let Some(live) = self.live.as_mut() else {
+            return LeakAnswer::Unasked;
+        };
+        let Some(diag) = live.namespaces.diag(netns, now) else {
+            return LeakAnswer::Unasked;
+        };
         let found = match diag.lookup(&FourTuple::from(id)) {
-            Ok(f) => f?,
+            Ok(Some(f)) => f,
+            Ok(None) => return LeakAnswer::Gone,
             Err(e) => {
                 tracing::debug!("leak check: sock_diag lookup: {e}");
-                return None;
+                return LeakAnswer::Unasked;
             }
         };
         if found.state != TcpState::CloseWait {
-            return None;
+            return LeakAnswer::InState(found.state);
         }
-        let info = found.info?;
-        if found.send_queue > 0 {
-            return Some(0);
-        }
-        Some(u64::from(info.last_data_sent_ms) * 1_000_000)
+        let idle_ns = if found.send_queue > 0 {
+            Some(0)
+        } else {
+            found
+                .info
+                .map(|info| u64::from(info.last_data_sent_ms) * 1_000_000)
+        };
+        LeakAnswer::CloseWait { idle_ns }
     }
 
     /// The owner's cgroup: read afresh for a leak, from the short-lived cache otherwise.

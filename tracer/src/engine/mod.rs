@@ -704,6 +704,39 @@ impl Engine {
             .count()
     }
 
+    /// Every tracked socket in CLOSE_WAIT, with when it entered CLOSE_WAIT (engine clock), into
+    /// `out` (cleared first): what a reconciliation compares with the kernel's CLOSE_WAIT
+    /// sockets.
+    pub fn close_wait_ids(&self, out: &mut Vec<(SocketId, u64)>) {
+        out.clear();
+        self.for_each_close_wait(|e| out.push((e.id(), e.since_ns)));
+    }
+
+    /// When tracked socket `sk` entered CLOSE_WAIT (engine clock), if it is in CLOSE_WAIT.
+    pub fn close_wait_since(&self, sk: u64) -> Option<u64> {
+        let e = self.table.get(self.table.find(sk)?);
+        (e.state == TcpState::CloseWait).then_some(e.since_ns)
+    }
+
+    /// The tracked socket with these endpoints in namespace `netns`, and its state: a scan of
+    /// the whole table, for reconciliation only (when the kernel has a socket the engine does
+    /// not hold where it expected it).
+    pub fn find_by_endpoints(&self, netns: u32, id: &SocketId) -> Option<(u64, TcpState)> {
+        [Which::Lru, Which::Leaks]
+            .into_iter()
+            .flat_map(|w| self.table.iter_list(w))
+            .map(|i| self.table.get(i))
+            .find(|e| {
+                let o = e.id();
+                o.netns == netns
+                    && o.sport == id.sport
+                    && o.dport == id.dport
+                    && o.saddr == id.saddr
+                    && o.daddr == id.daddr
+            })
+            .map(|e| (e.sk, e.state))
+    }
+
     /// Sockets tracked now (never more than the capacity).
     pub fn tracked(&self) -> usize {
         self.table.len()
