@@ -193,6 +193,8 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
                     if let Some(took) = sh.path.resync_time_wait(now) {
                         tracing::debug!("TIME_WAIT re-sync took {took:?}");
                     }
+                    let lost = sh.kernel.lost();
+                    sh.path.reconcile(lost);
                     if daemon && last_program_read.elapsed() >= Duration::from_secs(1) {
                         sh.program = kernel.program_stats();
                         last_program_read = Instant::now();

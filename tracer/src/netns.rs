@@ -313,6 +313,26 @@ impl Namespaces {
         self.others.get_mut(&netns)
     }
 
+    /// Whether namespace `netns` can still be found (a process in it, or a name under
+    /// /run/netns), the list made again first when it is older than a second. A namespace
+    /// that cannot be found may still exist (kept by an open fd or a socket passed out of it),
+    /// so callers decide nothing from this alone.
+    pub fn is_known(&mut self, netns: u32, now: Instant) -> bool {
+        if netns == 0 || netns == self.own {
+            return true;
+        }
+        if self.known.contains_key(&netns) {
+            return true;
+        }
+        let due = self
+            .last_discovery
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.min_rediscover);
+        if due {
+            self.discover(now);
+        }
+        self.known.contains_key(&netns)
+    }
+
     /// Reads a per-namespace file (a network sysctl) as seen from inside namespace `netns`
     /// (0 = the tracer's own). `None` when the namespace cannot be reached or the read fails.
     pub fn read_in(&mut self, netns: u32, file: &Path, now: Instant) -> Option<String> {

@@ -275,6 +275,9 @@ impl<W: Write> Output<W> {
                 if r.leaked {
                     b.push_str("  LEAKED");
                 }
+                if r.closed_unseen {
+                    b.push_str("  CLOSE UNSEEN (events lost; gone from the kernel)");
+                }
                 owner_text(b, r.owner.as_ref());
                 container_text(b, ctx);
                 netns_text(b, r.id.netns, self.own_netns);
@@ -320,6 +323,9 @@ impl<W: Write> Output<W> {
                     OptNum(r.sk_err.map(u64::from)),
                     r.leaked
                 );
+                if r.closed_unseen {
+                    b.push_str(",\"closed_unseen\":true");
+                }
                 owner_json(b, r.owner.as_ref());
                 container_json(b, ctx);
                 b.push_str("}\n");

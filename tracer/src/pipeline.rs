@@ -626,7 +626,7 @@ impl Pipeline {
         let now = Instant::now();
         for c in &checks {
             self.counts.leak_checks += 1;
-            let answer = self.ask_about_leak(&c.id, now);
+            let answer = self.ask_about_leak(&c.id, c.owner, now);
             let decision = match answer {
                 // tcp_info's stamps have one-jiffy resolution: an owner that sent nothing
                 // since before CLOSE_WAIT began can read a few ms short of the threshold.
@@ -684,9 +684,23 @@ impl Pipeline {
         true
     }
 
+    /// A socket whose namespace can no longer be found, and whose owner (as the trace knew
+    /// it) is gone or was never known, is gone too: a live socket keeps its namespace alive,
+    /// and only a process holding it (a passed fd) could keep it out of sight.
+    fn namespace_gone_for(&mut self, netns: u32, owner: Option<Owner>, now: Instant) -> bool {
+        let Some(live) = self.live.as_mut() else {
+            return false;
+        };
+        !live.namespaces.is_known(netns, now)
+            && owner.is_none_or(|o| !attribution::process_alive(o.pid))
+    }
+
     /// What the kernel says of a leak candidate, asked in the socket's own namespace.
-    fn ask_about_leak(&mut self, id: &SocketId, now: Instant) -> LeakAnswer {
+    fn ask_about_leak(&mut self, id: &SocketId, owner: Option<Owner>, now: Instant) -> LeakAnswer {
         let netns = self.ns(id.netns);
+        if self.namespace_gone_for(netns, owner, now) {
+            return LeakAnswer::Gone;
+        }
         let Some(live) = self.live.as_mut() else {
             return LeakAnswer::Unasked;
         };

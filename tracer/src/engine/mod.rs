@@ -712,6 +712,11 @@ impl Engine {
         self.for_each_close_wait(|e| out.push((e.id(), e.since_ns)));
     }
 
+    /// The owner the engine knows for tracked socket `sk`.
+    pub fn owner_of(&self, sk: u64) -> Option<Owner> {
+        self.table.get(self.table.find(sk)?).owner
+    }
+
     /// When tracked socket `sk` entered CLOSE_WAIT (engine clock), if it is in CLOSE_WAIT.
     pub fn close_wait_since(&self, sk: u64) -> Option<u64> {
         let e = self.table.get(self.table.find(sk)?);

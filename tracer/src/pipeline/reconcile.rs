@@ -211,8 +211,9 @@ impl Pipeline {
             let ns = ns_of(id.netns);
             let k = key(ns, FourTuple::from(&id));
             engine_keys.insert(k);
-            // A namespace that could not be asked is never answered by its absence.
-            if asked.contains(&ns) && !kernel.contains(&k) {
+            // A namespace that could not be asked is never answered by its absence; one that
+            // can no longer be found is looked at again at the confirmation.
+            if !asked.contains(&ns) || !kernel.contains(&k) {
                 r.suspects.push(Suspect::Missing { id, since_ns });
             }
         }
@@ -258,8 +259,14 @@ impl Pipeline {
         if !still {
             return;
         }
-        let Some(answer) = self.ask_kernel(id.netns, &FourTuple::from(id), now) else {
-            return;
+        let owner = self.engine.owner_of(id.sk);
+        let answer = if self.namespace_gone_for(self.ns(id.netns), owner, now) {
+            None
+        } else {
+            let Some(answer) = self.ask_kernel(id.netns, &FourTuple::from(id), now) else {
+                return;
+            };
+            answer
         };
         match answer {
             None => {
