@@ -8,18 +8,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use io::Write as _;
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use common::promtool::{check_metrics, missing, promtool};
 use tracer::event::{Comm, TcpState};
 use tracer::metrics::{
     self, Format, HistogramSnapshot, MetricsSnapshot, OwnerCloseWait, SnapshotSource,
@@ -132,44 +132,12 @@ fn exposition(snapshot: MetricsSnapshot, cap: usize, format: Format) -> String {
     metrics::encode(&registry, format).expect("encode")
 }
 
-/// Runs `promtool check metrics` on `text`; panics with promtool's findings if it objects.
-fn promtool_check(text: &str, what: &str) -> String {
-    let mut child = match Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => promtool_missing(&e),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("wait for promtool");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics rejected the {what} exposition ({}):\n{report}\n--- exposition ---\n{text}",
-        out.status
-    );
-    report
-}
-
 #[test]
 fn promtool_accepts_text_format() {
     let text = exposition(rich_snapshot(), 100, Format::Text);
-    promtool_check(&text, "0.0.4 text");
+    check_metrics(&text, "0.0.4 text");
     let empty = exposition(MetricsSnapshot::default(), 100, Format::Text);
-    promtool_check(&empty, "empty 0.0.4 text");
+    check_metrics(&empty, "empty 0.0.4 text");
 }
 
 /// Parses `text` with Prometheus' own OpenMetrics parser, the one used when scraping: promtool's
@@ -201,7 +169,7 @@ fn promtool_parse_openmetrics(text: &str, what: &str) {
         .output();
     let out = match out {
         Ok(out) => out,
-        Err(e) => promtool_missing(&e),
+        Err(e) => missing(&e),
     };
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
@@ -211,22 +179,6 @@ fn promtool_parse_openmetrics(text: &str, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The promtool binary: `PROMTOOL`, else `promtool` from PATH.
-fn promtool() -> String {
-    std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".to_owned())
-}
-
-fn promtool_missing(e: &io::Error) -> ! {
-    if e.kind() == io::ErrorKind::NotFound {
-        panic!(
-            "`{}` not found: run `cargo xtask setup` (installs promtool from Debian's \
-             `prometheus` package), or set PROMTOOL to a promtool binary",
-            promtool()
-        )
-    }
-    panic!("cannot run `{}`: {e}", promtool())
 }
 
 /// One sample line: name, labels, value.
@@ -547,7 +499,7 @@ fn per_process_series_are_capped() {
         }
     }
     // The capped exposition is still valid.
-    promtool_check(
+    check_metrics(
         &exposition(snapshot.clone(), 100, Format::Text),
         "capped 0.0.4 text",
     );
