@@ -1,5 +1,7 @@
 //! The example alerting rules in docs/metrics.md pass `promtool check rules` (Debian's
 //! `prometheus` package, installed by `cargo xtask setup`; `PROMTOOL` names another binary).
+//!
+//! Tier: offline
 
 mod common;
 

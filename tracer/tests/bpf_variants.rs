@@ -6,6 +6,8 @@
 //! ports, the network namespace, the socket error, and the task on CPU. Also checks the exact sequences, that
 //! `Auto` picks the BTF tracepoint on a kernel with BTF, and the offsets found in the running
 //! kernel's BTF. Needs root (CAP_BPF, CAP_PERFMON); fails, never skips, without it.
+//!
+//! Tier: root
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Close records from real connections on loopback (issue 3): every kind, a CLOSE_WAIT leak
 //! held for 3 s with a 1 s threshold, and replay of the recording giving the same records.
+//!
+//! Tier: root
 
 mod common;
 

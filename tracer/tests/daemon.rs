@@ -6,6 +6,8 @@
 //! `cargo xtask setup`; `PROMTOOL` and `PROMETHEUS` override the binaries). Without them the
 //! tests fail, they do not skip. Leaking processes are `tests/fixtures/leaky.py`; only their
 //! pids, comms and ports are looked at.
+//!
+//! Tier: root
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The engine allocates nothing per event in the steady state: replaying a synthetic stream
 //! after a warm-up performs zero heap allocations on this thread.
+//!
+//! Tier: offline
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Live tracing of real loopback connections (issue 2): exact transition sequences of the
 //! client socket and of the accepted server socket, matched by this test's own ports.
+//!
+//! Tier: root
 
 mod common;
 

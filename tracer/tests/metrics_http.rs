@@ -4,6 +4,8 @@
 //! Needs `promtool` (Debian's `prometheus` package, installed by `cargo xtask setup`); set
 //! `PROMTOOL` to use another binary. Without it the promtool tests fail, they do not skip.
 //! The slowloris test runs the real `tracer` daemon (root, real BPF).
+//!
+//! Tier: root
 
 mod common;
 

@@ -6,6 +6,8 @@
 //! Real BPF, real namespaces (`unshare --net`, made per test), real cgroups (a directory in the
 //! cgroup v2 hierarchy named like Docker's). Records are matched by the fixtures' ports and
 //! pids only.
+//!
+//! Tier: root
 
 mod common;
 

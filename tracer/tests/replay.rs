@@ -1,5 +1,7 @@
 //! `tracer replay` end to end, on generated input (no root needed): bounded memory on a line
 //! of over 1 GiB, time that goes back or jumps ahead, exit statuses and error wording.
+//!
+//! Tier: offline
 
 mod common;
 

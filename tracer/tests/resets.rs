@@ -12,6 +12,8 @@
 //!   the listener's owner; their clients `reset` (peer).
 //!
 //! Needs root; fails, never skips, without it.
+//!
+//! Tier: root
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! `tracer top` adds no allocation per event: the per-event path (offline here; the live
 //! front-ends drive the same code) with top's sink performs zero heap allocations on this
 //! thread once warm. The view is built once per redraw, outside the event path.
+//!
+//! Tier: offline
 
 mod common;
 
