@@ -1216,30 +1216,12 @@ mod tests {
         assert!(r.meta.is_none());
     }
 
-    /// One recording of 3 s starting at `base`, with threshold 1 s: ten server sockets that sit
-    /// in CLOSE_WAIT 3 s (ten leaks), ten that sit there 2.7 µs, and one that enters CLOSE_WAIT
-    /// just before the end (not a leak: no time is invented after the last event).
+    /// One recording of 3 s starting at `base`, with threshold 1 s:
+    /// [`crate::engine::synthetic::leak_recording`] as transition lines.
     fn part(base: u64) -> Vec<String> {
-        let mut ev: Vec<(u64, u64, &str, &str)> = Vec::new();
-        for i in 0..10u64 {
-            let (leaky, quick) = (0x100 + i, 0x200 + i);
-            let t = base + i * 1_000;
-            ev.push((t, leaky, "LISTEN", "SYN_RECV"));
-            ev.push((t + 10, leaky, "SYN_RECV", "ESTABLISHED"));
-            ev.push((t + 1_000_000, leaky, "ESTABLISHED", "CLOSE_WAIT"));
-            ev.push((t + 3 * S, leaky, "CLOSE_WAIT", "LAST_ACK"));
-            ev.push((t + 3 * S + 10_000, leaky, "LAST_ACK", "CLOSE"));
-            let q = base + 2 * S + i * 1_000;
-            ev.push((q, quick, "LISTEN", "SYN_RECV"));
-            ev.push((q + 10, quick, "SYN_RECV", "ESTABLISHED"));
-            ev.push((q + 100, quick, "ESTABLISHED", "CLOSE_WAIT"));
-            ev.push((q + 2_800, quick, "CLOSE_WAIT", "LAST_ACK"));
-            ev.push((q + 3_000, quick, "LAST_ACK", "CLOSE"));
-        }
-        ev.push((base + 3 * S - 5_000, 0x300, "ESTABLISHED", "CLOSE_WAIT"));
-        ev.sort_by_key(|e| e.0);
-        ev.iter()
-            .map(|&(ts, sk, old, new)| line(ts, sk, old, new, ""))
+        crate::engine::synthetic::leak_recording(base)
+            .iter()
+            .map(|&(ts, sk, old, new)| line(ts, sk, old.name(), new.name(), ""))
             .collect()
     }
 

@@ -1,5 +1,9 @@
 //! The example alerting rules in docs/metrics.md pass `promtool check rules` (Debian's
 //! `prometheus` package, installed by `cargo xtask setup`; `PROMTOOL` names another binary).
+//!
+//! Tier: offline
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -48,7 +52,7 @@ fn documented_alerts_pass_promtool() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("rules.yml");
     std::fs::write(&file, &yaml).unwrap();
-    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let promtool = common::promtool::promtool();
     let out = Command::new(&promtool)
         .args(["check", "rules"])
         .arg(&file)

@@ -5,6 +5,8 @@
 //! The leaking servers are `tests/fixtures/leaky.py` processes with their own comm; their
 //! clients are this test process or another fixture. Records are matched by the fixtures' ports
 //! and pids only: other traffic on the machine is ignored.
+//!
+//! Tier: root
 
 mod common;
 

@@ -6,9 +6,13 @@
 //! ports, the network namespace, the socket error, and the task on CPU. Also checks the exact sequences, that
 //! `Auto` picks the BTF tracepoint on a kernel with BTF, and the offsets found in the running
 //! kernel's BTF. Needs root (CAP_BPF, CAP_PERFMON); fails, never skips, without it.
+//!
+//! Tier: root
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -17,11 +21,7 @@ use tracer::bpf::btf::Btf;
 use tracer::bpf::{AttachMode, LoadOptions, Tracer};
 use tracer::event::{Family, TcpState, Transition, decode};
 
-fn own_netns() -> u32 {
-    std::fs::metadata("/proc/self/ns/net")
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
-        .expect("/proc/self/ns/net")
-}
+use common::sockets::one_connection;
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -43,24 +43,6 @@ fn load(mode: AttachMode) -> (Tracer, Vec<RingBuf<MapData>>) {
     (t, rings)
 }
 
-/// Active close by the client, passive by the server; returns (listener port, client port).
-fn one_connection(bind: &str) -> (u16, u16) {
-    let listener = TcpListener::bind(bind).unwrap();
-    let lport = listener.local_addr().unwrap().port();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let cport = client.local_addr().unwrap().port();
-    let (mut server, _) = listener.accept().unwrap();
-    client.write_all(b"ping").unwrap();
-    let mut buf = [0u8; 4];
-    server.read_exact(&mut buf).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    drop(client);
-    assert_eq!(server.read(&mut buf).unwrap(), 0);
-    drop(server);
-    drop(listener);
-    (lport, cport)
-}
-
 /// Reads the rings until `want` events on the test's ports have arrived, then a little longer
 /// to catch any extra ones.
 fn collect(rings: &mut [RingBuf<MapData>], lport: u16, cport: u16, want: usize) -> Vec<Transition> {
@@ -80,7 +62,7 @@ fn collect_where(
     want: usize,
     mine: impl Fn(&Transition) -> bool,
 ) -> Vec<Transition> {
-    let own = own_netns();
+    let own = common::own_netns() as u32;
     let mine = |t: &Transition| t.netns == own && mine(t);
     let mut out = Vec::new();
     // A failure bound only (a slow VM takes a while); done as soon as `want` are in.
@@ -228,7 +210,7 @@ fn both_programs_agree(bind: &str, v6: bool) {
     assert_eq!((syn_sent.sport, syn_sent.dport), (0, lport));
     // Every event names this test's network namespace (the kernel reads it from the socket),
     // and an orderly close leaves no socket error.
-    let own = own_netns();
+    let own = common::own_netns() as u32;
     for life in a.values() {
         for s in life {
             assert_eq!(s.netns, own, "{s:?}");

@@ -1,5 +1,7 @@
 //! Close records from real connections on loopback (issue 3): every kind, a CLOSE_WAIT leak
 //! held for 3 s with a 1 s threshold, and replay of the recording giving the same records.
+//!
+//! Tier: root
 
 mod common;
 
@@ -8,6 +10,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use common::sockets::set_linger_zero;
 use common::{Traced, WAIT, of_type, on_ports};
 use serde_json::Value;
 
@@ -30,24 +33,6 @@ fn ports(c: &TcpStream) -> (u16, u16) {
         c.local_addr().unwrap().port(),
         c.peer_addr().unwrap().port(),
     )
-}
-
-fn set_linger_zero(s: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on an open socket with a valid linger struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
 }
 
 fn kind_of(v: &Value) -> &str {

@@ -6,6 +6,8 @@
 //! `cargo xtask setup`; `PROMTOOL` and `PROMETHEUS` override the binaries). Without them the
 //! tests fail, they do not skip. Leaking processes are `tests/fixtures/leaky.py`; only their
 //! pids, comms and ports are looked at.
+//!
+//! Tier: root
 
 mod common;
 
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::promtool::check_metrics;
 use common::{Fixture, HttpReply, Traced, WAIT, connect_clients, http_request, run_tracer};
 
 // ---------------------------------------------------------------------------------------------
@@ -199,60 +202,8 @@ fn leaking_server(comm: &str, n: usize) -> Fixture {
 // ---------------------------------------------------------------------------------------------
 // External tools
 
-fn tool(env: &str, name: &str) -> String {
-    if let Ok(p) = std::env::var(env) {
-        return p;
-    }
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/bin"])
-    {
-        let p = PathBuf::from(dir).join(name);
-        if p.is_file() {
-            return p.to_string_lossy().into_owned();
-        }
-    }
-    panic!(
-        "`{name}` not found: run `cargo xtask setup` (installs Debian's `prometheus` package, \
-         which has promtool and prometheus), or set {env} to the binary"
-    )
-}
-
-fn promtool() -> String {
-    tool("PROMTOOL", "promtool")
-}
-
 fn prometheus() -> String {
-    tool("PROMETHEUS", "prometheus")
-}
-
-/// `promtool check metrics` on `text`: no error and no lint finding.
-fn promtool_check(text: &str) {
-    let mut child = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run promtool ({e}): run `cargo xtask setup`"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics rejected the live exposition ({}):\n{report}\n--- exposition ---\n{text}",
-        out.status
-    );
+    common::promtool::tool("PROMETHEUS", "prometheus")
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -410,7 +361,7 @@ fn live_exposition_passes_promtool() {
     );
     assert!(single(&samples, "tracer_tcp_close_wait_leaks_detected_total").unwrap() >= 2.0);
     assert!(single(&samples, "tracer_events_total").unwrap() > 0.0);
-    promtool_check(&body);
+    check_metrics(&body, "live");
 
     let plain = get(addr, "/metrics", &[]);
     assert_eq!(
@@ -418,7 +369,7 @@ fn live_exposition_passes_promtool() {
         Some("text/plain; version=0.0.4; charset=utf-8"),
         "{plain:?}"
     );
-    promtool_check(&plain.body);
+    check_metrics(&plain.body, "live");
 
     let om = get(
         addr,

@@ -5,6 +5,8 @@
 //! `leaked: false` and the whole CLOSE_WAIT dwell. The same server that stops sending but keeps
 //! the socket open is reported once it has been idle for the threshold, with the idle time.
 //! Needs root; fails, never skips, without it.
+//!
+//! Tier: root
 
 mod common;
 

@@ -1,12 +1,14 @@
 //! Live tracing of real loopback connections (issue 2): exact transition sequences of the
 //! client socket and of the accepted server socket, matched by this test's own ports.
+//!
+//! Tier: root
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use common::sockets::one_connection;
 use common::{Traced, child_birth_has_peer, of_type, on_ports, states};
 
 /// The transitions of one socket life: the kernel recycles socket addresses, so take the
@@ -32,28 +34,9 @@ fn life_of(values: &[serde_json::Value], sk: &str, anchor: usize) -> Vec<(String
     life
 }
 
-fn one_connection(bind: &str) -> (u16, u16, u16) {
-    let listener = TcpListener::bind(bind).unwrap();
-    let lport = listener.local_addr().unwrap().port();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let cport = client.local_addr().unwrap().port();
-    let (mut server, _) = listener.accept().unwrap();
-    client.write_all(b"ping").unwrap();
-    let mut buf = [0u8; 4];
-    server.read_exact(&mut buf).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    // Active close on the client, passive on the server. (shutdown() before close() would add
-    // a FIN_WAIT1→FIN_WAIT1 self-transition when close() runs before the ACK arrives.)
-    drop(client);
-    assert_eq!(server.read(&mut buf).unwrap(), 0);
-    drop(server);
-    drop(listener);
-    (lport, cport, lport)
-}
-
 fn check_family(bind: &str, family: u64) {
     let mut t = Traced::start(&["--json", "--show", "transitions"]);
-    let (lport, cport, _) = one_connection(bind);
+    let (lport, cport) = one_connection(bind);
     // The last event of each of the three sockets: the client's FIN_WAIT2→CLOSE, the accepted
     // socket's LAST_ACK→CLOSE and the listener's LISTEN→CLOSE. The bound is only for failure:
     // under emulation they arrive seconds late.

@@ -2,6 +2,8 @@
 //! (kubernetes-validate, strict: unknown fields are errors) for the oldest and newest
 //! Kubernetes versions we claim, and keeps the grants docs/daemon.md explains. `cargo xtask
 //! setup` installs the validator; without it this test fails, it does not skip.
+//!
+//! Tier: offline
 
 use std::process::Command;
 

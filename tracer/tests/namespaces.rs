@@ -6,6 +6,8 @@
 //! Real BPF, real namespaces (`unshare --net`, made per test), real cgroups (a directory in the
 //! cgroup v2 hierarchy named like Docker's). Records are matched by the fixtures' ports and
 //! pids only.
+//!
+//! Tier: root
 
 mod common;
 
@@ -14,17 +16,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{Fixture, Traced, http_request, of_type};
+use common::{Fixture, Traced, http_request, of_type, own_netns};
 
 /// The network namespace inode of a process (`readlink /proc/PID/ns/net` = `net:[N]`).
 fn netns_of(pid: u32) -> u64 {
     std::fs::metadata(format!("/proc/{pid}/ns/net"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/ns/net: {e}"))
         .ino()
-}
-
-fn own_netns() -> u64 {
-    netns_of(std::process::id())
 }
 
 /// Two ports that are free in this namespace now.

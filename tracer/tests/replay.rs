@@ -1,5 +1,9 @@
 //! `tracer replay` end to end, on generated input (no root needed): bounded memory on a line
 //! of over 1 GiB, time that goes back or jumps ahead, exit statuses and error wording.
+//!
+//! Tier: offline
+
+mod common;
 
 use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
@@ -7,40 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::recordings::{leak_recording_lines as part, line};
+
 const S: u64 = 1_000_000_000;
-
-fn line(ts: u64, sk: u64, old: &str, new: &str) -> String {
-    format!(
-        r#"{{"type":"transition","ts_ns":{ts},"sk":"0x{sk:x}","family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"127.0.0.1","dport":{},"old":"{old}","new":"{new}","dwell_ns":null,"task_pid":1,"task_tid":1,"task_comm":"srv"}}"#,
-        40_000 + sk % 1000
-    )
-}
-
-/// A 3 s recording from `base` (threshold 1 s): ten server sockets in CLOSE_WAIT for 3 s (ten
-/// leaks), ten in CLOSE_WAIT for 2.7 µs, one entering CLOSE_WAIT just before the end.
-fn part(base: u64) -> Vec<String> {
-    let mut ev: Vec<(u64, u64, &str, &str)> = Vec::new();
-    for i in 0..10u64 {
-        let (leaky, quick) = (0x100 + i, 0x200 + i);
-        let t = base + i * 1_000;
-        ev.push((t, leaky, "LISTEN", "SYN_RECV"));
-        ev.push((t + 10, leaky, "SYN_RECV", "ESTABLISHED"));
-        ev.push((t + 1_000_000, leaky, "ESTABLISHED", "CLOSE_WAIT"));
-        ev.push((t + 3 * S, leaky, "CLOSE_WAIT", "LAST_ACK"));
-        ev.push((t + 3 * S + 10_000, leaky, "LAST_ACK", "CLOSE"));
-        let q = base + 2 * S + i * 1_000;
-        ev.push((q, quick, "LISTEN", "SYN_RECV"));
-        ev.push((q + 10, quick, "SYN_RECV", "ESTABLISHED"));
-        ev.push((q + 100, quick, "ESTABLISHED", "CLOSE_WAIT"));
-        ev.push((q + 2_800, quick, "CLOSE_WAIT", "LAST_ACK"));
-        ev.push((q + 3_000, quick, "LAST_ACK", "CLOSE"));
-    }
-    ev.push((base + 3 * S - 5_000, 0x300, "ESTABLISHED", "CLOSE_WAIT"));
-    ev.sort_by_key(|e| e.0);
-    ev.iter()
-        .map(|&(ts, sk, old, new)| line(ts, sk, old, new))
-        .collect()
-}
 
 /// Runs `tracer replay - ARGS` on `input`; returns (exit code, stdout lines, stderr).
 fn replay(input: &[u8], args: &[&str]) -> (i32, Vec<String>, String) {

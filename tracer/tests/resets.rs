@@ -12,6 +12,8 @@
 //!   the listener's owner; their clients `reset` (peer).
 //!
 //! Needs root; fails, never skips, without it.
+//!
+//! Tier: root
 
 mod common;
 
@@ -21,6 +23,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::Traced;
+use common::sockets::set_linger_zero;
 use serde_json::Value;
 
 fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
@@ -31,24 +34,6 @@ fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
 
 fn port(s: &TcpStream) -> u16 {
     s.local_addr().unwrap().port()
-}
-
-fn set_linger_zero(s: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on an open socket with a valid linger struct.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
 }
 
 /// Waits until `s` reads as readable (the peer's FIN or data has arrived), with a deadline.

@@ -3,6 +3,8 @@
 //!
 //! Other processes make TCP traffic too, so every assertion matches only this test's own ports.
 //! Nothing is skipped: a missing privilege or facility fails the test.
+//!
+//! Tier: root
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

@@ -10,6 +10,8 @@
 //! (`tcp_tw_reuse`, on for loopback by default), which is the drift a re-sync corrects; it
 //! drains when the 60 s of TIME_WAIT are over. The JSON summary lists the two remotes. Needs
 //! root; fails, never skips, without it.
+//!
+//! Tier: root
 
 mod common;
 

@@ -8,6 +8,8 @@
 //! Needs root (the eBPF program) and tmux (installed by `cargo xtask setup`); fails, never
 //! skips, without them. Only the fixtures' own pids, names and ports are looked at: the
 //! screen's other rows are whatever else the machine does.
+//!
+//! Tier: root
 
 mod common;
 

@@ -1,47 +1,20 @@
 //! `tracer top` adds no allocation per event: the per-event path (offline here; the live
 //! front-ends drive the same code) with top's sink performs zero heap allocations on this
 //! thread once warm. The view is built once per redraw, outside the event path.
+//!
+//! Tier: offline
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
 
 use tracer::engine::{Histogram, synthetic_stream};
 use tracer::event::TcpState;
 use tracer::pipeline::{Pipeline, PipelineConfig};
 use tracer::top::model::{Model, Snapshot, TopSink};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use common::alloc::{Counting, allocs};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
-}
 
 fn snapshot(path: &mut Pipeline, now_ns: u64) -> Snapshot {
     let sockets = path.sockets_now(now_ns);

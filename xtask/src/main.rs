@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod loadgen;
+mod tiers;
 mod vmtest;
 
 /// The toolchain aya-build uses for the eBPF crate.
@@ -89,6 +90,8 @@ fn real_main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Test { args } => {
+            // Every test file declares its tier (docs/vmtest.md); refuse before building.
+            tiers::read(&workspace_root().join("tracer/tests"))?;
             let tools = setup(SetupLevel::Test)?;
             // The default members: the eBPF crate only builds for the BPF target.
             let mut a = vec!["test", "--all-targets"];

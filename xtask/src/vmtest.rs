@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{Tools, ensure_debian_tools, exec, output, workspace_root};
+use crate::{Tools, ensure_debian_tools, exec, output, tiers, workspace_root};
 
 /// The kernel series of the matrix (`--kernel all`): Debian 11, Debian 12, and 6.12 (Debian 12
 /// security updates, Debian 13).
@@ -91,16 +91,6 @@ impl Target {
     }
 }
 
-/// Test binaries that do not touch the kernel's TCP or BPF: offline engine and replay tests,
-/// top's allocation count, and checks of files (alert rules, Kubernetes manifests).
-const KERNEL_INDEPENDENT: [&str; 5] = [
-    "alert_rules",
-    "engine_props",
-    "manifests",
-    "replay",
-    "top_alloc",
-];
-
 /// A test binary built on the host.
 #[derive(Clone)]
 struct TestBinary {
@@ -146,12 +136,15 @@ pub fn run(tools: &Tools, args: &VmtestArgs) -> Result<()> {
     } else {
         None
     };
+    // Each test file declares its tier (`//! Tier: offline | root`); none declared, no run.
+    let tiers = tiers::read(&workspace_root().join("tracer/tests"))?;
     let (tracer, binaries) = build_tests(tools, &args.tests)?;
-    // Binaries that neither load the program nor make sockets are the same on every kernel:
-    // the host run covers them; a VM runs them only when named with --test.
+    // Binaries that neither load the program nor make sockets (tier offline) are the same on
+    // every kernel: the host run covers them; a VM runs them only when named with --test. The
+    // library's unit tests (`tracer`) have no file of their own and run everywhere.
     let vm_binaries: Vec<TestBinary> = binaries
         .iter()
-        .filter(|b| !args.tests.is_empty() || !KERNEL_INDEPENDENT.contains(&b.name.as_str()))
+        .filter(|b| !args.tests.is_empty() || tiers.get(&b.name) != Some(&tiers::Tier::Offline))
         .cloned()
         .collect();
     let accel = if vm {

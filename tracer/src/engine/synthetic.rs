@@ -175,3 +175,31 @@ impl Iterator for SyntheticStream {
         (n, usize::try_from(self.events_left).ok())
     }
 }
+
+/// A leak recording for replay tests: 3 s of server sockets starting at `base` (meant for a
+/// 1 s threshold), as (ts_ns, sk, old, new) in time order. Ten sockets sit in CLOSE_WAIT 3 s
+/// (ten leaks), ten sit there 2.7 µs, and one enters CLOSE_WAIT just before the end (not a
+/// leak: no time is invented after the last event). The lib's replay tests and
+/// tests/replay.rs format it as lines of their own.
+pub fn leak_recording(base: u64) -> Vec<(u64, u64, TcpState, TcpState)> {
+    const S: u64 = 1_000_000_000;
+    let mut ev: Vec<(u64, u64, TcpState, TcpState)> = Vec::new();
+    for i in 0..10u64 {
+        let (leaky, quick) = (0x100 + i, 0x200 + i);
+        let t = base + i * 1_000;
+        ev.push((t, leaky, Listen, SynRecv));
+        ev.push((t + 10, leaky, SynRecv, Established));
+        ev.push((t + 1_000_000, leaky, Established, CloseWait));
+        ev.push((t + 3 * S, leaky, CloseWait, LastAck));
+        ev.push((t + 3 * S + 10_000, leaky, LastAck, Close));
+        let q = base + 2 * S + i * 1_000;
+        ev.push((q, quick, Listen, SynRecv));
+        ev.push((q + 10, quick, SynRecv, Established));
+        ev.push((q + 100, quick, Established, CloseWait));
+        ev.push((q + 2_800, quick, CloseWait, LastAck));
+        ev.push((q + 3_000, quick, LastAck, Close));
+    }
+    ev.push((base + 3 * S - 5_000, 0x300, Established, CloseWait));
+    ev.sort_by_key(|e| e.0);
+    ev
+}

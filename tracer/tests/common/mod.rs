@@ -1,6 +1,16 @@
 //! Test harness: runs the real `tracer` binary (which loads the real eBPF program; these tests
 //! need root and fail, never skip, without it) and drives real sockets on loopback.
+//!
+//! The one home of what the test binaries share: this module (the traced tracer, fixtures,
+//! HTTP, running the tracer to its exit), [`alloc`] (the counting allocator), [`sockets`]
+//! (`one_connection`, `set_linger_zero`), [`promtool`] and [`recordings`] (replay's
+//! generators). A test binary copies none of it.
 #![allow(dead_code)]
+
+pub mod alloc;
+pub mod promtool;
+pub mod recordings;
+pub mod sockets;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

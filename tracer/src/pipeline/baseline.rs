@@ -1,0 +1,147 @@
+//! The startup baseline: the TCP sockets that exist when the tracer starts, read once from
+//! sock_diag in every network namespace with their owners from one /proc scan, seeded into
+//! the engine under stand-in keys until their first traced event names their kernel address.
+//!
+//! Schedule: once at startup, after the program is attached.
+
+use std::time::{Duration, Instant};
+
+use crate::attribution;
+use crate::engine::{BaselineSummary, Seed};
+use crate::event::TcpState;
+use crate::record::{Owner, SocketId};
+use crate::sockdiag::{DiagSocket, SockDiagError, StateMask};
+
+use super::Pipeline;
+use super::timewait_sync::read_port_range;
+
+/// What the startup baseline found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BaselineReport {
+    /// Sockets seeded into the engine.
+    pub seeded: usize,
+    /// Network namespaces dumped (the tracer's own included).
+    pub namespaces: usize,
+    /// Namespaces that could not be entered or dumped (counted, never silent).
+    pub namespaces_failed: usize,
+    /// With `--pid`: the (netns, local port) pairs of that process's sockets, for the
+    /// in-kernel filter.
+    pub pid_ports: Vec<(u32, u16)>,
+    /// Wall time the baseline took.
+    pub elapsed: Duration,
+}
+
+/// Stand-in keys for baseline sockets: below 2^63, so never a kernel address (those are in the
+/// upper half), and unique across namespaces (sock_diag cookies are per namespace on older
+/// kernels).
+pub(super) const STAND_IN_BASE: u64 = 0x7000_0000_0000_0000;
+
+impl Pipeline {
+    /// Seeds the engine with the TCP sockets that exist now in every network namespace that
+    /// has a process in it or a name under /run/netns (sock_diag inside each), with their
+    /// owners from one /proc scan. Call after the program is attached (a socket that changes
+    /// state in between is seen by both; the traced state wins), then [`Pipeline::tick`] to
+    /// emit leaks found. With `--pid`, only that process's sockets are seeded.
+    pub fn baseline(&mut self, now_ns: u64) -> Result<BaselineReport, SockDiagError> {
+        let started = Instant::now();
+        let Some(live) = self.live.as_mut() else {
+            return Ok(BaselineReport::default());
+        };
+        let mut report = BaselineReport::default();
+        let mut sockets: Vec<(u32, DiagSocket)> = Vec::new();
+        let mut buf = Vec::new();
+        for ns in live.namespaces.discover(started) {
+            let Some(diag) = live.namespaces.diag(ns, started) else {
+                report.namespaces_failed += 1;
+                continue;
+            };
+            buf.clear();
+            match diag.dump(StateMask::ALL) {
+                Ok(v) => buf = v,
+                Err(e) if ns == self.own_netns => return Err(e),
+                Err(e) => {
+                    tracing::warn!("network namespace {ns}: reading its TCP sockets: {e}");
+                    report.namespaces_failed += 1;
+                    continue;
+                }
+            }
+            report.namespaces += 1;
+            read_port_range(&mut live.namespaces, &mut self.tw, ns, started);
+            // With --pid the TIME_WAIT counts are that process's hand-overs only (timewait
+            // sockets have no owner to filter a dump by).
+            if self.pid.is_none() {
+                self.tw.resync(ns, now_ns, &buf);
+            }
+            sockets.extend(buf.drain(..).map(|s| (ns, s)));
+        }
+        // With --pid only that process's fd table is read.
+        let index = attribution::scan_inodes(self.pid);
+        let diag_only: Vec<DiagSocket> = sockets.iter().map(|(_, s)| *s).collect();
+        let found = attribution::owners_of_baseline(&diag_only, &index);
+        drop(diag_only);
+        self.engine.tick(now_ns, &mut self.records);
+        for ((ns, s), owner) in sockets.iter().zip(found) {
+            if self.pid.is_some() && owner.map(|o| o.pid) != self.pid {
+                continue;
+            }
+            if matches!(s.state, TcpState::TimeWait | TcpState::Close) {
+                continue;
+            }
+            if self.pid.is_some() {
+                report.pid_ports.push((*ns, s.sport));
+            }
+            self.seed_diag(*ns, s, owner, now_ns);
+            report.seeded += 1;
+        }
+        if let Some(live) = self.live.as_mut() {
+            live.attributor.adopt_index(index, Instant::now());
+        }
+        report.elapsed = started.elapsed();
+        self.baseline = Some(BaselineSummary {
+            sockets: report.seeded as u64,
+            namespaces: report.namespaces as u64,
+            namespaces_failed: report.namespaces_failed as u64,
+            took_us: report.elapsed.as_micros() as u64,
+        });
+        self.tw_last_resync = Some((started, report.elapsed));
+        Ok(report)
+    }
+}
+
+impl Pipeline {
+    /// Seeds one socket that sock_diag reported in namespace `ns` (the startup baseline, and
+    /// reconciliation). The engine keys sockets by kernel address, which sock_diag does not
+    /// give: a stand-in key is used until the socket's first traced event.
+    pub(super) fn seed_diag(&mut self, ns: u32, s: &DiagSocket, owner: Option<Owner>, now_ns: u64) {
+        let key = self.next_stand_in;
+        self.next_stand_in += 1;
+        self.owners
+            .baseline
+            .insert((ns, s.tuple().normalized()), key);
+        if s.state == TcpState::Listen
+            && let Some(o) = owner
+        {
+            self.owners.listeners.insert((ns, s.sport), o);
+        }
+        let since = s
+            .close_wait_since_estimate_ms()
+            .map(|ms| now_ns.saturating_sub(u64::from(ms) * 1_000_000));
+        self.engine.seed(
+            &Seed {
+                id: SocketId {
+                    sk: key,
+                    netns: ns,
+                    family: s.family,
+                    saddr: s.saddr,
+                    sport: s.sport,
+                    daddr: s.daddr,
+                    dport: s.dport,
+                },
+                state: s.state,
+                owner,
+                state_since_ns: since,
+            },
+            &mut self.records,
+        );
+    }
+}

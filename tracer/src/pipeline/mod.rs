@@ -1,0 +1,559 @@
+//! The per-event path, in one place: raw ring-buffer record → [`Transition`] → owners (context,
+//! listener, startup baseline) → [`Engine`] → [`Record`]s → owner confirmation, container
+//! identity and the `--pid` filter → a [`Sink`].
+//!
+//! Every front-end drives this and only this: the streaming tracer and the daemon (app.rs),
+//! `tracer top`, and replay. A front-end is its loop (where events and clock ticks come from)
+//! and its sink (where transitions and records go); it never re-implements a step of the path.
+//!
+//! Network namespaces: the kernel reports each socket's namespace (inode number; 0 when
+//! unknown, then taken as the tracer's own). Everything that names a socket by address is
+//! keyed by namespace too: listener owners by (netns, port), baseline sockets by (netns,
+//! 4-tuple), and sock_diag questions go to a socket made inside that namespace
+//! ([`Namespaces`]). A leak's owner is confirmed only through its own namespace; when that
+//! namespace cannot be reached the owner stays what the trace showed, never another
+//! namespace's answer.
+//!
+//! Cost per event: one decode, a few hash lookups (listener and baseline maps only on the
+//! transitions that use them), the engine's O(1) step, and nothing else unless a record is
+//! produced. No allocation: records go through a reused vector.
+//!
+//! Schedule: per event (and per clock tick). What runs on other schedules lives in the child
+//! modules around it: `owners` (who owns a socket, per event), `baseline` (once at startup),
+//! `timewait_sync` (the periodic TIME_WAIT re-sync) and `views` (built on demand, per scrape
+//! or redraw).
+
+mod baseline;
+mod owners;
+mod reconcile;
+mod timewait_sync;
+mod views;
+
+#[cfg(test)]
+mod tests;
+
+pub use baseline::BaselineReport;
+pub use reconcile::{ReconcileConfig, ReconcileStats};
+pub use timewait_sync::TimeWaitConfig;
+
+use std::collections::HashMap;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::attribution::{self, Attributor, AttributorConfig, ProcFs};
+use crate::container::Containers;
+use crate::engine::{BaselineSummary, Engine, EngineConfig, LeakCheck, LeakDecision};
+use crate::event::{self, TcpState, Transition};
+use crate::netns::{Namespaces, NetnsStats};
+use crate::record::{CloseRecord, LeakRecord, Owner, OwnerSource, Record, SocketId};
+use crate::sockdiag::{FourTuple, SockDiagError};
+use crate::timewait::TimeWait;
+
+use baseline::STAND_IN_BASE;
+use owners::{Owners, tuple_of};
+
+/// Facts about a record's owner that the engine does not know (gathered from /proc by the
+/// per-event path; empty in replay).
+#[derive(Clone, Debug, Default)]
+pub struct RecordContext {
+    /// Command line of the owning process (leaks only).
+    pub cmdline: Option<String>,
+    /// CLOSE_WAIT sockets the owner holds now (leaks only).
+    pub close_wait_held: Option<u64>,
+    /// The owner's cgroup v2 path and container.
+    pub cgroup: Option<crate::container::Cgroup>,
+}
+
+/// Where a front-end sends what the path produces. Called only for what passes the `--pid`
+/// filter.
+pub trait Sink {
+    /// A transition, with the socket's owner when known.
+    fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()>;
+    /// A socket reached CLOSE.
+    fn close(&mut self, c: &CloseRecord, cx: &RecordContext) -> io::Result<()>;
+    /// A socket's CLOSE_WAIT age crossed the threshold.
+    fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()>;
+}
+
+/// Counts kept by the path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathCounts {
+    /// Records decoded (or transitions fed).
+    pub events: u64,
+    /// Records that could not be decoded (should stay 0; counted, never silent).
+    pub undecodable: u64,
+    /// Transitions per (from, to), by [`TcpState::index`].
+    pub transitions: [[u64; 12]; 12],
+    /// Leak candidates whose owner's activity was asked through sock_diag (tcp_info).
+    pub leak_checks: u64,
+    /// Of those, the owner had sent data within the threshold: re-checked later.
+    pub leak_checks_deferred: u64,
+    /// Of those, the kernel could not be asked (namespace unreachable, sock_diag error):
+    /// decided by the CLOSE_WAIT age alone.
+    pub leak_checks_unanswered: u64,
+    /// Of those, the kernel said the socket was not in CLOSE_WAIT: asked again a moment later.
+    pub leak_checks_reasked: u64,
+    /// Of those, the kernel no longer had the socket, twice: not a leak, closed out unseen.
+    pub leak_checks_gone: u64,
+    /// Of those, the kernel had it in another state, twice: not a leak, state corrected.
+    pub leak_checks_other_state: u64,
+}
+
+/// Configuration of a [`Pipeline`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineConfig {
+    pub engine: EngineConfig,
+    /// `--pid`: only this process's sockets reach the sink.
+    pub pid: Option<u32>,
+}
+
+/// Resolution of tcp_info's "ms ago" stamps: one jiffy, at most 10 ms (HZ=100).
+const IDLE_RESOLUTION_NS: u64 = 10_000_000;
+
+/// A leak candidate the kernel says is not in CLOSE_WAIT is asked about again this much later
+/// (engine clock), after at least one more drain: the events that took it out of CLOSE_WAIT may
+/// still have been in a ring buffer.
+const KERNEL_RECHECK_NS: u64 = 250_000_000;
+
+/// What the kernel says of a leak candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LeakAnswer {
+    /// Still in CLOSE_WAIT; the owner has sent nothing for `idle_ns` (0 with data queued),
+    /// `None` without tcp_info.
+    CloseWait { idle_ns: Option<u64> },
+    /// The kernel has no such socket.
+    Gone,
+    /// The kernel has it in another state.
+    InState(TcpState),
+    /// The kernel could not be asked (namespace unreachable, sock_diag error, offline).
+    Unasked,
+}
+
+/// What only a live path has: the host's /proc and sock_diag.
+struct Live {
+    attributor: Attributor,
+    namespaces: Namespaces,
+    containers: Containers,
+    proc: ProcFs,
+    /// The last host-wide TIME_WAIT count and when it was read.
+    time_wait_total: Option<(Instant, crate::netns::TimeWaitTotal)>,
+}
+
+/// The per-event path. See the module documentation.
+pub struct Pipeline {
+    engine: Engine,
+    owners: Owners,
+    live: Option<Live>,
+    pid: Option<u32>,
+    records: Vec<Record>,
+    /// Leak checks taken from the engine (buffer reused).
+    checks: Vec<LeakCheck>,
+    /// Leak candidates the kernel said once were not in CLOSE_WAIT, and when (engine clock):
+    /// the next answer is taken.
+    kernel_said: Vec<(u64, u64)>,
+    /// TIME_WAIT sockets and ephemeral ports per remote endpoint.
+    tw: TimeWait,
+    tw_cfg: TimeWaitConfig,
+    /// When the TIME_WAIT table was last re-synced from sock_diag, and how long that took.
+    tw_last_resync: Option<(Instant, Duration)>,
+    counts: PathCounts,
+    own_netns: u32,
+    next_stand_in: u64,
+    baseline: Option<BaselineSummary>,
+    /// The engine's CLOSE_WAIT sockets checked against the kernel's.
+    reconcile: reconcile::Reconciler,
+}
+
+impl Pipeline {
+    /// A path without /proc or sock_diag (replay, benchmarks): owners come from the trace and
+    /// from hints only; records carry no container.
+    pub fn offline(cfg: PipelineConfig) -> Self {
+        Pipeline {
+            engine: Engine::new(cfg.engine),
+            owners: Owners::default(),
+            live: None,
+            pid: cfg.pid,
+            records: Vec::with_capacity(256),
+            checks: Vec::new(),
+            kernel_said: Vec::new(),
+            tw: TimeWait::new(TimeWait::DEFAULT_CAPACITY),
+            tw_cfg: TimeWaitConfig::default(),
+            tw_last_resync: None,
+            counts: PathCounts::default(),
+            own_netns: 0,
+            next_stand_in: STAND_IN_BASE,
+            baseline: None,
+            reconcile: reconcile::Reconciler::default(),
+        }
+    }
+
+    /// A path on the live host: owners are confirmed through sock_diag (in each socket's own
+    /// namespace) and /proc, and records name the owner's cgroup and container.
+    pub fn live(cfg: PipelineConfig) -> Result<Self, SockDiagError> {
+        let namespaces = Namespaces::open()?;
+        let own_netns = namespaces.own();
+        let proc = ProcFs::default();
+        let mut offline = Self::offline(cfg);
+        // A CLOSE_WAIT socket is a leak only once its owner has also sent nothing for the
+        // threshold: asked through tcp_info when the threshold passes (`check_leaks`).
+        offline.engine.confirm_leaks(true);
+        Ok(Pipeline {
+            live: Some(Live {
+                attributor: Attributor::new(AttributorConfig::default()),
+                namespaces,
+                containers: Containers::new(proc.clone(), Duration::from_secs(2), 65_536),
+                proc,
+                time_wait_total: None,
+            }),
+            own_netns,
+            ..offline
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The per-remote TIME_WAIT table.
+    pub fn time_wait(&self) -> &TimeWait {
+        &self.tw
+    }
+
+    pub fn counts(&self) -> &PathCounts {
+        &self.counts
+    }
+
+    /// The tracer's own network namespace (0 offline).
+    pub fn own_netns(&self) -> u32 {
+        self.own_netns
+    }
+
+    /// Namespace bookkeeping counters (live only).
+    pub fn netns_stats(&self) -> Option<NetnsStats> {
+        self.live.as_ref().map(|l| l.namespaces.stats())
+    }
+
+    /// The namespace a socket's 4-tuple lives in: unknown (0) is the tracer's own.
+    fn ns(&self, netns: u32) -> u32 {
+        if netns == 0 { self.own_netns } else { netns }
+    }
+
+    /// One raw ring-buffer record. A record that cannot be decoded is counted and logged.
+    pub fn on_bytes(&mut self, bytes: &[u8], sink: &mut impl Sink) -> io::Result<()> {
+        match self.decode(bytes) {
+            Some(t) => self.on_transition(&t, None, sink),
+            None => Ok(()),
+        }
+    }
+
+    /// Decodes one raw ring-buffer record, for a reader that orders records before they go
+    /// down the path ([`Pipeline::on_transition`]). One that cannot be decoded is counted and
+    /// logged.
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Transition> {
+        match event::decode(bytes) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.counts.undecodable += 1;
+                tracing::warn!("undecodable event: {e}");
+                None
+            }
+        }
+    }
+
+    /// One transition. `hint` is an owner known from elsewhere (a replayed line names one).
+    pub fn on_transition(
+        &mut self,
+        t: &Transition,
+        hint: Option<Owner>,
+        sink: &mut impl Sink,
+    ) -> io::Result<()> {
+        self.counts.events += 1;
+        self.counts.transitions[t.old.index()][t.new.index()] += 1;
+        let netns = self.ns(t.netns);
+        // A socket of the startup baseline, seen by its kernel address for the first time.
+        // Births are new sockets: the program is attached before the baseline is read, so a
+        // baseline socket's own close is always seen before its 4-tuple can be born again.
+        if !self.owners.baseline.is_empty()
+            && !crate::engine::classify::is_birth(t.old, t.new)
+            && self.engine.state_of(t.sk).is_none()
+            && let Some(key) = self.owners.baseline.remove(&(netns, tuple_of(t)))
+        {
+            self.engine.rekey(key, t.sk);
+        }
+        let revealed = hint.or_else(|| self.owners.revealed_by(t, netns));
+        // Read before the step: a socket that reaches CLOSE leaves the engine with it.
+        let known = self.engine.owner(t.sk);
+        self.owners.track_listener(t, netns, revealed);
+        if let Some(o) = revealed {
+            self.engine.set_owner(t.sk, o);
+        }
+        self.engine.on_transition(t, &mut self.records);
+        if let Some(o) = revealed {
+            // A socket born by this transition exists in the engine only now.
+            self.engine.set_owner(t.sk, o);
+        }
+        let owner = self.engine.owner(t.sk).or(known).or(revealed);
+        if self.passes(owner.as_ref()) {
+            // The kernel measures no dwell: the engine's, from this socket's event times.
+            match (t.dwell_ns, self.engine.last_dwell_ns()) {
+                (None, Some(d)) => {
+                    let shown = Transition {
+                        dwell_ns: Some(d),
+                        ..*t
+                    };
+                    sink.transition(&shown, owner.as_ref())?;
+                }
+                _ => sink.transition(t, owner.as_ref())?,
+            }
+        }
+        self.emit(sink)
+    }
+
+    /// A clock reading (kernel monotonic ns): leaks now due are emitted.
+    pub fn tick(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
+        self.engine.tick(now_ns, &mut self.records);
+        self.emit(sink)
+    }
+
+    /// Forgets every tracked socket and the owners the trace taught, emitting nothing (a
+    /// replayed input that starts over: the sockets of the part before are not those of the
+    /// part after). Counters and histograms stay. Returns how many sockets were tracked.
+    pub fn forget_all(&mut self) -> u64 {
+        self.owners = Owners::default();
+        self.engine.forget_all()
+    }
+
+    /// When the next leak is due, if any (replay ticks at exact due times).
+    pub fn next_leak_due_ns(&self) -> Option<u64> {
+        self.engine.next_leak_due_ns()
+    }
+
+    fn passes(&self, owner: Option<&Owner>) -> bool {
+        self.pid.is_none_or(|p| owner.is_some_and(|o| o.pid == p))
+    }
+
+    /// Sends the records the engine produced to the sink: leak owners confirmed first (so
+    /// per-owner counts see every confirmed holder), then each record with its context.
+    fn emit(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        if self.engine.has_leak_checks() {
+            self.check_leaks();
+        }
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        // Taken out (capacity kept) so the loops can use the rest of `self`.
+        let mut records = std::mem::take(&mut self.records);
+        for rec in records.iter_mut() {
+            if let Record::Leak(l) = rec
+                && let Some(o) = self.confirm_owner(l, now)
+            {
+                l.owner = Some(o);
+                self.engine.set_owner(l.id.sk, o);
+            }
+        }
+        let mut held: Option<HashMap<u32, u64>> = None;
+        let clock = self.engine.clock_ns();
+        let mut result = Ok(());
+        for rec in records.drain(..) {
+            if result.is_err() {
+                continue;
+            }
+            result = match rec {
+                Record::Close(c) => {
+                    if c.time_wait {
+                        let id = &c.id;
+                        let ns = self.ns(id.netns);
+                        self.tw
+                            .on_handover(ns, id.saddr, id.sport, id.daddr, id.dport, c.ts_ns);
+                    }
+                    if !self.passes(c.owner.as_ref()) {
+                        continue;
+                    }
+                    let cx = RecordContext {
+                        cgroup: self.cgroup(c.owner.as_ref(), now, false),
+                        ..RecordContext::default()
+                    };
+                    sink.close(&c, &cx)
+                }
+                Record::Leak(l) => {
+                    if !self.passes(l.owner.as_ref()) {
+                        continue;
+                    }
+                    let counts = held.get_or_insert_with(|| held_by_pid(&self.engine, clock));
+                    let cx = RecordContext {
+                        cmdline: self
+                            .live
+                            .as_ref()
+                            .zip(l.owner)
+                            .and_then(|(live, o)| live.proc.cmdline(o.pid)),
+                        close_wait_held: l.owner.and_then(|o| counts.get(&o.pid).copied()),
+                        cgroup: self.cgroup(l.owner.as_ref(), now, true),
+                    };
+                    sink.leak(&l, &cx)
+                }
+            };
+        }
+        self.records = records;
+        result
+    }
+
+    /// Answers the engine's leak checks against the kernel: a CLOSE_WAIT socket past the
+    /// threshold is a leak only if the kernel still has it in CLOSE_WAIT, looked up by its
+    /// 4-tuple in its own namespace, and its owner has also sent nothing for the threshold
+    /// (`tcpi_last_data_sent`; data still queued counts as sending now). A socket still sending
+    /// is re-checked when it will have been idle for the threshold. A socket the kernel no
+    /// longer has, or has in another state, is asked again [`KERNEL_RECHECK_NS`] later (its
+    /// events may still be in a ring buffer); the second such answer is taken: it leaves as a
+    /// close of kind `unknown` (`closed_unseen`), or takes the kernel's state. Only when the
+    /// kernel cannot be asked (namespace unreachable, sock_diag error) does the age alone
+    /// decide, with `idle_ns: null` (counted apart). One lookup per socket per threshold period.
+    fn check_leaks(&mut self) {
+        let mut checks = std::mem::take(&mut self.checks);
+        self.engine.take_leak_checks(&mut checks);
+        let thr = self.engine.config().close_wait_threshold_ns;
+        let now = Instant::now();
+        for c in &checks {
+            self.counts.leak_checks += 1;
+            let answer = self.ask_about_leak(&c.id, c.owner, now);
+            let decision = match answer {
+                // tcp_info's stamps have one-jiffy resolution: an owner that sent nothing
+                // since before CLOSE_WAIT began can read a few ms short of the threshold.
+                LeakAnswer::CloseWait {
+                    idle_ns: Some(idle),
+                } if idle.saturating_add(IDLE_RESOLUTION_NS) < thr => {
+                    self.counts.leak_checks_deferred += 1;
+                    LeakDecision::RecheckAt {
+                        at_ns: c.at_ns.saturating_add(thr - idle),
+                    }
+                }
+                LeakAnswer::CloseWait { idle_ns } => LeakDecision::Leak { idle_ns },
+                LeakAnswer::Unasked => {
+                    self.counts.leak_checks_unanswered += 1;
+                    LeakDecision::Leak { idle_ns: None }
+                }
+                LeakAnswer::Gone | LeakAnswer::InState(_) if self.kernel_said_once(c.id.sk) => {
+                    self.counts.leak_checks_reasked += 1;
+                    LeakDecision::RecheckAt {
+                        at_ns: c.at_ns.saturating_add(KERNEL_RECHECK_NS),
+                    }
+                }
+                LeakAnswer::Gone => {
+                    self.counts.leak_checks_gone += 1;
+                    LeakDecision::Gone
+                }
+                LeakAnswer::InState(state) => {
+                    self.counts.leak_checks_other_state += 1;
+                    LeakDecision::InState { state }
+                }
+            };
+            if matches!(
+                decision,
+                LeakDecision::Leak { .. } | LeakDecision::Gone | LeakDecision::InState { .. }
+            ) {
+                self.kernel_said.retain(|&(sk, _)| sk != c.id.sk);
+            }
+            self.engine.decide_leak(c, decision, &mut self.records);
+        }
+        checks.clear();
+        self.checks = checks;
+    }
+
+    /// Whether this is the kernel's first "not in CLOSE_WAIT" about `sk`: remembered, so that
+    /// the re-check's answer is taken. Entries older than a minute are dropped (their socket
+    /// left CLOSE_WAIT through its own events meanwhile).
+    fn kernel_said_once(&mut self, sk: u64) -> bool {
+        let now = self.engine.clock_ns();
+        self.kernel_said
+            .retain(|&(_, at)| now.saturating_sub(at) < 60_000_000_000);
+        if self.kernel_said.iter().any(|&(s, _)| s == sk) {
+            return false;
+        }
+        self.kernel_said.push((sk, now));
+        true
+    }
+
+    /// A socket whose namespace can no longer be found, and whose owner (as the trace knew
+    /// it) is gone or was never known, is gone too: a live socket keeps its namespace alive,
+    /// and only a process holding it (a passed fd) could keep it out of sight.
+    fn namespace_gone_for(&mut self, netns: u32, owner: Option<Owner>, now: Instant) -> bool {
+        let Some(live) = self.live.as_mut() else {
+            return false;
+        };
+        !live.namespaces.is_known(netns, now)
+            && owner.is_none_or(|o| !attribution::process_alive(o.pid))
+    }
+
+    /// What the kernel says of a leak candidate, asked in the socket's own namespace.
+    fn ask_about_leak(&mut self, id: &SocketId, owner: Option<Owner>, now: Instant) -> LeakAnswer {
+        let netns = self.ns(id.netns);
+        if self.namespace_gone_for(netns, owner, now) {
+            return LeakAnswer::Gone;
+        }
+        let Some(live) = self.live.as_mut() else {
+            return LeakAnswer::Unasked;
+        };
+        let Some(diag) = live.namespaces.diag(netns, now) else {
+            return LeakAnswer::Unasked;
+        };
+        let found = match diag.lookup(&FourTuple::from(id)) {
+            Ok(Some(f)) => f,
+            Ok(None) => return LeakAnswer::Gone,
+            Err(e) => {
+                tracing::debug!("leak check: sock_diag lookup: {e}");
+                return LeakAnswer::Unasked;
+            }
+        };
+        if found.state != TcpState::CloseWait {
+            return LeakAnswer::InState(found.state);
+        }
+        let idle_ns = if found.send_queue > 0 {
+            Some(0)
+        } else {
+            found
+                .info
+                .map(|info| u64::from(info.last_data_sent_ms) * 1_000_000)
+        };
+        LeakAnswer::CloseWait { idle_ns }
+    }
+
+    /// The owner's cgroup: read afresh for a leak, from the short-lived cache otherwise.
+    fn cgroup(
+        &mut self,
+        owner: Option<&Owner>,
+        now: Instant,
+        fresh: bool,
+    ) -> Option<crate::container::Cgroup> {
+        let (live, o) = self.live.as_mut().zip(owner)?;
+        if fresh {
+            live.containers.fresh(o.pid, now)
+        } else {
+            live.containers.get(o.pid, now)
+        }
+    }
+
+    /// The owner a leak names must be the process holding the socket now: confirmed through
+    /// the socket's inode, looked up in the socket's own namespace (fds can be passed,
+    /// listeners shared, children forked; 4-tuples repeat across namespaces).
+    fn confirm_owner(&mut self, l: &LeakRecord, now: Instant) -> Option<Owner> {
+        if l.owner.is_some_and(|o| o.source == OwnerSource::Inode) {
+            return l.owner;
+        }
+        let netns = self.ns(l.id.netns);
+        let live = self.live.as_mut()?;
+        let diag = live.namespaces.diag(netns, now)?;
+        live.attributor.resolve(diag, &l.id, now)
+    }
+}
+
+/// CLOSE_WAIT sockets per owning pid now.
+fn held_by_pid(engine: &Engine, now_ns: u64) -> HashMap<u32, u64> {
+    engine
+        .close_wait_by_owner(now_ns)
+        .into_iter()
+        .filter_map(|o| Some((o.owner?.pid, o.close_wait)))
+        .fold(HashMap::new(), |mut m, (p, n)| {
+            *m.entry(p).or_insert(0) += n;
+            m
+        })
+}
