@@ -150,6 +150,9 @@ pub struct Summary {
     /// What the startup baseline read (filled in by the live path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselineSummary>,
+    /// What reconciliation with the kernel did (filled in by the live path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<ReconcileSummary>,
     /// The remote endpoints with the most TIME_WAIT sockets now (at most 5; filled in by the
     /// pipeline). Left out when there is none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -168,6 +171,30 @@ pub struct BaselineSummary {
     pub namespaces_failed: u64,
     /// How long it took (wall clock, µs).
     pub took_us: u64,
+}
+
+/// What reconciliation with the kernel did over the run (live only): the engine's CLOSE_WAIT
+/// sockets checked against sock_diag after events were lost and periodically.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReconcileSummary {
+    /// Runs (dump and confirmation).
+    pub runs: u64,
+    /// Of those, started because events were lost.
+    pub after_loss: u64,
+    /// Wall time of every run's dump and confirmation, added up (µs).
+    pub total_us: u64,
+    /// The slowest run (µs).
+    pub max_us: u64,
+    /// Suspects found by the dumps.
+    pub suspects: u64,
+    /// Sockets the kernel no longer had: closed out (`closed_unseen`).
+    pub closed_unseen: u64,
+    /// Sockets the kernel had in another state: corrected.
+    pub state_corrected: u64,
+    /// CLOSE_WAIT sockets the kernel had and the engine did not: seeded.
+    pub seeded: u64,
+    /// Namespaces that could not be asked (entered or dumped).
+    pub unreachable: u64,
 }
 
 /// TIME_WAIT and ephemeral ports of one remote endpoint, for the summary.
@@ -244,6 +271,7 @@ impl Engine {
             events_lost: None,
             skipped_lines: None,
             baseline: None,
+            reconcile: None,
             long_lines: None,
             time_jumps: None,
             restarts: None,
@@ -426,6 +454,19 @@ impl Summary {
                 b.namespaces,
                 b.namespaces_failed,
                 fmt_ns(b.took_us.saturating_mul(1_000))
+            ));
+        }
+        if let Some(r) = self.reconcile
+            && r.runs > 0
+        {
+            extra.push(format!(
+                "reconciled with the kernel {} times ({} after lost events, {} in all): {} closed unseen, {} states corrected, {} seeded",
+                r.runs,
+                r.after_loss,
+                fmt_ns(r.total_us.saturating_mul(1_000)),
+                r.closed_unseen,
+                r.state_corrected,
+                r.seeded
             ));
         }
         if !extra.is_empty() {

@@ -23,6 +23,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::Pipeline;
+pub use crate::engine::ReconcileSummary as ReconcileStats;
 use crate::event::TcpState;
 use crate::record::SocketId;
 use crate::sockdiag::{FourTuple, StateMask};
@@ -44,29 +45,6 @@ impl Default for ReconcileConfig {
             after_loss: Duration::from_secs(1),
         }
     }
-}
-
-/// What reconciliation did, over the path's life.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ReconcileStats {
-    /// Runs (dump and confirmation).
-    pub runs: u64,
-    /// Of those, started because events were lost.
-    pub after_loss: u64,
-    /// Wall time of every run's dump and confirmation, added up (µs).
-    pub total_us: u64,
-    /// The slowest run (µs).
-    pub max_us: u64,
-    /// Suspects found by the dumps.
-    pub suspects: u64,
-    /// Sockets the kernel no longer had: closed out (`closed_unseen`).
-    pub closed_unseen: u64,
-    /// Sockets the kernel had in another state: corrected.
-    pub state_corrected: u64,
-    /// CLOSE_WAIT sockets the kernel had and the engine did not: seeded.
-    pub seeded: u64,
-    /// Namespaces that could not be asked (entered or dumped).
-    pub unreachable: u64,
 }
 
 /// A difference found by a dump, confirmed (or not) at the next drain tick.

@@ -23,6 +23,7 @@ impl Pipeline {
     pub fn summary(&self, now_ns: u64) -> Summary {
         let mut s = Summary {
             baseline: self.baseline,
+            reconcile: self.live.is_some().then(|| self.reconcile_stats()),
             ..self.engine.summary(now_ns)
         };
         s.time_wait_top = self.time_wait_top(now_ns, 5);
