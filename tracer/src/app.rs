@@ -195,6 +195,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
                     }
                     let lost = sh.kernel.lost();
                     sh.path.reconcile(lost);
+                    sh.path.confirm_holders();
                     if daemon && last_program_read.elapsed() >= Duration::from_secs(1) {
                         sh.program = kernel.program_stats();
                         last_program_read = Instant::now();

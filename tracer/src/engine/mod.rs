@@ -712,9 +712,54 @@ impl Engine {
         self.for_each_close_wait(|e| out.push((e.id(), e.since_ns)));
     }
 
-    /// The owner the engine knows for tracked socket `sk`.
-    pub fn owner_of(&self, sk: u64) -> Option<Owner> {
-        self.table.get(self.table.find(sk)?).owner
+    /// CLOSE_WAIT sockets whose holder has not been confirmed during this stay and that
+    /// entered CLOSE_WAIT at or before `entered_by_ns` (engine clock), at most `max`, into
+    /// `out` (cleared first): what the holder confirmation looks up. A socket still in its
+    /// listener's accept queue stays due until it is accepted. Most CLOSE_WAIT stays last
+    /// microseconds and end before they are ever due.
+    pub fn holders_due(&self, entered_by_ns: u64, max: usize, out: &mut Vec<SocketId>) {
+        out.clear();
+        self.for_each_close_wait(|e| {
+            if out.len() < max
+                && !e.has(flag::HOLDER_CHECKED)
+                && !e.has(flag::CW_UNCLOCKED)
+                && e.since_ns <= entered_by_ns
+            {
+                out.push(e.id());
+            }
+        });
+    }
+
+    /// The holder confirmation's answer for CLOSE_WAIT socket `sk`: the process whose fd table
+    /// holds it (`Some`, replacing what the trace guessed), or, with `accepted == false`, none
+    /// because it is still in its listener's accept queue (the owner is then cleared: nobody
+    /// holds it). Only an accepted socket's answer is final for this CLOSE_WAIT stay.
+    pub fn set_holder(&mut self, sk: u64, owner: Option<Owner>, accepted: bool) {
+        let Some(i) = self.table.find(sk) else {
+            return;
+        };
+        let e = self.table.get_mut(i);
+        if e.state != TcpState::CloseWait {
+            return;
+        }
+        if accepted {
+            e.flags &= !flag::NOT_ACCEPTED;
+            e.flags |= flag::HOLDER_CHECKED;
+            if owner.is_some() {
+                e.owner = owner;
+            }
+        } else {
+            e.flags |= flag::NOT_ACCEPTED;
+            e.owner = None;
+        }
+    }
+
+    /// Whether CLOSE_WAIT socket `sk` was, at the last holder confirmation, still in its
+    /// listener's accept queue.
+    pub fn not_accepted(&self, sk: u64) -> bool {
+        self.table
+            .find(sk)
+            .is_some_and(|i| self.table.get(i).has(flag::NOT_ACCEPTED))
     }
 
     /// When tracked socket `sk` entered CLOSE_WAIT (engine clock), if it is in CLOSE_WAIT.
@@ -1072,6 +1117,7 @@ impl Engine {
 
     fn enter_cw(&mut self, i: u32) {
         let e = self.table.get_mut(i);
+        e.flags &= !(flag::HOLDER_CHECKED | flag::NOT_ACCEPTED);
         if e.has(flag::LEAKED) {
             // At most one leak per socket: back in CLOSE_WAIT after leaking (only on nonsense
             // streams) counts as leaking at once.
@@ -1111,7 +1157,9 @@ impl Engine {
             | flag::CW_UNCLOCKED
             | flag::AGE_ESTIMATE
             | flag::CW_CHECKING
-            | flag::CW_DEFERRED);
+            | flag::CW_DEFERRED
+            | flag::HOLDER_CHECKED
+            | flag::NOT_ACCEPTED);
         if f & flag::CW_PENDING != 0 {
             self.cw_pending = self.cw_pending.saturating_sub(1);
             self.clean_heap_top();

@@ -46,6 +46,12 @@ pub(crate) mod flag {
     /// In CLOSE_WAIT past the threshold, but its owner was still sending: back on the heap for
     /// a re-check.
     pub const CW_DEFERRED: u16 = 1 << 12;
+    /// In CLOSE_WAIT, and its holder was looked up by inode during this stay (the holder
+    /// confirmation): not looked up again until it enters CLOSE_WAIT anew.
+    pub const HOLDER_CHECKED: u16 = 1 << 13;
+    /// In CLOSE_WAIT and never accepted: still in its listener's accept queue (no process has
+    /// an fd for it), as of the last holder confirmation.
+    pub const NOT_ACCEPTED: u16 = 1 << 14;
 }
 
 /// Per-state dwell, compact: 2 unit bits (ns, µs, ms, s) + 30-bit mantissa. Exact to the ns

@@ -24,6 +24,7 @@
 //! or redraw).
 
 mod baseline;
+mod holders;
 mod owners;
 mod reconcile;
 mod timewait_sync;
@@ -33,6 +34,7 @@ mod views;
 mod tests;
 
 pub use baseline::BaselineReport;
+pub use holders::HolderStats;
 pub use reconcile::{ReconcileConfig, ReconcileStats};
 pub use timewait_sync::TimeWaitConfig;
 
@@ -162,6 +164,8 @@ pub struct Pipeline {
     baseline: Option<BaselineSummary>,
     /// The engine's CLOSE_WAIT sockets checked against the kernel's.
     reconcile: reconcile::Reconciler,
+    /// Who holds each CLOSE_WAIT socket, by inode.
+    holders: holders::Holders,
 }
 
 impl Pipeline {
@@ -184,6 +188,7 @@ impl Pipeline {
             next_stand_in: STAND_IN_BASE,
             baseline: None,
             reconcile: reconcile::Reconciler::default(),
+            holders: holders::Holders::default(),
         }
     }
 

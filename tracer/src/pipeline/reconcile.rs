@@ -237,7 +237,7 @@ impl Pipeline {
         if !still {
             return;
         }
-        let owner = self.engine.owner_of(id.sk);
+        let owner = self.engine.owner(id.sk);
         let answer = if self.namespace_gone_for(self.ns(id.netns), owner, now) {
             None
         } else {
