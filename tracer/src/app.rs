@@ -1,41 +1,26 @@
-//! Wiring of the streaming tracer and the daemon: configuration → kernel program →
-//! ring-buffer reader → [`Pipeline`] → output and metrics; the startup baseline, `--pid`,
-//! signals, `--duration`, the exit summary. The per-event path itself lives in `pipeline`: this
-//! module is loops and sinks (the replay front-end is in `replay`).
+//! The streaming tracer and the daemon: a front-end of the live driver ([`Driver`]: kernel,
+//! path, drains, `--pid`, loss reports), adding the output sink, the metrics server,
+//! `--duration`, signals and the exit summary. The per-event path itself lives in `pipeline`:
+//! this module is a loop and a sink (the replay front-end is in `replay`).
 
 use std::io::{self, Write};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::attribution;
-use crate::bpf::{KernelCounters, ProgramStats};
 use crate::cli::LiveConfig;
+use crate::driver::{Driver, DriverOptions, Shared};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{self, Comm, TcpState, Transition};
-use crate::live::{Kernel, KernelOptions};
-use crate::metrics::{self, MetricsSnapshot};
+use crate::metrics;
 use crate::output::{self, Format, Output};
-use crate::pipeline::{Pipeline, PipelineConfig, RecordContext, Sink};
+use crate::pipeline::{RecordContext, Sink};
 use crate::record::{CloseRecord, LeakRecord, Owner};
 
 pub use crate::live::ReaderStats;
-
-/// What the reader shares with the metrics endpoint. Locked once per drained batch and once
-/// per scrape; never per event.
-struct Shared {
-    path: Pipeline,
-    reader: ReaderStats,
-    kernel: KernelCounters,
-    program: Option<ProgramStats>,
-}
-
-fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The streaming and daemon front-ends' sink: the output, plus one structured warning per
 /// leak in daemon mode (for the journal).
@@ -70,43 +55,24 @@ impl<W: Write> Sink for LiveSink<W> {
     }
 }
 
-/// How long `--pid` keeps following the sockets of its process after the process is gone.
-const EXIT_FOLLOW: Duration = Duration::from_secs(2);
-
 /// Live tracing until a signal, `--duration`, or the end of `--pid`'s process.
 pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
-    cfg.pid = crate::live::resolve_pid(cfg.pid)?;
+    cfg.kernel.pid = crate::live::resolve_pid(cfg.kernel.pid)?;
     // Bind the metrics port before anything is loaded, so a busy port is reported first.
     let bound = match cfg.metrics_addr {
         Some(addr) => Some(crate::server::bind(addr).await?),
         None => None,
     };
-
-    let mut kernel = Kernel::load(&KernelOptions {
-        pid: cfg.pid,
-        ring_bytes: cfg.ring_bytes,
-        // Run-time accounting for the tracer_bpf_run* metrics: host-wide, so only when asked.
-        run_time_stats: cfg.bpf_stats,
-    })?;
-
-    let mut path = Pipeline::live(PipelineConfig {
-        engine: EngineConfig {
-            capacity: cfg.capacity,
-            close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
-        },
-        pid: cfg.pid,
-    })
-    .context("opening sock_diag")?;
-    path.set_time_wait_config(cfg.time_wait);
-    let own_netns = path.own_netns();
-    let shared = Arc::new(Mutex::new(Shared {
-        path,
-        reader: ReaderStats::default(),
-        kernel: KernelCounters::default(),
-        program: None,
-    }));
-
     let daemon = cfg.metrics_addr.is_some();
+    let mut driver = Driver::open(
+        cfg.kernel,
+        DriverOptions {
+            time_wait: cfg.time_wait,
+            run_time_stats: cfg.bpf_stats,
+            program_stats: daemon,
+        },
+    )?;
+    let own_netns = driver.lock().path.own_netns();
     let mut sink = LiveSink {
         out: Output::new(
             io::stdout().lock(),
@@ -118,23 +84,20 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         daemon,
     };
     // The run's settings first, so that a replay of the recording uses them.
-    sink.out.meta(&cfg.meta(kernel.attach_kind()))?;
-
+    sink.out.meta(&cfg.meta(driver.attach_kind()))?;
     // Attached first, then the baseline: a socket that changes state in between is seen by
     // both, and the traced state wins.
-    if cfg.baseline {
-        kernel.baseline(&mut lock(&shared).path)?;
-    }
+    driver.baseline()?;
 
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = bound.map(|b| {
         let addr = b.local_addr();
         let source = {
-            let shared = shared.clone();
+            let shared = driver.shared();
             move || {
                 let now = output::clock_ns(libc::CLOCK_MONOTONIC);
-                snapshot(&mut lock(&shared), now)
+                crate::driver::lock(&shared).metrics(now)
             }
         };
         let registry = Arc::new(metrics::registry(Arc::new(source), cfg.max_process_series));
@@ -152,14 +115,12 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         .context("installing the SIGTERM handler")?;
     eprintln!(
         "tracer: tracing TCP state changes (sock:inet_sock_set_state via {}); Ctrl-C to stop",
-        kernel.attach_kind()
+        driver.attach_kind()
     );
     ready.store(true, Ordering::Release);
     // Leaks found in the baseline are reported first.
-    clock_tick(&mut lock(&shared), &mut sink, &mut kernel, &mut 0)?;
+    driver.tick(&mut sink)?;
 
-    let mut drain_timer = tokio::time::interval(cfg.drain_interval);
-    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = async {
         match cfg.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -167,58 +128,12 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         }
     };
     tokio::pin!(deadline);
-    let mut lost_reported = 0u64;
-    let mut last_program_read = Instant::now();
 
     let reason = loop {
         tokio::select! {
-            woken = kernel.wakeup() => {
-                woken?;
-                let mut sh = lock(&shared);
-                kernel.drain(&mut sh.path, &mut sink).context("writing output")?;
-                sh.reader = kernel.reader_stats();
-            }
-            // A drain that stopped at its batch limit goes on at once, after the other
-            // branches have had their turn.
-            _ = std::future::ready(()), if kernel.has_backlog() => {
-                let mut sh = lock(&shared);
-                kernel.drain(&mut sh.path, &mut sink).context("writing output")?;
-            }
-            _ = drain_timer.tick() => {
-                {
-                    let mut sh = lock(&shared);
-                    let now = kernel.timer_drain(&mut sh.path, &mut sink).context("writing output")?;
-                    refresh_counters(&mut sh, &kernel, &mut lost_reported);
-                    // Rate-limited inside; after the drain, so the dump and the trace agree.
-                    if let Some(took) = sh.path.resync_time_wait(now) {
-                        tracing::debug!("TIME_WAIT re-sync took {took:?}");
-                    }
-                    let lost = sh.kernel.lost();
-                    sh.path.reconcile(lost);
-                    sh.path.confirm_holders();
-                    if daemon && last_program_read.elapsed() >= Duration::from_secs(1) {
-                        sh.program = kernel.program_stats();
-                        last_program_read = Instant::now();
-                    }
-                }
-                if let Some(pid) = cfg.pid
-                    && !attribution::process_alive(pid)
-                {
-                    // The kernel closes what the process held just after it exits (a socket
-                    // in LAST_ACK waits for the peer's ACK): follow until none is left, within
-                    // a bound for sockets whose end is never seen.
-                    let until = Instant::now() + EXIT_FOLLOW;
-                    loop {
-                        let left = {
-                            let mut sh = lock(&shared);
-                            kernel.drain(&mut sh.path, &mut sink).context("writing output")?;
-                            sh.path.engine().sockets_owned_by(pid)
-                        };
-                        if left == 0 || Instant::now() >= until {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+            wake = driver.wait() => {
+                if driver.handle(wake?, &mut sink)? {
+                    let pid = cfg.kernel.pid.unwrap_or_default();
                     break format!("process {pid} exited");
                 }
             }
@@ -234,19 +149,12 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         let _ = stop_tx.send(());
         let _ = tokio::time::timeout(Duration::from_secs(3), s).await;
     }
-    let mut sh = lock(&shared);
-    kernel
-        .drain(&mut sh.path, &mut sink)
-        .and_then(|()| kernel.flush(&mut sh.path, &mut sink))
-        .context("writing output")?;
-    let now = clock_tick(&mut sh, &mut sink, &mut kernel, &mut lost_reported)?;
+    let summary = driver.finish(&mut sink)?;
     eprintln!("tracer: stopping: {reason}");
-    let mut summary = sh.path.summary(now);
-    summary.events_lost = Some(sh.kernel.lost());
     write_summary(&mut sink.out, &summary)?;
     sink.out.flush().context("writing output")?;
-    exit_line(&sh);
-    if let Some(p) = kernel.program_stats()
+    exit_line(&driver.lock());
+    if let Some(p) = driver.program_stats()
         && p.run_count > 0
     {
         eprintln!(
@@ -256,40 +164,6 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// A clock reading for the path (leak timers), its records written out, and the kernel and
-/// reader counters refreshed (lost events reported). Returns the time used.
-fn clock_tick(
-    sh: &mut Shared,
-    sink: &mut impl Sink,
-    kernel: &mut Kernel,
-    lost_reported: &mut u64,
-) -> anyhow::Result<u64> {
-    let now = kernel.tick(&mut sh.path, sink).context("writing output")?;
-    refresh_counters(sh, kernel, lost_reported);
-    Ok(now)
-}
-
-/// The kernel's and the reader's counters, as of the kernel's last tick, copied where the
-/// metrics endpoint reads them; newly lost events reported.
-fn refresh_counters(sh: &mut Shared, kernel: &Kernel, lost_reported: &mut u64) {
-    sh.kernel = kernel.counters();
-    sh.reader = kernel.reader_stats();
-    report_lost(&sh.kernel, lost_reported);
-}
-
-fn report_lost(c: &KernelCounters, reported: &mut u64) {
-    if c.lost() > *reported {
-        eprintln!(
-            "tracer: lost {} events (total lost {}: {} with the ring buffer full — try a larger --ring-mib; {} skipped by the kernel, the program already running on that CPU)",
-            c.lost() - *reported,
-            c.lost(),
-            c.ring_full,
-            c.skipped
-        );
-        *reported = c.lost();
-    }
 }
 
 fn exit_line(sh: &Shared) {
@@ -325,19 +199,6 @@ fn write_summary<W: Write>(
         Format::Text => out.raw_line(&summary.render_text())?,
     }
     Ok(())
-}
-
-/// The metrics view: the path's, plus the kernel's and the reader's counters.
-fn snapshot(sh: &mut Shared, now_ns: u64) -> MetricsSnapshot {
-    let mut m = sh.path.metrics(now_ns);
-    m.events_lost_total = sh.kernel.lost();
-    m.bpf_transitions_seen_total = Some(sh.kernel.seen);
-    m.bpf_filtered_total = Some(sh.kernel.filtered);
-    m.bpf_recursion_misses_total = Some(sh.kernel.skipped);
-    m.bpf_recursion_recovered_total = Some(sh.kernel.recovered);
-    m.bpf_run_time_ns = sh.program.map(|p| p.run_time.as_nanos() as u64);
-    m.bpf_run_count = sh.program.map(|p| p.run_count);
-    m
 }
 
 /// `tracer bench-engine`: engine throughput on one core over a synthetic stream, and the

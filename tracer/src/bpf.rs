@@ -1,7 +1,9 @@
 //! The only module that touches aya: loads one of the two embedded eBPF objects, attaches it to
-//! the kernel event `sock:inet_sock_set_state`, creates and hands out its per-CPU ring buffers,
-//! and reads the kernel counters, the in-kernel filter maps and the program's own run-time
-//! statistics.
+//! the kernel event `sock:inet_sock_set_state`, creates its per-CPU ring buffers and hands them
+//! out as [`Ring`]s (an fd to poll, items read in place), and reads the kernel counters, the
+//! in-kernel filter maps and the program's own run-time statistics. Its errors ([`BpfError`])
+//! keep aya's and the kernel's as their sources, and a failed load is classified from the error
+//! itself (aya's variants, the errno).
 //!
 //! Two programs produce the same `TcpEvent`s:
 //! - `tp_btf` (BTF tracepoint; object `tracer-btf`), preferred: the kernel calls it with
@@ -17,7 +19,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
-use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use tracer_common::{
@@ -72,15 +74,28 @@ pub enum BpfError {
     /// The tracepoint's layout differs from the one the program was built for.
     #[error("tracepoint sock:inet_sock_set_state has an unexpected layout: {detail}")]
     Layout { detail: String },
-    /// The kernel refused the program or a map.
-    #[error("loading the eBPF program failed: {0}")]
-    Load(String),
+    /// The kernel refused the program or a map. `detail` is the first line of the error and
+    /// its causes (a verifier log stays out of the one-line message; it is in the debug log).
+    #[error("loading the eBPF program failed: {detail}")]
+    Load {
+        detail: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// Attaching failed.
-    #[error("attaching to sock:inet_sock_set_state failed: {0}")]
-    Attach(String),
+    #[error("attaching to sock:inet_sock_set_state failed: {}", error_chain(.source))]
+    Attach {
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     /// A map the program should have is missing or has the wrong type.
     #[error("eBPF map {name} is missing or has an unexpected type: {detail}")]
-    Map { name: &'static str, detail: String },
+    Map {
+        name: &'static str,
+        detail: String,
+        #[source]
+        source: Option<MapError>,
+    },
     /// The BTF tracepoint cannot be used: the kernel publishes no BTF, or its BTF lacks a field
     /// the program reads (or has it with an unexpected size or alignment).
     #[error("the BTF tracepoint is unavailable: {detail}")]
@@ -154,7 +169,7 @@ pub struct Tracer {
     /// The per-CPU slots of the ring buffers, held open for as long as the program runs.
     _slots: ArrayOfMaps<MapData, MapData>,
     /// The rings, until [`Tracer::take_rings`].
-    rings: Option<Vec<RingBuf<MapData>>>,
+    rings: Option<Vec<Ring>>,
     counters: PerCpuArray<MapData, u64>,
     kind: &'static str,
     /// The program reads each socket's network namespace (else events carry 0).
@@ -257,15 +272,15 @@ impl Tracer {
         configure(&mut loader, &config);
         let mut ebpf = loader
             .load(OBJECT_TRACEPOINT)
-            .map_err(|e| classify_load_error(&e))?;
+            .map_err(classify_load_error)?;
         // The rings go in before the program is attached: an event on a CPU without one is
         // lost.
         let rings = make_rings(&mut ebpf, opts.ring_bytes)?;
         let program: &mut TracePoint = program_mut(&mut ebpf, PROGRAM)?;
-        program.load().map_err(|e| classify_load_error(&e))?;
+        program.load().map_err(classify_load_error)?;
         program
             .attach(CATEGORY, TRACEPOINT)
-            .map_err(|e| BpfError::Attach(error_chain(&e)))?;
+            .map_err(|source| BpfError::Attach { source })?;
         // The loader holds aya's parse of the kernel's BTF: free it before trimming.
         drop(loader);
         Self::finish(ebpf, rings, KIND_TRACEPOINT, config.sk_has_net != 0)
@@ -296,9 +311,7 @@ impl Tracer {
         config.filter = u32::from(opts.filter);
         config.wakeup_bytes = opts.wakeup_bytes;
         configure(&mut loader, &config);
-        let mut ebpf = loader
-            .load(OBJECT_BTF)
-            .map_err(|e| classify_load_error(&e))?;
+        let mut ebpf = loader.load(OBJECT_BTF).map_err(classify_load_error)?;
         let rings = make_rings(&mut ebpf, opts.ring_bytes)?;
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| BpfError::NoBtf {
             detail: format!("parsing {}: {e}", btf::VMLINUX),
@@ -310,10 +323,10 @@ impl Tracer {
             let program: &mut BtfTracePoint = program_mut(&mut ebpf, name)?;
             program
                 .load(TRACEPOINT, &kernel_btf)
-                .map_err(|e| classify_load_error(&e))?;
+                .map_err(classify_load_error)?;
             program
                 .attach()
-                .map_err(|e| BpfError::Attach(error_chain(&e)))?;
+                .map_err(|source| BpfError::Attach { source })?;
         }
         drop(kernel_btf);
         drop(loader);
@@ -329,15 +342,9 @@ impl Tracer {
         release_parse_memory();
         let counters = ebpf
             .take_map(COUNTERS_MAP)
-            .ok_or(BpfError::Map {
-                name: COUNTERS_MAP,
-                detail: "not found".into(),
-            })?
+            .ok_or_else(|| map_missing(COUNTERS_MAP, "not found"))?
             .try_into()
-            .map_err(|e: aya::maps::MapError| BpfError::Map {
-                name: COUNTERS_MAP,
-                detail: e.to_string(),
-            })?;
+            .map_err(|e: MapError| map_error(COUNTERS_MAP, e.to_string(), e))?;
         Ok(Self {
             ebpf,
             _slots: rings.slots,
@@ -363,11 +370,10 @@ impl Tracer {
     /// Takes the ring buffers (once): ring `i` serves the CPUs `c` with `c % rings == i`. The
     /// program writes each event to its CPU's ring, so each ring is in time order and the
     /// reader merges them.
-    pub fn take_rings(&mut self) -> Result<Vec<RingBuf<MapData>>, BpfError> {
-        self.rings.take().ok_or(BpfError::Map {
-            name: EVENTS_MAP,
-            detail: "already taken".into(),
-        })
+    pub fn take_rings(&mut self) -> Result<Vec<Ring>, BpfError> {
+        self.rings
+            .take()
+            .ok_or_else(|| map_missing(EVENTS_MAP, "already taken"))
     }
 
     /// Reads the kernel counters (one syscall).
@@ -427,8 +433,10 @@ impl Tracer {
     /// Turns on the kernel's BPF run-time accounting for as long as this tracer lives.
     /// It costs a little per event, so it is opt-in (metrics, benchmarks).
     pub fn enable_stats(&mut self) -> Result<(), BpfError> {
-        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .map_err(|e| BpfError::Load(format!("enabling BPF run-time statistics: {e}")))?;
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| BpfError::Load {
+            detail: format!("enabling BPF run-time statistics: {e}"),
+            source: Some(Box::new(e)),
+        })?;
         self._stats = Some(fd);
         Ok(())
     }
@@ -455,10 +463,8 @@ impl Tracer {
     /// Adds a process to the in-kernel filter.
     pub fn filter_pid(&mut self, tgid: u32) -> Result<(), BpfError> {
         let mut map: HashMap<_, u32, u8> = self.filter_map(FILTER_PIDS_MAP)?;
-        map.insert(tgid, 1, 0).map_err(|e| BpfError::Map {
-            name: FILTER_PIDS_MAP,
-            detail: e.to_string(),
-        })
+        map.insert(tgid, 1, 0)
+            .map_err(|e| map_error(FILTER_PIDS_MAP, e.to_string(), e))
     }
 
     /// Adds a local port of one network namespace to the in-kernel filter (listeners and
@@ -466,24 +472,19 @@ impl Tracer {
     pub fn filter_port(&mut self, netns: u32, port: u16) -> Result<(), BpfError> {
         let mut map: HashMap<_, u64, u8> = self.filter_map(FILTER_PORTS_MAP)?;
         let key = tracer_common::filter_port_key(netns, port);
-        map.insert(key, 1, 0).map_err(|e| BpfError::Map {
-            name: FILTER_PORTS_MAP,
-            detail: e.to_string(),
-        })
+        map.insert(key, 1, 0)
+            .map_err(|e| map_error(FILTER_PORTS_MAP, e.to_string(), e))
     }
 
     fn filter_map<K: aya::Pod>(
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, u8>, BpfError> {
-        let map = self.ebpf.map_mut(name).ok_or(BpfError::Map {
-            name,
-            detail: "not found".into(),
-        })?;
-        HashMap::try_from(map).map_err(|e| BpfError::Map {
-            name,
-            detail: e.to_string(),
-        })
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| map_missing(name, "not found"))?;
+        HashMap::try_from(map).map_err(|e| map_error(name, e.to_string(), e))
     }
 }
 
@@ -506,15 +507,11 @@ struct Rings {
 /// Creates the ring buffers (`ring_bytes` of them, see [`ring_count`]) and puts one in the slot
 /// of every possible CPU: CPU `c` gets ring `c % rings`.
 fn make_rings(ebpf: &mut Ebpf, ring_bytes: u32) -> Result<Rings, BpfError> {
-    let map_err = |detail: String| BpfError::Map {
-        name: EVENTS_MAP,
-        detail,
-    };
     let mut slots: ArrayOfMaps<MapData, MapData> = ebpf
         .take_map(EVENTS_MAP)
-        .ok_or_else(|| map_err("not found".into()))?
+        .ok_or_else(|| map_missing(EVENTS_MAP, "not found"))?
         .try_into()
-        .map_err(|e: aya::maps::MapError| map_err(e.to_string()))?;
+        .map_err(|e: MapError| map_error(EVENTS_MAP, e.to_string(), e))?;
     let online = aya::util::online_cpus()
         .map(|c| c.len())
         .unwrap_or(slots.len() as usize);
@@ -529,30 +526,79 @@ fn make_rings(ebpf: &mut Ebpf, ring_bytes: u32) -> Result<Rings, BpfError> {
             0,
         );
         data.push(
-            MapData::create(def, &format!("EVENTS_{i}"), None)
-                .map_err(|e| map_err(format!("creating ring {i}: {}", error_chain(&e))))?,
+            MapData::create(def, &format!("EVENTS_{i}"), None).map_err(|e| {
+                map_error(
+                    EVENTS_MAP,
+                    format!("creating ring {i}: {}", error_chain(&e)),
+                    e,
+                )
+            })?,
         );
     }
     for cpu in 0..slots.len() {
         slots
             .set(cpu, &data[cpu as usize % rings], 0)
-            .map_err(|e| map_err(format!("ring of CPU {cpu}: {}", error_chain(&e))))?;
+            .map_err(|e| {
+                map_error(
+                    EVENTS_MAP,
+                    format!("ring of CPU {cpu}: {}", error_chain(&e)),
+                    e,
+                )
+            })?;
     }
     Ok(Rings { slots, rings: data })
 }
 
 /// Maps the rings into this process (after the loader's BTF parses are freed: the mappings
 /// and those parses would otherwise add up in the peak RSS).
-fn map_rings(rings: Vec<MapData>) -> Result<Vec<RingBuf<MapData>>, BpfError> {
+fn map_rings(rings: Vec<MapData>) -> Result<Vec<Ring>, BpfError> {
     rings
         .into_iter()
         .map(|d| {
-            RingBuf::try_from(Map::RingBuf(d)).map_err(|e: aya::maps::MapError| BpfError::Map {
-                name: EVENTS_MAP,
-                detail: e.to_string(),
-            })
+            RingBuf::try_from(Map::RingBuf(d))
+                .map(|ring| Ring { ring })
+                .map_err(|e: MapError| map_error(EVENTS_MAP, e.to_string(), e))
         })
         .collect()
+}
+
+/// A map the program should have is not there.
+fn map_missing(name: &'static str, detail: &str) -> BpfError {
+    BpfError::Map {
+        name,
+        detail: detail.into(),
+        source: None,
+    }
+}
+
+/// aya could not use a map of the program (`detail` says what was being done).
+fn map_error(name: &'static str, detail: String, source: MapError) -> BpfError {
+    BpfError::Map {
+        name,
+        detail,
+        source: Some(source),
+    }
+}
+
+/// One ring buffer of the program's events, mapped into this process. Items are read in place
+/// and handed back to the kernel when dropped: the reader copies what it keeps (no allocation).
+pub struct Ring {
+    ring: RingBuf<MapData>,
+}
+
+impl Ring {
+    /// The oldest event not yet read, if any: its bytes, borrowed from ring memory until the
+    /// item is dropped.
+    pub fn read(&mut self) -> Option<impl std::ops::Deref<Target = [u8]> + '_> {
+        self.ring.next()
+    }
+}
+
+impl AsRawFd for Ring {
+    /// The ring's fd, readable (epoll) when the kernel wakes the reader.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
 }
 
 /// Applies the [`Config`] to an object loader; the array of rings gets a slot per possible CPU.
@@ -584,9 +630,15 @@ where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or_else(|| BpfError::Load(format!("program {name} not in the object")))?
+        .ok_or_else(|| BpfError::Load {
+            detail: format!("program {name} not in the object"),
+            source: None,
+        })?
         .try_into()
-        .map_err(|e| BpfError::Load(format!("{e}")))
+        .map_err(|e: aya::programs::ProgramError| BpfError::Load {
+            detail: e.to_string(),
+            source: Some(Box::new(e)),
+        })
 }
 
 /// A member the `tp_btf` program reads: the `Config` field it goes to, where it is, and the
@@ -897,36 +949,72 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn classify_load_error(e: &dyn std::error::Error) -> BpfError {
-    let chain = error_chain(e);
+/// An error and its causes, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// The verifier's log, when a cause is the kernel's refusal of the program (aya's
+/// `ProgramError::LoadError`).
+fn verifier_log(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    causes(e).find_map(|c| match c.downcast_ref::<aya::programs::ProgramError>() {
+        Some(aya::programs::ProgramError::LoadError { verifier_log, .. }) => {
+            Some(verifier_log.to_string())
+        }
+        _ => None,
+    })
+}
+
+/// The last line of a verifier log that says something (not its statistics).
+fn last_verifier_line(log: &str) -> String {
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| {
+            !l.is_empty()
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("processed ")
+                && !l.starts_with(':')
+        })
+        .unwrap_or("no detail")
+        .to_owned()
+}
+
+/// Whether a cause is the kernel's EPERM or EACCES (an `io::Error` in the chain: a syscall's).
+fn refused_by_kernel(e: &(dyn std::error::Error + 'static)) -> bool {
+    causes(e).any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|errno| errno == libc::EPERM || errno == libc::EACCES)
+    })
+}
+
+/// What a failed load means, from the error itself: a verifier rejection (aya's `LoadError`
+/// with a log), a missing privilege (EPERM/EACCES from the kernel), or else a load error that
+/// keeps it as its source.
+fn classify_load_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> BpfError {
+    let chain = error_chain(&e);
     tracing::debug!("load error: {chain}");
-    if let Some((_, log)) = chain.split_once("Verifier output:")
+    if let Some(log) = verifier_log(&e)
         && log.lines().count() > 1
     {
-        let last = log
-            .lines()
-            .rev()
-            .map(str::trim)
-            .find(|l| {
-                !l.is_empty()
-                    && !l.starts_with("verification time")
-                    && !l.starts_with("stack depth")
-                    && !l.starts_with("processed ")
-                    && !l.starts_with(':')
-            })
-            .unwrap_or("no detail")
-            .to_owned();
-        return BpfError::Verifier { last };
+        return BpfError::Verifier {
+            last: last_verifier_line(&log),
+        };
     }
-    let lower = chain.to_lowercase();
-    if lower.contains("operation not permitted") || lower.contains("permission denied") {
-        BpfError::Permission {
+    if refused_by_kernel(&e) {
+        return BpfError::Permission {
             missing: "the kernel refused to load the program (EPERM/EACCES)".into(),
-        }
-    } else {
-        // Keep the verifier log out of the one-line message; it is in the debug log.
-        let first = chain.lines().next().unwrap_or_default().to_owned();
-        BpfError::Load(first)
+        };
+    }
+    // Keep the verifier log out of the one-line message; it is in the debug log.
+    let detail = chain.lines().next().unwrap_or_default().to_owned();
+    BpfError::Load {
+        detail,
+        source: Some(Box::new(e)),
     }
 }
 

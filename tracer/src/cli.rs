@@ -1,5 +1,7 @@
-//! Command line: clap definitions (doc comments are the help text) and their validation into a
-//! [`Config`], done before anything is loaded into the kernel.
+//! Command line: clap definitions (doc comments are the help text) and their validation into
+//! the front-ends' configurations, done before anything is loaded into the kernel. The kernel
+//! and engine options of every live front-end are one [`KernelArgs`], flattened into the
+//! stream's [`LiveArgs`] and top's [`TopArgs`] (each keeping its own help wording and order).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,9 +56,9 @@ pub enum Command {
     },
 }
 
-/// Options shared by live tracing and replay.
+/// Output options of the stream, the daemon and replay.
 #[derive(Debug, clap::Args)]
-pub struct CommonArgs {
+pub struct OutputArgs {
     /// Print JSON Lines (schema: docs/output.md) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -65,16 +67,24 @@ pub struct CommonArgs {
     /// none). Default: all; none with --metrics-addr (a daemon logs each leak on stderr).
     #[arg(long, value_name = "LIST")]
     pub show: Option<String>,
+}
 
-    /// Report a socket as leaked once it has been in CLOSE_WAIT this long (e.g. 30s, 500ms, 5m).
-    /// Default: 30s; a replay uses the recording's own setting unless this is given.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+/// `--close-wait-threshold`'s help in the stream's and replay's `--help`.
+const CLOSE_WAIT_THRESHOLD_HELP: &str = "Report a socket as leaked once it has been in CLOSE_WAIT this long (e.g. 30s, 500ms, 5m). Default: 30s; a replay uses the recording's own setting unless this is given";
+
+/// `--capacity`'s help in the stream's and replay's `--help`.
+const CAPACITY_HELP: &str = "Most sockets followed at once; beyond it the stalest non-leaking ones are evicted (and counted). Default: 1000000; a replay uses the recording's own setting unless this is given";
+
+/// Options of replay: the output, and the engine settings that override the recording's.
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help = CLOSE_WAIT_THRESHOLD_HELP)]
     pub close_wait_threshold: Option<Duration>,
 
-    /// Most sockets followed at once; beyond it the stalest non-leaking ones are evicted (and
-    /// counted). Default: 1000000; a replay uses the recording's own setting unless this is
-    /// given.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = CAPACITY_HELP)]
     pub capacity: Option<usize>,
 }
 
@@ -83,50 +93,53 @@ pub const DEFAULT_CLOSE_WAIT_THRESHOLD: Duration = Duration::from_secs(30);
 /// `--capacity` when not given.
 pub const DEFAULT_CAPACITY: usize = crate::engine::EngineConfig::DEFAULT_CAPACITY;
 
-/// Options of live tracing.
+/// Options of live tracing (the stream and the daemon). The kernel and engine options are
+/// [`KernelArgs`], shared with top; their help here is the stream's own, and the display
+/// orders keep each option where the help has always listed it.
 #[derive(Debug, clap::Args)]
+#[command(
+    mut_arg("json", |a| a.display_order(0)),
+    mut_arg("show", |a| a.display_order(1)),
+    mut_arg("close_wait_threshold", |a| a
+        .help(CLOSE_WAIT_THRESHOLD_HELP)
+        .hide_default_value(true)
+        .display_order(2)),
+    mut_arg("capacity", |a| a.help(CAPACITY_HELP).hide_default_value(true).display_order(3)),
+    mut_arg("pid", |a| a
+        .help("Only sockets held by this process (all its threads), including connections it accepts and sockets it already holds. Exits when the process exits")
+        .display_order(4)),
+    mut_arg("no_baseline", |a| a.display_order(9)),
+    mut_arg("drain_interval", |a| a
+        .help("How often buffered events are drained and leak timers checked: the most a leak report or an event can be late. The kernel also wakes the reader early when its buffer fills")
+        .display_order(10)),
+    mut_arg("ring_mib", |a| a.display_order(11)),
+)]
 pub struct LiveArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub output: OutputArgs,
 
-    /// Only sockets held by this process (all its threads), including connections it accepts
-    /// and sockets it already holds. Exits when the process exits.
-    #[arg(long, value_name = "PID")]
-    pub pid: Option<u32>,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 
     /// Stop after this long (e.g. 10s, 5m). Default: run until Ctrl-C or SIGTERM.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, display_order = 5)]
     pub duration: Option<Duration>,
 
     /// Serve Prometheus metrics, /live and /ready at this address (e.g. 127.0.0.1:9977).
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", display_order = 6)]
     pub metrics_addr: Option<String>,
 
     /// Most per-process series in the CLOSE_WAIT metrics; the rest are summed under
     /// pid="other".
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", default_value_t = 100, display_order = 7)]
     pub max_process_series: usize,
 
     /// Turn on the kernel's BPF run-time statistics while tracer runs, for
     /// tracer_bpf_run_time_seconds_total and tracer_bpf_runs_total. Host-wide: every run of
     /// every BPF program on the host then pays for two clock reads. Without it the metrics are
     /// there when kernel.bpf_stats_enabled=1 is already set.
-    #[arg(long)]
+    #[arg(long, display_order = 8)]
     pub bpf_stats: bool,
-
-    /// Do not read the sockets that exist at startup (sock_diag baseline).
-    #[arg(long)]
-    pub no_baseline: bool,
-
-    /// How often buffered events are drained and leak timers checked: the most a leak report
-    /// or an event can be late. The kernel also wakes the reader early when its buffer fills.
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
-    pub drain_interval: Duration,
-
-    /// Kernel ring-buffer memory in MiB, a multiple of 4: one 4 MiB ring per CPU while it
-    /// lasts, CPUs sharing rings beyond [default: 4 per online CPU, at most 64].
-    #[arg(long, value_name = "MIB")]
-    pub ring_mib: Option<u32>,
 
     /// Most remote endpoints (and local/remote pairs) named in the TIME_WAIT and ephemeral
     /// port metrics; the rest are summed under remote="other".
@@ -135,6 +148,71 @@ pub struct LiveArgs {
 
     #[command(flatten)]
     pub time_wait: TimeWaitArgs,
+}
+
+/// Options of the kernel side and the engine, shared by every live front-end (the stream, the
+/// daemon, top) and validated in one place ([`KernelArgs::validate`]). The help texts are
+/// top's; the stream words some of its own ([`LiveArgs`]).
+#[derive(Debug, clap::Args)]
+pub struct KernelArgs {
+    /// Only sockets held by this process (all its threads), including connections it accepts
+    /// and sockets it already holds.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Count a socket as leaking once it has been in CLOSE_WAIT this long (e.g. 30s, 500ms,
+    /// 5m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub close_wait_threshold: Duration,
+
+    /// Most sockets followed at once; beyond it the stalest non-leaking ones are evicted (and
+    /// counted).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CAPACITY)]
+    pub capacity: usize,
+
+    /// Do not read the sockets that exist at startup (sock_diag baseline).
+    #[arg(long)]
+    pub no_baseline: bool,
+
+    /// How often buffered events are drained and leak timers checked.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub drain_interval: Duration,
+
+    /// Kernel ring-buffer memory in MiB, a multiple of 4: one 4 MiB ring per CPU while it
+    /// lasts, CPUs sharing rings beyond [default: 4 per online CPU, at most 64].
+    #[arg(long, value_name = "MIB")]
+    pub ring_mib: Option<u32>,
+}
+
+/// Validated [`KernelArgs`]: how the live driver loads the kernel side and builds the path.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelConfig {
+    /// `--pid` (resolved to its process by the driver).
+    pub pid: Option<u32>,
+    pub close_wait_threshold: Duration,
+    pub capacity: usize,
+    /// Read the sockets that exist at startup (not `--no-baseline`).
+    pub baseline: bool,
+    pub drain_interval: Duration,
+    /// Ring-buffer memory (None: the default for this host's CPUs).
+    pub ring_bytes: Option<u32>,
+}
+
+impl KernelArgs {
+    /// `--pid`, `--drain-interval` and `--ring-mib`, then `--capacity` and
+    /// `--close-wait-threshold`.
+    pub fn validate(&self) -> Result<KernelConfig, UsageError> {
+        live_limits(self.pid, self.drain_interval, self.ring_mib)?;
+        engine_limits(Some(self.capacity), Some(self.close_wait_threshold))?;
+        Ok(KernelConfig {
+            pid: self.pid,
+            close_wait_threshold: self.close_wait_threshold,
+            capacity: self.capacity,
+            baseline: !self.no_baseline,
+            drain_interval: self.drain_interval,
+            ring_bytes: self.ring_mib.map(|m| m << 20),
+        })
+    }
 }
 
 /// Options of the per-remote TIME_WAIT accounting, shared by the stream, the daemon and top.
@@ -163,40 +241,22 @@ impl TimeWaitArgs {
     }
 }
 
-/// Options of `tracer top`.
+/// Options of `tracer top`: [`KernelArgs`] (listed with `--refresh` after
+/// `--close-wait-threshold`, as top's help always has), the refresh, [`TimeWaitArgs`].
 #[derive(Debug, clap::Args)]
+#[command(
+    mut_arg("capacity", |a| a.display_order(3)),
+    mut_arg("no_baseline", |a| a.display_order(4)),
+    mut_arg("drain_interval", |a| a.display_order(5)),
+    mut_arg("ring_mib", |a| a.display_order(6)),
+)]
 pub struct TopArgs {
-    /// Only sockets held by this process (all its threads), including connections it accepts
-    /// and sockets it already holds.
-    #[arg(long, value_name = "PID")]
-    pub pid: Option<u32>,
-
-    /// Count a socket as leaking once it has been in CLOSE_WAIT this long (e.g. 30s, 500ms,
-    /// 5m).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub close_wait_threshold: Duration,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 
     /// How often the view is rebuilt and redrawn (from 100ms to 60s).
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, display_order = 2)]
     pub refresh: Duration,
-
-    /// Most sockets followed at once; beyond it the stalest non-leaking ones are evicted (and
-    /// counted).
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
-    pub capacity: usize,
-
-    /// Do not read the sockets that exist at startup (sock_diag baseline).
-    #[arg(long)]
-    pub no_baseline: bool,
-
-    /// How often buffered events are drained and leak timers checked.
-    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
-    pub drain_interval: Duration,
-
-    /// Kernel ring-buffer memory in MiB, a multiple of 4: one 4 MiB ring per CPU while it
-    /// lasts, CPUs sharing rings beyond [default: 4 per online CPU, at most 64].
-    #[arg(long, value_name = "MIB")]
-    pub ring_mib: Option<u32>,
 
     #[command(flatten)]
     pub time_wait: TimeWaitArgs,
@@ -205,40 +265,21 @@ pub struct TopArgs {
 /// Validated configuration of `tracer top`.
 #[derive(Debug, Clone)]
 pub struct TopConfig {
-    pub pid: Option<u32>,
-    pub close_wait_threshold: Duration,
+    pub kernel: KernelConfig,
     pub refresh: Duration,
-    pub capacity: usize,
-    pub baseline: bool,
-    pub drain_interval: Duration,
-    /// Ring-buffer memory (None: the default for this host's CPUs).
-    pub ring_bytes: Option<u32>,
     /// The TIME_WAIT panel's accounting.
     pub time_wait: crate::pipeline::TimeWaitConfig,
 }
 
 impl TopArgs {
     pub fn validate(&self) -> Result<TopConfig, UsageError> {
-        live_limits(self.pid, self.drain_interval, self.ring_mib)?;
-        if self.capacity == 0 {
-            return Err(UsageError("--capacity must be at least 1".into()));
-        }
-        if self.close_wait_threshold.is_zero() {
-            return Err(UsageError(
-                "--close-wait-threshold must be more than 0".into(),
-            ));
-        }
+        let kernel = self.kernel.validate()?;
         if self.refresh < Duration::from_millis(100) || self.refresh > Duration::from_secs(60) {
             return Err(UsageError("--refresh must be between 100ms and 60s".into()));
         }
         Ok(TopConfig {
-            pid: self.pid,
-            close_wait_threshold: self.close_wait_threshold,
+            kernel,
             refresh: self.refresh,
-            capacity: self.capacity,
-            baseline: !self.no_baseline,
-            drain_interval: self.drain_interval,
-            ring_bytes: self.ring_mib.map(|m| m << 20),
             time_wait: self.time_wait.config(TOP_TIME_WAIT_ROWS),
         })
     }
@@ -283,18 +324,13 @@ fn live_limits(
 pub struct LiveConfig {
     pub format: Format,
     pub show: Show,
-    pub close_wait_threshold: Duration,
-    pub capacity: usize,
-    pub pid: Option<u32>,
+    /// The kernel side and the engine.
+    pub kernel: KernelConfig,
     pub duration: Option<Duration>,
     pub metrics_addr: Option<SocketAddr>,
     pub max_process_series: usize,
     /// `--bpf-stats`.
     pub bpf_stats: bool,
-    pub baseline: bool,
-    pub drain_interval: Duration,
-    /// Ring-buffer memory (None: the default for this host's CPUs).
-    pub ring_bytes: Option<u32>,
     pub time_wait: crate::pipeline::TimeWaitConfig,
 }
 
@@ -315,12 +351,12 @@ impl LiveConfig {
     pub fn meta(&self, attach: &'static str) -> crate::output::Meta {
         crate::output::Meta {
             version: env!("CARGO_PKG_VERSION"),
-            close_wait_threshold_ns: u64::try_from(self.close_wait_threshold.as_nanos())
+            close_wait_threshold_ns: u64::try_from(self.kernel.close_wait_threshold.as_nanos())
                 .unwrap_or(u64::MAX),
-            capacity: self.capacity as u64,
-            pid: self.pid,
+            capacity: self.kernel.capacity as u64,
+            pid: self.kernel.pid,
             attach,
-            baseline: self.baseline,
+            baseline: self.kernel.baseline,
             realtime_offset_ns: i64::try_from(crate::output::realtime_offset_ns()).unwrap_or(0),
         }
     }
@@ -331,60 +367,61 @@ impl LiveConfig {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-fn common(c: &CommonArgs, daemon: bool) -> Result<(Format, Show), UsageError> {
+fn output(c: &OutputArgs, daemon: bool) -> Result<(Format, Show), UsageError> {
     let format = if c.json { Format::Json } else { Format::Text };
     let show = match &c.show {
         Some(s) => Show::parse(s).map_err(|e| UsageError(format!("--show: {e}")))?,
         None if daemon => Show::parse("none").map_err(UsageError)?,
         None => Show::ALL,
     };
-    if c.capacity == Some(0) {
+    Ok((format, show))
+}
+
+/// `--capacity` and `--close-wait-threshold`, where given.
+fn engine_limits(
+    capacity: Option<usize>,
+    close_wait_threshold: Option<Duration>,
+) -> Result<(), UsageError> {
+    if capacity == Some(0) {
         return Err(UsageError("--capacity must be at least 1".into()));
     }
-    if c.close_wait_threshold.is_some_and(|d| d.is_zero()) {
+    if close_wait_threshold.is_some_and(|d| d.is_zero()) {
         return Err(UsageError(
             "--close-wait-threshold must be more than 0".into(),
         ));
     }
-    Ok((format, show))
+    Ok(())
 }
 
 impl LiveArgs {
     pub fn validate(&self) -> Result<LiveConfig, UsageError> {
-        let (format, show) = common(&self.common, self.metrics_addr.is_some())?;
+        let (format, show) = output(&self.output, self.metrics_addr.is_some())?;
+        let kernel = self.kernel.validate()?;
         let metrics_addr = self
             .metrics_addr
             .as_deref()
             .map(parse_listen_addr)
             .transpose()?;
-        live_limits(self.pid, self.drain_interval, self.ring_mib)?;
         if self.duration.is_some_and(|d| d.is_zero()) {
             return Err(UsageError("--duration must be more than 0".into()));
         }
         Ok(LiveConfig {
             format,
             show,
-            close_wait_threshold: self
-                .common
-                .close_wait_threshold
-                .unwrap_or(DEFAULT_CLOSE_WAIT_THRESHOLD),
-            capacity: self.common.capacity.unwrap_or(DEFAULT_CAPACITY),
-            pid: self.pid,
+            kernel,
             duration: self.duration,
             metrics_addr,
             max_process_series: self.max_process_series,
             bpf_stats: self.bpf_stats,
-            baseline: !self.no_baseline,
-            drain_interval: self.drain_interval,
-            ring_bytes: self.ring_mib.map(|m| m << 20),
             time_wait: self.time_wait.config(self.max_remote_series),
         })
     }
 }
 
 pub fn validate_replay(file: &std::path::Path, c: &CommonArgs) -> Result<ReplayConfig, UsageError> {
-    let (format, mut show) = common(c, false)?;
-    if c.show.is_none() {
+    let (format, mut show) = output(&c.output, false)?;
+    engine_limits(c.capacity, c.close_wait_threshold)?;
+    if c.output.show.is_none() {
         // The recording already holds the transitions; replay's answer is closes and leaks.
         show.transitions = false;
     }
@@ -512,8 +549,8 @@ mod tests {
         };
         let c = top(&[]).unwrap();
         assert_eq!(c.refresh, Duration::from_secs(1));
-        assert_eq!(c.close_wait_threshold, Duration::from_secs(30));
-        assert!(c.baseline && c.pid.is_none());
+        assert_eq!(c.kernel.close_wait_threshold, Duration::from_secs(30));
+        assert!(c.kernel.baseline && c.kernel.pid.is_none());
         let me = std::process::id().to_string();
         let c = top(&[
             "--pid",
@@ -525,7 +562,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (c.pid, c.close_wait_threshold),
+            (c.kernel.pid, c.kernel.close_wait_threshold),
             (Some(std::process::id()), Duration::from_secs(2))
         );
         assert_eq!(
@@ -552,10 +589,10 @@ mod tests {
             );
         }
         assert_eq!(
-            top(&["--ring-mib", "12"]).unwrap().ring_bytes,
+            top(&["--ring-mib", "12"]).unwrap().kernel.ring_bytes,
             Some(12 << 20)
         );
-        assert_eq!(top(&[]).unwrap().ring_bytes, None);
+        assert_eq!(top(&[]).unwrap().kernel.ring_bytes, None);
         // Stream-only options are not top's.
         assert!(top(&["--json"]).is_err());
     }

@@ -1,7 +1,7 @@
 //! The kernel side that every live front-end shares (the stream, the daemon, `tracer top`):
 //! load and attach the program (with `--pid`'s in-kernel filter), register its ring buffers
 //! with epoll, read the startup baseline into the path, drain the rings into a [`Pipeline`] in
-//! time order when the kernel wakes the reader and on the front-end's timer, feed the path
+//! time order when the kernel wakes the reader and on the driver's timer, feed the path
 //! clock readings, and keep the kernel's and the reader's counters.
 //!
 //! # Merging the per-CPU rings
@@ -17,18 +17,18 @@
 //! event of its socket already committed when the drain began, in a ring read after that (or,
 //! for an unfinished ring, older than what was read from it).
 //!
-//! A front-end owns its loop — what it waits on besides [`Kernel::wakeup`] and its drain timer
-//! (signals, a deadline, keys, a redraw timer) — and its [`Sink`].
+//! The rings themselves are [`bpf::Ring`]s (aya stays in `bpf`); this module registers their
+//! fds with epoll and copies each event out of ring memory as it is read. The live driver
+//! ([`crate::driver`]) owns a [`Kernel`] and decides when to drain it.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::attribution;
-use crate::bpf::{self, KernelCounters, LoadOptions, ProgramStats, Tracer};
+use crate::bpf::{self, KernelCounters, LoadOptions, ProgramStats, Ring, Tracer};
 use crate::event::Transition;
 use crate::output;
 use crate::pipeline::{BaselineReport, Pipeline, Sink};
@@ -145,7 +145,7 @@ struct RingSet {
 }
 
 impl RingSet {
-    fn new(rings: &[RingBuf<MapData>]) -> io::Result<Self> {
+    fn new(rings: &[Ring]) -> io::Result<Self> {
         // SAFETY: plain syscall; the result is checked.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -202,7 +202,7 @@ impl RingSet {
 /// The loaded program and its ring buffers, registered with the async runtime's epoll.
 pub struct Kernel {
     tracer: Tracer,
-    rings: Vec<RingBuf<MapData>>,
+    rings: Vec<Ring>,
     set: RingSet,
     merge: Merge,
     /// The last drain stopped at [`DRAIN_BATCH`].
@@ -297,7 +297,7 @@ impl Kernel {
             let mut last = None;
             let mut finished = false;
             for _ in 0..per_ring {
-                let Some(item) = ring.next() else {
+                let Some(item) = ring.read() else {
                     finished = true;
                     break;
                 };

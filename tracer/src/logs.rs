@@ -1,7 +1,7 @@
-//! Where log lines go: stderr, except while a full-screen view (`tracer top`) owns the
-//! terminal, when they are held in memory (the last [`HELD_MAX`], the rest counted) so that
-//! they neither garble the screen nor get lost; the view shows the latest and prints them all
-//! once the terminal is restored.
+//! Where log lines (and the tracer's own notices, [`line`]) go: stderr, except while a
+//! full-screen view (`tracer top`) owns the terminal, when they are held in memory (the last
+//! [`HELD_MAX`], the rest counted) so that they neither garble the screen nor get lost; the view
+//! shows the latest and prints them all once the terminal is restored.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -37,6 +37,16 @@ pub fn release() -> (Vec<String>, u64) {
     let mut h = held();
     let dropped = std::mem::take(&mut h.dropped);
     (h.lines.drain(..).collect(), dropped)
+}
+
+/// A line of the tracer's own (not a log event, e.g. a loss report): written to stderr, or
+/// held like a log line while the screen is up.
+pub fn line(line: &str) {
+    if HOLDING.load(Ordering::Acquire) {
+        push(line.to_owned());
+    } else {
+        eprintln!("{line}");
+    }
 }
 
 /// The latest line held, without terminal escape sequences.

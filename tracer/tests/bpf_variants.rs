@@ -16,9 +16,8 @@ use std::io::Read;
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use aya::maps::{MapData, RingBuf};
 use tracer::bpf::btf::Btf;
-use tracer::bpf::{AttachMode, LoadOptions, Tracer};
+use tracer::bpf::{AttachMode, LoadOptions, Ring, Tracer};
 use tracer::event::{Family, TcpState, Transition, decode};
 
 use common::sockets::one_connection;
@@ -33,7 +32,7 @@ fn require_root() {
 }
 
 /// A loaded program and its rings (one per CPU with the default ring memory).
-fn load(mode: AttachMode) -> (Tracer, Vec<RingBuf<MapData>>) {
+fn load(mode: AttachMode) -> (Tracer, Vec<Ring>) {
     let opts = LoadOptions {
         attach: mode,
         ..LoadOptions::default()
@@ -45,7 +44,7 @@ fn load(mode: AttachMode) -> (Tracer, Vec<RingBuf<MapData>>) {
 
 /// Reads the rings until `want` events on the test's ports have arrived, then a little longer
 /// to catch any extra ones.
-fn collect(rings: &mut [RingBuf<MapData>], lport: u16, cport: u16, want: usize) -> Vec<Transition> {
+fn collect(rings: &mut [Ring], lport: u16, cport: u16, want: usize) -> Vec<Transition> {
     collect_where(rings, want, |t| {
         [t.sport, t.dport]
             .iter()
@@ -58,7 +57,7 @@ fn collect(rings: &mut [RingBuf<MapData>], lport: u16, cport: u16, want: usize) 
 /// Ports repeat across network namespaces (other processes' load runs in namespaces of their
 /// own), so only events of this test's namespace count.
 fn collect_where(
-    rings: &mut [RingBuf<MapData>],
+    rings: &mut [Ring],
     want: usize,
     mine: impl Fn(&Transition) -> bool,
 ) -> Vec<Transition> {
@@ -70,7 +69,7 @@ fn collect_where(
     let mut extra_until: Option<Instant> = None;
     loop {
         for ring in rings.iter_mut() {
-            while let Some(item) = ring.next() {
+            while let Some(item) = ring.read() {
                 let t = decode(&item).expect("decodable event");
                 if mine(&t) {
                     out.push(t);

@@ -1,39 +1,21 @@
 //! `tracer top` adds no allocation per event: the per-event path (offline here; the live
 //! front-ends drive the same code) with top's sink performs zero heap allocations on this
-//! thread once warm. The view is built once per redraw, outside the event path.
+//! thread once warm. The view is built once per redraw, outside the event path, from top's own
+//! snapshot ([`tracer::top::snapshot`]).
 //!
 //! Tier: offline
 
 mod common;
 
 use tracer::engine::{Histogram, synthetic_stream};
-use tracer::event::TcpState;
 use tracer::pipeline::{Pipeline, PipelineConfig};
-use tracer::top::model::{Model, Snapshot, TopSink};
+use tracer::top::model::{Model, TopSink};
+use tracer::top::snapshot;
 
 use common::alloc::{Counting, allocs};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn snapshot(path: &mut Pipeline, now_ns: u64) -> Snapshot {
-    let sockets = path.sockets_now(now_ns);
-    let e = path.engine();
-    Snapshot {
-        now_ns,
-        close_wait: e.close_wait_by_owner(now_ns),
-        sockets,
-        leaking_now: e.leaking_now(),
-        closes_total: e.stats().closes,
-        events_total: path.counts().events,
-        lost: 0,
-        undecodable: 0,
-        tracked: e.tracked() as u64,
-        capacity: e.config().capacity as u64,
-        dwell: std::array::from_fn(|i| e.dwell_histogram(TcpState::ALL[i]).clone()),
-        time_wait_by_remote: None,
-    }
-}
 
 #[test]
 fn top_sink_allocates_nothing_per_event() {
@@ -47,7 +29,7 @@ fn top_sink_allocates_nothing_per_event() {
         path.on_transition(&t, None, &mut sink).unwrap();
     }
     let clock = path.engine().clock_ns();
-    let warm = snapshot(&mut path, clock);
+    let warm = snapshot(&mut path, 0, clock);
     model.update(&warm, &mut sink, |_| None);
     let closes_before = path.engine().stats().closes;
 
@@ -63,7 +45,7 @@ fn top_sink_allocates_nothing_per_event() {
 
     // And the sink did see them: one redraw shows the synthetic owner's closes per second.
     let now = path.engine().clock_ns();
-    let view = model.update(&snapshot(&mut path, now), &mut sink, |_| None);
+    let view = model.update(&snapshot(&mut path, 0, now), &mut sink, |_| None);
     let closes = path.engine().stats().closes - closes_before;
     assert!(closes > 0);
     let row = view

@@ -1,7 +1,8 @@
 //! `tracer top`: a live full-screen view, another front-end of the per-event path.
 //!
-//! Its loop is the stream's ([`crate::live::Kernel`]: the kernel's wakeups and a drain timer
-//! feed the ring buffer down the [`Pipeline`]), plus a redraw timer, keys and signals. Its sink
+//! Its loop is the stream's ([`crate::driver::Driver`]: the kernel's wakeups and a drain timer
+//! feed the ring buffer down the [`Pipeline`], `--pid`'s exit is followed, lost events are
+//! reported), plus a redraw timer, keys and signals. Its sink
 //! is [`model::TopSink`], which keeps per-owner counters and nothing per event beyond them.
 //! Once per redraw the front-end reads a [`model::Snapshot`] of the path (CLOSE_WAIT per
 //! owner, sockets per state, dwell histograms, counters), builds the [`model::View`], and
@@ -9,7 +10,8 @@
 //!
 //! The terminal is restored on every way out: `q`, Ctrl-C (a key in raw mode), SIGINT, SIGTERM
 //! and SIGHUP, an error (the guard's drop) and a panic (a hook that restores first). Log lines
-//! are held while the screen is up ([`crate::logs`]) and printed after.
+//! (and the driver's loss reports) are held while the screen is up ([`crate::logs`]) and printed
+//! after.
 
 pub mod model;
 pub mod state;
@@ -26,10 +28,10 @@ use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 
 use crate::cli::TopConfig;
-use crate::engine::{EngineConfig, Histogram};
+use crate::driver::{Driver, DriverOptions};
+use crate::engine::Histogram;
 use crate::event::TcpState;
-use crate::live::{Kernel, KernelOptions};
-use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::pipeline::Pipeline;
 use model::{Model, Snapshot, TimeWaitPanel, TopSink, View};
 use state::{Action, Mode, UiState};
 use ui::{SocketsView, Status};
@@ -42,7 +44,7 @@ pub const NOT_A_TERMINAL: &str = "tracer: error: `tracer top` draws a full-scree
 
 /// Runs `tracer top` until `q`, Ctrl-C or a signal.
 pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
-    cfg.pid = crate::live::resolve_pid(cfg.pid)?;
+    cfg.kernel.pid = crate::live::resolve_pid(cfg.kernel.pid)?;
     let mut top = Top::open(cfg)?;
     let mut signals = Signals::install()?;
     let mut screen = Screen::enter().context("setting up the terminal")?;
@@ -63,18 +65,14 @@ pub async fn run(mut cfg: TopConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The front-end: the kernel side and the path with top's sink, the model, and what is
-/// shown.
+/// The front-end: the live driver with top's sink, the model, and what is shown.
 struct Top {
     cfg: TopConfig,
-    kernel: Kernel,
-    path: Pipeline,
+    driver: Driver,
     sink: TopSink,
     model: Model,
     view: View,
     ui: UiState,
-    /// `--pid`'s process exited (top keeps showing what is left).
-    exited: bool,
     /// Periodic redraws (snapshot, view, frame) and the slowest of them, for the exit line.
     redraws: u64,
     slowest_redraw: Duration,
@@ -84,52 +82,46 @@ impl Top {
     /// Loads the kernel side, opens the path, reads the baseline, and builds the first view at
     /// once (CLOSE_WAIT held now; no rates yet).
     fn open(cfg: TopConfig) -> anyhow::Result<Top> {
-        let mut kernel = Kernel::load(&KernelOptions {
-            pid: cfg.pid,
-            ring_bytes: cfg.ring_bytes,
-            run_time_stats: false,
-        })?;
-        let mut path = Pipeline::live(PipelineConfig {
-            engine: EngineConfig {
-                capacity: cfg.capacity,
-                close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
+        let mut driver = Driver::open(
+            cfg.kernel,
+            DriverOptions {
+                time_wait: cfg.time_wait,
+                run_time_stats: false,
+                program_stats: false,
             },
-            pid: cfg.pid,
-        })
-        .context("opening sock_diag")?;
-        path.set_time_wait_config(cfg.time_wait);
+        )?;
         let mut sink = TopSink::new(MAX_OWNERS);
-        if cfg.baseline {
-            kernel.baseline(&mut path)?;
-        }
-        let now = kernel.tick(&mut path, &mut sink)?;
-        let snap = snapshot(&mut path, &kernel, now);
-        let mut model = Model::new(now, snap.events_total, snap.closes_total, &snap.dwell);
-        let view = model.update(&snap, &mut sink, |pid| path.container_id(pid));
+        driver.baseline()?;
+        let now = driver.tick(&mut sink)?;
+        let lost = driver.counters().lost();
+        let (model, view) = {
+            let mut sh = driver.lock();
+            let snap = snapshot(&mut sh.path, lost, now);
+            let mut model = Model::new(now, snap.events_total, snap.closes_total, &snap.dwell);
+            let view = model.update(&snap, &mut sink, |pid| sh.path.container_id(pid));
+            (model, view)
+        };
         Ok(Top {
             cfg,
-            kernel,
-            path,
+            driver,
             sink,
             model,
             view,
             ui: UiState::default(),
-            exited: false,
             redraws: 0,
             slowest_redraw: Duration::ZERO,
         })
     }
 
-    /// The loop: kernel wakeups and the drain timer feed the path; the redraw timer rebuilds
-    /// the view; keys change what is shown; a signal ends it.
+    /// The loop: the driver feeds the path (kernel wakeups, the drain timer, `--pid`'s exit:
+    /// top keeps showing what is left); the redraw timer rebuilds the view; keys change what is
+    /// shown; a signal ends it.
     async fn run(
         &mut self,
         screen: &mut Screen,
         keys: &mut KeyReader,
         signals: &mut Signals,
     ) -> anyhow::Result<()> {
-        let mut drain_timer = tokio::time::interval(self.cfg.drain_interval);
-        drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut redraw_timer = tokio::time::interval(self.cfg.refresh);
         redraw_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // An interval's first tick is immediate: the next redraw is one interval from now.
@@ -138,22 +130,9 @@ impl Top {
         self.draw(screen)?;
         loop {
             tokio::select! {
-                woken = self.kernel.wakeup() => {
-                    woken?;
-                    self.kernel.drain(&mut self.path, &mut self.sink)?;
-                }
-                _ = std::future::ready(()), if self.kernel.has_backlog() => {
-                    self.kernel.drain(&mut self.path, &mut self.sink)?;
-                }
-                _ = drain_timer.tick() => {
-                    let now = self.kernel.timer_drain(&mut self.path, &mut self.sink)?;
-                    // Rate-limited inside; after the drain, so the dump and the trace agree.
-                    self.path.resync_time_wait(now);
-                    if let Some(pid) = self.cfg.pid
-                        && !self.exited
-                    {
-                        self.exited = !crate::attribution::process_alive(pid);
-                    }
+                wake = self.driver.wait() => {
+                    // `--pid`'s exit is shown by the status line (`followed_exited`).
+                    self.driver.handle(wake?, &mut self.sink)?;
                 }
                 _ = redraw_timer.tick() => {
                     if panic_at_first_redraw {
@@ -178,12 +157,13 @@ impl Top {
     /// A clock reading for the path (leaks due reach the sink), then the view rebuilt from a
     /// snapshot.
     fn rebuild(&mut self) -> anyhow::Result<()> {
-        let now = self.kernel.tick(&mut self.path, &mut self.sink)?;
-        let snap = snapshot(&mut self.path, &self.kernel, now);
-        let path = &mut self.path;
+        let now = self.driver.tick(&mut self.sink)?;
+        let lost = self.driver.counters().lost();
+        let mut sh = self.driver.lock();
+        let snap = snapshot(&mut sh.path, lost, now);
         self.view = self
             .model
-            .update(&snap, &mut self.sink, |pid| path.container_id(pid));
+            .update(&snap, &mut self.sink, |pid| sh.path.container_id(pid));
         Ok(())
     }
 
@@ -197,7 +177,9 @@ impl Top {
 
     fn draw(&mut self, screen: &mut Screen) -> anyhow::Result<()> {
         let sockets = match self.ui.mode {
-            Mode::Sockets { owner } => Some(sockets_of(&self.path, &self.view, owner)),
+            Mode::Sockets { owner } => {
+                Some(sockets_of(&self.driver.lock().path, &self.view, owner))
+            }
             _ => None,
         };
         if let Some(s) = &sockets {
@@ -206,15 +188,15 @@ impl Top {
         }
         let clock = wall_clock();
         // `--pid`'s exit, else the latest log line held (all are printed at exit).
-        let note = match self.cfg.pid {
-            Some(pid) if self.exited => Some(format!("process {pid} exited")),
+        let note = match self.cfg.kernel.pid {
+            Some(pid) if self.driver.followed_exited() => Some(format!("process {pid} exited")),
             _ => crate::logs::latest(),
         };
         let status = Status {
             clock: &clock,
             refresh: self.cfg.refresh,
-            threshold_ns: self.cfg.close_wait_threshold.as_nanos() as u64,
-            pid: self.cfg.pid,
+            threshold_ns: self.cfg.kernel.close_wait_threshold.as_nanos() as u64,
+            pid: self.cfg.kernel.pid,
             note: note.as_deref(),
         };
         screen
@@ -225,11 +207,8 @@ impl Top {
     }
 
     fn exit_line(&self) {
-        let (c, r, n) = (
-            self.kernel.counters(),
-            self.kernel.reader_stats(),
-            self.path.counts(),
-        );
+        let n = *self.driver.lock().path.counts();
+        let (c, r) = (self.driver.counters(), self.driver.reader_stats());
         eprintln!(
             "tracer: top: {} events, {} lost, {} undecodable; read in {} kernel wakeups and {} timer drains; {} redraws, the slowest {}",
             n.events,
@@ -271,8 +250,9 @@ impl Signals {
     }
 }
 
-/// What the view reads from the path and the kernel, once per redraw.
-fn snapshot(path: &mut Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
+/// What the view reads from the path (and `lost`, the kernel's count of lost events), once per
+/// redraw.
+pub fn snapshot(path: &mut Pipeline, lost: u64, now_ns: u64) -> Snapshot {
     let sockets = path.sockets_now(now_ns);
     let e = path.engine();
     Snapshot {
@@ -282,7 +262,7 @@ fn snapshot(path: &mut Pipeline, kernel: &Kernel, now_ns: u64) -> Snapshot {
         leaking_now: e.leaking_now(),
         closes_total: e.stats().closes,
         events_total: path.counts().events,
-        lost: kernel.counters().lost(),
+        lost,
         undecodable: path.counts().undecodable,
         tracked: e.tracked() as u64,
         capacity: e.config().capacity as u64,
