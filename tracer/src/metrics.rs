@@ -1157,4 +1157,169 @@ mod tests {
             "# HELP a_seconds_total Help with \"quotes\" and \\\\.\n# TYPE a_seconds_total counter\na_seconds_total 1\n# HELP b_info Build.\n# TYPE b_info gauge\nb_info{v=\"1\"} 1\n# HELP c C.\n# TYPE c untyped\nc 2\n"
         );
     }
+
+    /// A snapshot with every family present: several transitions, histograms (bounds below
+    /// 10 µs folded), process series beyond the cap of [`GOLDEN_CAP`] (`other`), unattributed
+    /// sockets (`unknown`), a container, remotes and ports in another namespace, every kernel
+    /// counter.
+    fn golden_snapshot() -> MetricsSnapshot {
+        let mut transitions = [[0u64; 12]; 12];
+        transitions[TcpState::SynSent.index()][TcpState::Established.index()] = 40;
+        transitions[TcpState::Established.index()][TcpState::FinWait1.index()] = 25;
+        transitions[TcpState::Established.index()][TcpState::CloseWait.index()] = 12;
+        transitions[TcpState::CloseWait.index()][TcpState::LastAck.index()] = 9;
+        transitions[TcpState::LastAck.index()][TcpState::Close.index()] = 9;
+        let mut sockets = [0u64; 12];
+        for (i, state) in TcpState::ALL.into_iter().enumerate() {
+            sockets[state.index()] = i as u64 * 7;
+        }
+        let ctr = "4f1c2a9b8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
+        MetricsSnapshot {
+            transitions,
+            dwell: vec![
+                (
+                    TcpState::Established,
+                    HistogramSnapshot {
+                        buckets: vec![(5e-6, 1), (1e-5, 2), (1e-3, 5), (1.0, 9), (3600.0, 11)],
+                        count: 12,
+                        sum_seconds: 4321.125,
+                    },
+                ),
+                (
+                    TcpState::CloseWait,
+                    HistogramSnapshot {
+                        buckets: vec![(1e-5, 0), (2e-5, 1), (0.5, 3), (60.0, 8)],
+                        count: 9,
+                        sum_seconds: 250.5,
+                    },
+                ),
+                (TcpState::SynSent, HistogramSnapshot::default()),
+            ],
+            closes: vec![
+                (CloseKind::Active, 20),
+                (CloseKind::Passive, 9),
+                (CloseKind::Reset, 3),
+                (CloseKind::Passive, 1),
+            ],
+            sockets,
+            close_wait: vec![
+                owner(42, "srv", 6, 2),
+                OwnerCloseWait {
+                    container: ContainerId::parse(ctr),
+                    ..owner(43, "in-ctr", 3, 0)
+                },
+                owner(44, "we\"ird\\\nname", 2, 1),
+                owner(45, "", 1, 0),
+                owner(46, "small", 1, 0),
+                OwnerCloseWait {
+                    pid: None,
+                    comm: None,
+                    container: None,
+                    sockets: 4,
+                    leaking: 1,
+                },
+            ],
+            close_wait_oldest_seconds: Some(512.25),
+            leak_threshold_seconds: Some(300.0),
+            leaks_detected_total: 17,
+            events_total: 123_456,
+            events_lost_total: 7,
+            events_malformed_total: 1,
+            tracked_sockets: 4096,
+            evictions_total: 2,
+            bpf_transitions_seen_total: Some(130_000),
+            bpf_filtered_total: Some(6_000),
+            bpf_recursion_misses_total: Some(3),
+            bpf_recursion_recovered_total: Some(250),
+            bpf_run_time_ns: Some(987_654_321),
+            bpf_run_count: Some(130_000),
+            time_wait_remotes: vec![
+                RemoteSeries {
+                    netns: None,
+                    remote: "127.0.0.1:5432".into(),
+                    sockets: 3000,
+                },
+                RemoteSeries {
+                    netns: Some(4026532000),
+                    remote: "[::1]:80".into(),
+                    sockets: 2,
+                },
+                RemoteSeries {
+                    netns: None,
+                    remote: "other".into(),
+                    sockets: 7,
+                },
+            ],
+            ephemeral_ports: vec![
+                PortSeries {
+                    netns: None,
+                    local: "127.0.0.1".into(),
+                    remote: "127.0.0.1:5432".into(),
+                    ratio: 0.25,
+                },
+                PortSeries {
+                    netns: Some(4026532000),
+                    local: "::1".into(),
+                    remote: "[::1]:80".into(),
+                    ratio: 0.0625,
+                },
+                PortSeries {
+                    netns: None,
+                    local: "other".into(),
+                    remote: "other".into(),
+                    ratio: 0.5,
+                },
+            ],
+            time_wait_table_full_total: 5,
+            time_wait_resync_failures_total: 1,
+            leak_checks_unanswered_total: 4,
+        }
+    }
+
+    /// The per-process series cap of the golden exposition (leaves two processes to `other`).
+    const GOLDEN_CAP: usize = 3;
+
+    /// Renders the golden snapshot, the build version replaced by `VERSION`.
+    fn golden_render(format: Format) -> String {
+        let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+        render(golden_snapshot(), GOLDEN_CAP, format).replace(&version, "version=\"VERSION\"")
+    }
+
+    /// Compares `got` with the golden file `name` (tests/fixtures/metrics/); with
+    /// `TRACER_BLESS_METRICS=1` in the environment, rewrites the file instead.
+    fn check_golden(got: &str, name: &str, want: &str) {
+        if std::env::var_os("TRACER_BLESS_METRICS").is_some() {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/metrics")
+                .join(name);
+            std::fs::write(&path, got).unwrap();
+            return;
+        }
+        if got != want {
+            let line = got
+                .lines()
+                .zip(want.lines())
+                .position(|(g, w)| g != w)
+                .map_or_else(|| "length".to_owned(), |i| format!("line {}", i + 1));
+            panic!("exposition differs from tests/fixtures/metrics/{name} ({line}):\n{got}");
+        }
+    }
+
+    #[test]
+    fn golden_exposition_openmetrics() {
+        check_golden(
+            &golden_render(Format::OpenMetrics),
+            "golden.openmetrics",
+            include_str!("../tests/fixtures/metrics/golden.openmetrics"),
+        );
+    }
+
+    #[test]
+    fn golden_exposition_text() {
+        check_golden(
+            &golden_render(Format::Text),
+            "golden.txt",
+            include_str!("../tests/fixtures/metrics/golden.txt"),
+        );
+    }
 }
