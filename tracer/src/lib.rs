@@ -8,6 +8,7 @@
 //! and container. `pipeline` is the per-event path (decode → owners → engine → records →
 //! attribution) that every front-end drives; `app` (stream, daemon) and `replay` are loops and
 //! sinks around it.
+#![warn(unused_crate_dependencies)]
 
 pub mod app;
 pub mod attribution;

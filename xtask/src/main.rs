@@ -4,6 +4,7 @@
 //! that builds the eBPF crate, bpf-linker built against that toolchain's own libLLVM (rebuilt
 //! when it changes), and the Debian tools the tests drive (promtool, tmux). It is idempotent and
 //! takes well under a second when everything is in place. `run` and `test` call it first.
+#![warn(unused_crate_dependencies)]
 
 use std::env;
 use std::ffi::OsString;
