@@ -5,6 +5,7 @@
 //! `#[repr(C)]`, `Copy`, free of `bool` and of hidden padding, and its size is asserted at
 //! compile time, so both sides agree on the layout byte for byte.
 #![no_std]
+#![warn(unused_crate_dependencies)]
 
 /// One TCP state transition, as seen by the tracepoint `sock:inet_sock_set_state`.
 ///

@@ -9,6 +9,11 @@
 //! userspace reads.
 #![no_std]
 #![no_main]
+#![warn(unused_crate_dependencies)]
+
+// The package's (empty) library is there for tracer's build-dependency only; cargo hands it to
+// every bin, so name it to keep `unused_crate_dependencies` for the real dependencies.
+use tracer_ebpf as _;
 
 mod common;
 

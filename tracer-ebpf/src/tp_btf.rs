@@ -13,6 +13,11 @@
 //! operations.
 #![no_std]
 #![no_main]
+#![warn(unused_crate_dependencies)]
+
+// The package's (empty) library is there for tracer's build-dependency only; cargo hands it to
+// every bin, so name it to keep `unused_crate_dependencies` for the real dependencies.
+use tracer_ebpf as _;
 
 mod common;
 

@@ -10,6 +10,7 @@
 //! `driver` is the one live driver (kernel, path, drains, `--pid`'s exit, loss reports) that
 //! the live front-ends share; `app` (stream, daemon) and `top` are its loops and sinks, and
 //! `replay` the offline loop around the path.
+#![warn(unused_crate_dependencies)]
 
 pub mod app;
 pub mod attribution;

@@ -4,6 +4,7 @@
 //! that builds the eBPF crate, bpf-linker built against that toolchain's own libLLVM (rebuilt
 //! when it changes), and the Debian tools the tests drive (promtool, tmux). It is idempotent and
 //! takes well under a second when everything is in place. `run` and `test` call it first.
+#![warn(unused_crate_dependencies)]
 
 use std::env;
 use std::ffi::OsString;
@@ -23,6 +24,12 @@ mod vmtest;
 /// The toolchain aya-build uses for the eBPF crate.
 const EBPF_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The target aya-build builds the eBPF crate for: the host's byte order.
+const EBPF_TARGET: &str = if cfg!(target_endian = "big") {
+    "bpfeb-unknown-none"
+} else {
+    "bpfel-unknown-none"
+};
 
 #[derive(Parser)]
 #[command(about = "Developer tasks for tracer")]
@@ -47,7 +54,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// rustfmt --check and clippy -D warnings.
+    /// rustfmt --check, and clippy -D warnings on the host crates and on the eBPF crate for
+    /// its target.
     Lint,
     /// The benchmark's load generator: loopback connect/accept/close loops (run it in a
     /// private network namespace: `unshare -n`).
@@ -98,28 +106,7 @@ fn real_main() -> Result<()> {
             a.extend(args.iter().map(String::as_str));
             cargo(&tools, &a)
         }
-        Cmd::Lint => {
-            let tools = setup(SetupLevel::Build)?;
-            let mut failures = Vec::new();
-            if let Err(e) = cargo(&tools, &["fmt", "--all", "--", "--check"]) {
-                failures.push(e);
-            }
-            if let Err(e) = cargo(&tools, &["clippy", "--all-targets", "--", "-D", "warnings"]) {
-                failures.push(e);
-            }
-            if failures.is_empty() {
-                Ok(())
-            } else {
-                bail!(
-                    "{}",
-                    failures
-                        .iter()
-                        .map(|e| format!("{e:#}"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )
-            }
-        }
+        Cmd::Lint => lint(&setup(SetupLevel::Build)?),
         Cmd::Loadgen {
             threads,
             seconds,
@@ -157,6 +144,57 @@ fn real_main() -> Result<()> {
             vmtest::run(&tools, &args)
         }
     }
+}
+
+/// `cargo xtask lint`: rustfmt, clippy on the host crates, clippy on the eBPF crate. Runs all
+/// three and names every one that failed.
+fn lint(tools: &Tools) -> Result<()> {
+    let results = [
+        cargo(tools, &["fmt", "--all", "--", "--check"]),
+        cargo(tools, &["clippy", "--all-targets", "--", "-D", "warnings"]),
+        clippy_ebpf(tools),
+    ];
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|e| format!("{e:#}"))
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", failures.join("; "))
+    }
+}
+
+/// Clippy on tracer-ebpf for its own target, built the way aya-build (tracer/build.rs) builds
+/// it: the nightly toolchain, `-Z build-std=core`, RUSTC and RUSTC_WORKSPACE_WRAPPER unset so
+/// that the toolchain is nightly's. The host-side clippy leaves the crate out (it is not a
+/// default member: for the host it does not build).
+fn clippy_ebpf(tools: &Tools) -> Result<()> {
+    exec(
+        Command::new("rustup")
+            .args([
+                "run",
+                EBPF_TOOLCHAIN,
+                "cargo",
+                "clippy",
+                "--package",
+                "tracer-ebpf",
+            ])
+            .args([
+                "--lib",
+                "--bins",
+                "--target",
+                EBPF_TARGET,
+                "-Z",
+                "build-std=core",
+            ])
+            .args(["--", "-D", "warnings"])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .current_dir(workspace_root())
+            .env("PATH", tools.path()),
+    )
 }
 
 /// Paths that setup prepared.
