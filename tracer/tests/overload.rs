@@ -24,6 +24,7 @@ const CLOSED: usize = 20;
 /// Longer than the whole stop and the time to correct the gauge: the leak check cannot be
 /// what corrects it.
 const THRESHOLD: &str = "15s";
+const UNSEEN: &str = r#"tracer_reconcile_corrections_total{kind="closed_unseen"}"#;
 
 fn scrape(addr: SocketAddr) -> String {
     http_request(addr, "GET", "/metrics", &[], WAIT)
@@ -178,9 +179,14 @@ fn lost_closes_never_become_leaks_and_gauges_follow_the_kernel() {
         fixed - caught_up,
         counter(&text, "tracer_events_lost_total"),
         counter(&text, "tracer_reconcile_runs_total"),
-        counter(&text, "tracer_reconcile_closed_unseen_total"),
+        counter(&text, UNSEEN),
     );
     assert!(counter(&text, "tracer_events_lost_total") > 0);
+    // Reconciliation, not an address reused by a new socket, put the gauge right.
+    assert!(
+        counter(&text, UNSEEN) > 0,
+        "no socket closed out by reconciliation:\n{text}"
+    );
     assert!(
         fixed - caught_up <= Duration::from_secs(5),
         "the gauge took {:?} after the tracer caught up to equal ss",

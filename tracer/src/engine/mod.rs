@@ -79,7 +79,7 @@ use crate::record::{AgeSource, CloseKind, CloseRecord, LeakRecord, Owner, Record
 
 pub use histogram::Histogram;
 pub use snapshot::CloseWaitSocket;
-pub use summary::{BaselineSummary, ReconcileSummary, Summary};
+pub use summary::{BaselineSummary, HolderSummary, ReconcileSummary, Summary};
 pub use synthetic::{SyntheticStream, synthetic_stream};
 
 use classify::{is_birth, role_of_first, role_of_state};

@@ -153,6 +153,9 @@ pub struct Summary {
     /// What reconciliation with the kernel did (filled in by the live path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconcile: Option<ReconcileSummary>,
+    /// What holder confirmation did (filled in by the live path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holders: Option<HolderSummary>,
     /// The remote endpoints with the most TIME_WAIT sockets now (at most 5; filled in by the
     /// pipeline). Left out when there is none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -195,6 +198,30 @@ pub struct ReconcileSummary {
     pub seeded: u64,
     /// Namespaces that could not be asked (entered or dumped).
     pub unreachable: u64,
+}
+
+/// What holder confirmation did over the run (live only): CLOSE_WAIT sockets' holders looked
+/// up by inode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HolderSummary {
+    /// Rounds with at least one socket due.
+    pub rounds: u64,
+    /// Sockets looked at.
+    pub sockets: u64,
+    /// sock_diag questions asked: single lookups and filtered dumps.
+    pub lookups: u64,
+    pub dumps: u64,
+    /// Holders confirmed by inode.
+    pub confirmed: u64,
+    /// Of those, a different process than the trace had named.
+    pub corrected: u64,
+    /// Sockets found still in their listener's accept queue (never accepted).
+    pub not_accepted: u64,
+    /// Sockets whose holder could not be learnt this round (namespace unreachable, sock_diag
+    /// error, `/proc` rescan rate-limited): asked again next round.
+    pub unanswered: u64,
+    /// Wall time of every round, added up (µs).
+    pub total_us: u64,
 }
 
 /// TIME_WAIT and ephemeral ports of one remote endpoint, for the summary.
@@ -272,6 +299,7 @@ impl Engine {
             skipped_lines: None,
             baseline: None,
             reconcile: None,
+            holders: None,
             long_lines: None,
             time_jumps: None,
             restarts: None,

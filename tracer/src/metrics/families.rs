@@ -285,9 +285,73 @@ pub(super) static FAMILIES: &[Family] = &[
     },
     Family {
         name: "tcp_close_wait_leak_checks_unanswered",
-        help: "Leak candidates whose owner's last send could not be read (tcp_info); decided by CLOSE_WAIT age alone.",
+        help: "Leak candidates the kernel could not be asked about (namespace unreachable, sock_diag error); decided by CLOSE_WAIT age alone.",
         unit: None,
         samples: Samples::Counter(|s| Some(s.snapshot.leak_checks_unanswered_total)),
+    },
+    Family {
+        name: "tcp_close_wait_leak_checks_gone",
+        help: "Leak candidates the kernel no longer had when asked (twice): not leaks; each left as a close of kind unknown (closed while events were lost).",
+        unit: None,
+        samples: Samples::Counter(|s| Some(s.snapshot.leak_checks_gone_total)),
+    },
+    Family {
+        name: "tcp_close_wait_leak_checks_other_state",
+        help: "Leak candidates the kernel had in another state than CLOSE_WAIT when asked (twice): not leaks; the kernel's state was taken.",
+        unit: None,
+        samples: Samples::Counter(|s| Some(s.snapshot.leak_checks_other_state_total)),
+    },
+    Family {
+        name: "reconcile_runs",
+        help: "Reconciliations of the tracked CLOSE_WAIT sockets with the kernel's (a filtered sock_diag dump per namespace, then a confirmation).",
+        unit: None,
+        samples: Samples::Counter(|s| s.snapshot.reconcile.map(|r| r.runs)),
+    },
+    Family {
+        name: "reconcile_after_loss",
+        help: "Reconciliations started because events were lost.",
+        unit: None,
+        samples: Samples::Counter(|s| s.snapshot.reconcile.map(|r| r.after_loss)),
+    },
+    Family {
+        name: "reconcile_duration",
+        help: "Wall time spent reconciling with the kernel.",
+        unit: Some(Unit::Seconds),
+        samples: Samples::CounterF64(|s| s.snapshot.reconcile.map(|r| r.total_us as f64 / 1e6)),
+    },
+    Family {
+        name: "reconcile_corrections",
+        help: "What reconciliation changed, by kind: closed_unseen (the kernel no longer had the socket), state_corrected (it had it in another state), seeded (it had a CLOSE_WAIT socket the tracer did not).",
+        unit: None,
+        samples: Samples::Series {
+            kind: MetricType::Counter,
+            present: |s| s.snapshot.reconcile.is_some(),
+            encode: encode_reconcile_corrections,
+        },
+    },
+    Family {
+        name: "reconcile_unreachable",
+        help: "Namespaces or sockets reconciliation could not ask about (namespace unreachable, sock_diag error).",
+        unit: None,
+        samples: Samples::Counter(|s| s.snapshot.reconcile.map(|r| r.unreachable)),
+    },
+    Family {
+        name: "holder_lookups",
+        help: "CLOSE_WAIT sockets whose holder was looked up by inode (each once per CLOSE_WAIT stay, 300 ms after it began).",
+        unit: None,
+        samples: Samples::Counter(|s| s.snapshot.holders.map(|h| h.sockets)),
+    },
+    Family {
+        name: "holder_corrections",
+        help: "Holder lookups that named another process than the trace had (pre-fork workers, SO_REUSEPORT groups, passed fds, fork after accept).",
+        unit: None,
+        samples: Samples::Counter(|s| s.snapshot.holders.map(|h| h.corrected)),
+    },
+    Family {
+        name: "holder_unanswered",
+        help: "Holder lookups without an answer (namespace unreachable, sock_diag error, /proc rescan rate-limited): asked again.",
+        unit: None,
+        samples: Samples::Counter(|s| s.snapshot.holders.map(|h| h.unanswered)),
     },
     Family {
         name: "bpf_transitions_seen",
@@ -372,6 +436,22 @@ fn encode_closes(s: &Scrape, m: &mut MetricEncoder) -> fmt::Result {
             .filter(|(k, _)| *k == kind)
             .fold(0u64, |acc, (_, n)| acc.saturating_add(*n));
         m.encode_family(&KindLabels { kind: kind.name() })?
+            .encode_counter::<NoLabelSet, u64, u64>(&v, None)?;
+    }
+    Ok(())
+}
+
+/// `tracer_reconcile_corrections`: each kind.
+fn encode_reconcile_corrections(s: &Scrape, m: &mut MetricEncoder) -> fmt::Result {
+    let Some(r) = s.snapshot.reconcile else {
+        return Ok(());
+    };
+    for (kind, v) in [
+        ("closed_unseen", r.closed_unseen),
+        ("state_corrected", r.state_corrected),
+        ("seeded", r.seeded),
+    ] {
+        m.encode_family(&KindLabels { kind })?
             .encode_counter::<NoLabelSet, u64, u64>(&v, None)?;
     }
     Ok(())

@@ -62,6 +62,14 @@ pub struct MetricsSnapshot {
     pub time_wait_resync_failures_total: u64,
     /// Leak candidates whose owner's activity could not be asked (decided by age alone).
     pub leak_checks_unanswered_total: u64,
+    /// Leak candidates the kernel no longer had (asked twice): not leaks.
+    pub leak_checks_gone_total: u64,
+    /// Leak candidates the kernel had in another state (asked twice): not leaks.
+    pub leak_checks_other_state_total: u64,
+    /// Reconciliation with the kernel (live only; `None` leaves its families out).
+    pub reconcile: Option<crate::engine::ReconcileSummary>,
+    /// Holder confirmation by inode (live only).
+    pub holders: Option<crate::engine::HolderSummary>,
 }
 
 /// One series of `tracer_tcp_time_wait_sockets`.

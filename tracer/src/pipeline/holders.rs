@@ -33,28 +33,7 @@ const ROUND_MAX: usize = 8192;
 /// From this many sockets due in one namespace, one filtered dump replaces the lookups.
 const DUMP_FROM: usize = 16;
 
-/// What holder confirmation did, over the path's life.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct HolderStats {
-    /// Rounds with at least one socket due.
-    pub rounds: u64,
-    /// Sockets looked at.
-    pub sockets: u64,
-    /// sock_diag questions asked: single lookups and filtered dumps.
-    pub lookups: u64,
-    pub dumps: u64,
-    /// Holders confirmed by inode.
-    pub confirmed: u64,
-    /// Of those, a different process than the trace had named.
-    pub corrected: u64,
-    /// Sockets found still in their listener's accept queue (never accepted).
-    pub not_accepted: u64,
-    /// Sockets whose holder could not be learnt this round (namespace unreachable, sock_diag
-    /// error, `/proc` rescan rate-limited): asked again next round.
-    pub unanswered: u64,
-    /// Wall time of every round, added up (µs).
-    pub total_us: u64,
-}
+pub use crate::engine::HolderSummary as HolderStats;
 
 /// Holder confirmation's state, kept by the path.
 #[derive(Debug, Default)]

@@ -24,6 +24,7 @@ impl Pipeline {
         let mut s = Summary {
             baseline: self.baseline,
             reconcile: self.live.is_some().then(|| self.reconcile_stats()),
+            holders: self.live.is_some().then(|| self.holder_stats()),
             ..self.engine.summary(now_ns)
         };
         s.time_wait_top = self.time_wait_top(now_ns, 5);
@@ -143,6 +144,10 @@ impl Pipeline {
             time_wait_table_full_total: self.tw.stats().table_full,
             time_wait_resync_failures_total: self.tw.stats().resync_failures,
             leak_checks_unanswered_total: self.counts.leak_checks_unanswered,
+            leak_checks_gone_total: self.counts.leak_checks_gone,
+            leak_checks_other_state_total: self.counts.leak_checks_other_state,
+            reconcile: self.live.is_some().then(|| self.reconcile_stats()),
+            holders: self.live.is_some().then(|| self.holder_stats()),
             ..MetricsSnapshot::default()
         }
     }
