@@ -9,7 +9,7 @@ use crate::container::{Cgroup, ContainerId};
 use crate::engine::summary::RemoteSummary;
 use crate::engine::{BaselineSummary, Engine, EngineConfig, Summary};
 use crate::event::{Comm, Family, TcpState, Transition};
-use crate::pipeline::RecordContext;
+use crate::pipeline::{RecordContext, Sink};
 use crate::record::{
     AgeSource, CloseKind, CloseRecord, LeakRecord, Owner, OwnerSource, ResetBy, Role, SocketId,
     StatePath,
@@ -207,6 +207,20 @@ pub fn contexts() -> Vec<RecordContext> {
             cgroup: None,
         },
     ]
+}
+
+/// Every transition, close and leak of the fixtures through a sink.
+pub fn render(sink: &mut impl Sink) {
+    for (t, o) in transitions() {
+        sink.transition(&t, o.as_ref()).unwrap();
+    }
+    let cxs = contexts();
+    for (i, c) in closes().iter().enumerate() {
+        sink.close(c, &cxs[i % cxs.len()]).unwrap();
+    }
+    for (i, l) in leaks().iter().enumerate() {
+        sink.leak(l, &cxs[i % cxs.len()]).unwrap();
+    }
 }
 
 pub fn meta(pid: Option<u32>) -> Meta {

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use serde::{Serialize, Serializer};
 use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
 
-use super::{Batched, Meta, Show, dwell_pairs};
+use super::{Batched, FormatSink, Meta, Show, dwell_pairs};
 use crate::engine::Summary;
 use crate::event::{AddrFmt, Comm, Transition};
 use crate::pipeline::{RecordContext, Sink};
@@ -30,38 +30,6 @@ impl<W: Write> JsonSink<W> {
         }
     }
 
-    pub fn show(&self) -> Show {
-        self.show
-    }
-
-    /// The run's settings, written whatever `--show` says (the first line of a recording).
-    pub fn meta(&mut self, meta: &Meta) -> io::Result<()> {
-        self.line(&MetaLine {
-            line_type: "meta",
-            meta,
-        })
-    }
-
-    /// The exit summary, as one `summary` line.
-    pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
-        self.line(summary)
-    }
-
-    /// Writes a free-form line as it is (a newline is added when it has none).
-    pub fn raw_line(&mut self, line: &str) -> io::Result<()> {
-        let buf = &mut self.lines.buf;
-        buf.extend_from_slice(line.as_bytes());
-        if !line.ends_with('\n') {
-            buf.push(b'\n');
-        }
-        self.lines.end_line()
-    }
-
-    /// Writes out what is buffered.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.lines.flush()
-    }
-
     /// Gives back the writer (tests).
     pub fn into_inner(self) -> W {
         self.lines.into_inner()
@@ -78,6 +46,37 @@ impl<W: Write> JsonSink<W> {
         }
         buf.push(b'\n');
         self.lines.end_line()
+    }
+}
+
+impl<W: Write> FormatSink for JsonSink<W> {
+    fn show(&self) -> Show {
+        self.show
+    }
+
+    /// The run's settings, written whatever `--show` says (the first line of a recording).
+    fn meta(&mut self, meta: &Meta) -> io::Result<()> {
+        self.line(&MetaLine {
+            line_type: "meta",
+            meta,
+        })
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.line(summary)
+    }
+
+    fn raw_line(&mut self, line: &str) -> io::Result<()> {
+        let buf = &mut self.lines.buf;
+        buf.extend_from_slice(line.as_bytes());
+        if !line.ends_with('\n') {
+            buf.push(b'\n');
+        }
+        self.lines.end_line()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.lines.flush()
     }
 }
 
@@ -385,42 +384,83 @@ impl Formatter for LineFormatter {
 mod tests {
     use super::*;
     use crate::output::fixtures;
-    use crate::output::{Format, Output};
 
-    /// Every fixture record through a sink.
-    fn render(sink: &mut impl Sink) {
-        for (t, o) in fixtures::transitions() {
-            sink.transition(&t, o.as_ref()).unwrap();
+    /// What the hand-written JSON wrote for the fixtures (checked equal to it, byte for byte,
+    /// before it was replaced by serde).
+    const GOLDEN: [&str; 27] = [
+        r#"{"type":"meta","version":"0.1.0","close_wait_threshold_ns":30000000000,"capacity":1000000,"pid":null,"attach":"tp_btf","baseline":true,"realtime_offset_ns":1764441234567890123}"#,
+        r#"{"type":"meta","version":"0.1.0","close_wait_threshold_ns":30000000000,"capacity":1000000,"pid":42,"attach":"tp_btf","baseline":false,"realtime_offset_ns":1764441234567890123}"#,
+        r#"{"type":"transition","ts_ns":1000000000,"sk":"0xffff888104a3c000","family":4,"saddr":"127.0.0.1","sport":40000,"daddr":"10.1.2.3","dport":8080,"old":"CLOSE","new":"SYN_SENT","dwell_ns":null,"netns":0,"sk_err":0,"task_pid":12347,"task_tid":12350,"task_comm":"python3","pid":1000,"comm":"python3","owner_source":"context"}"#,
+        r#"{"type":"transition","ts_ns":1000000007,"sk":"0xffff888104a3c100","family":6,"saddr":"::1","sport":40001,"daddr":"2001:db8::42","dport":8080,"old":"ESTABLISHED","new":"CLOSE_WAIT","dwell_ns":73912,"netns":4026531840,"sk_err":0,"task_pid":12348,"task_tid":12351,"task_comm":"a\"b\\c\u0001","pid":1001,"comm":"a\"b\\c\u0001","owner_source":"listener"}"#,
+        r#"{"type":"transition","ts_ns":1000000014,"sk":"0xffff888104a3c200","family":6,"saddr":"::ffff:127.0.0.1","sport":40002,"daddr":"::ffff:192.168.1.9","dport":8080,"old":"FIN_WAIT1","new":"FIN_WAIT1","dwell_ns":null,"netns":4026531840,"sk_err":0,"task_pid":12349,"task_tid":12352,"task_comm":"t\tn\nr\r\u0008\u000c\u007f","pid":null,"comm":null,"owner_source":null}"#,
+        r#"{"type":"transition","ts_ns":1000000021,"sk":"0xffff888104a3c300","family":4,"saddr":"127.0.0.1","sport":40003,"daddr":"10.1.2.3","dport":8080,"old":"LISTEN","new":"CLOSE","dwell_ns":221736,"netns":4026531840,"sk_err":104,"task_pid":12350,"task_tid":12353,"task_comm":"héllo/ü","pid":1003,"comm":"héllo/ü","owner_source":"shared"}"#,
+        r#"{"type":"transition","ts_ns":1000000028,"sk":"0xffff888104a3c400","family":6,"saddr":"::1","sport":40004,"daddr":"2001:db8::42","dport":8080,"old":"CLOSE","new":"SYN_SENT","dwell_ns":null,"netns":0,"sk_err":0,"task_pid":12351,"task_tid":12354,"task_comm":"python3","pid":1004,"comm":"python3","owner_source":"context"}"#,
+        r#"{"type":"transition","ts_ns":1000000035,"sk":"0xffff888104a3c500","family":6,"saddr":"::ffff:127.0.0.1","sport":40005,"daddr":"::ffff:192.168.1.9","dport":8080,"old":"ESTABLISHED","new":"CLOSE_WAIT","dwell_ns":369560,"netns":4026531840,"sk_err":0,"task_pid":12352,"task_tid":12355,"task_comm":"a\"b\\c\u0001","pid":null,"comm":null,"owner_source":null}"#,
+        r#"{"type":"transition","ts_ns":1000000042,"sk":"0xffff888104a3c600","family":4,"saddr":"127.0.0.1","sport":40006,"daddr":"10.1.2.3","dport":8080,"old":"FIN_WAIT1","new":"FIN_WAIT1","dwell_ns":null,"netns":4026531840,"sk_err":0,"task_pid":12353,"task_tid":12356,"task_comm":"t\tn\nr\r\u0008\u000c\u007f","pid":1006,"comm":"t\tn\nr\r\u0008\u000c\u007f","owner_source":"inode"}"#,
+        r#"{"type":"transition","ts_ns":1000000049,"sk":"0xffff888104a3c700","family":6,"saddr":"::1","sport":40007,"daddr":"2001:db8::42","dport":8080,"old":"LISTEN","new":"CLOSE","dwell_ns":517384,"netns":4026531840,"sk_err":0,"task_pid":12354,"task_tid":12357,"task_comm":"héllo/ü","pid":1007,"comm":"héllo/ü","owner_source":"shared"}"#,
+        r#"{"type":"close","ts_ns":2000000000,"sk":"0xffff888110000000","netns":4026532301,"family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"10.1.2.3","dport":50000,"role":"client","kind":"active","states":["SYN_SENT","ESTABLISHED","FIN_WAIT1","FIN_WAIT2","CLOSE"],"dwell_ns":{"ESTABLISHED":20311000,"SYN_SENT":202300,"CLOSE_WAIT":0},"lifetime_ns":20555100,"time_wait":true,"reset_by":null,"sk_err":0,"leaked":false,"pid":1000,"comm":"python3","owner_source":"context","cgroup":null,"container_id":null}"#,
+        r#"{"type":"close","ts_ns":2000000001,"sk":"0xffff888110000040","netns":4026532301,"family":6,"saddr":"::1","sport":8080,"daddr":"2001:db8::42","dport":50001,"role":"server","kind":"passive","states":[],"dwell_ns":{},"lifetime_ns":null,"time_wait":false,"reset_by":null,"sk_err":0,"leaked":true,"pid":null,"comm":null,"owner_source":null,"cgroup":"/user.slice/session-2.scope","container_id":null}"#,
+        r#"{"type":"close","ts_ns":2000000002,"sk":"0xffff888110000080","netns":4026532301,"family":6,"saddr":"::ffff:127.0.0.1","sport":8080,"daddr":"::ffff:192.168.1.9","dport":50002,"role":"listener","kind":"simultaneous","states":["ESTABLISHED","CLOSE_WAIT","LAST_ACK","CLOSE"],"dwell_ns":{"ESTABLISHED":20311002,"SYN_SENT":202300,"CLOSE_WAIT":2},"lifetime_ns":20555102,"time_wait":false,"reset_by":null,"sk_err":0,"leaked":false,"pid":1002,"comm":"t\tn\nr\r\u0008\u000c\u007f","owner_source":"inode","cgroup":"/kubepods.slice/cri-containerd-4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a.scope","container_id":"4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a"}"#,
+        r#"{"type":"close","ts_ns":2000000003,"sk":"0xffff8881100000c0","netns":4026532301,"family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"10.1.2.3","dport":50003,"role":"unknown","kind":"reset","states":["SYN_SENT","ESTABLISHED","FIN_WAIT1","FIN_WAIT2","CLOSE"],"dwell_ns":{"ESTABLISHED":20311003,"SYN_SENT":202300,"CLOSE_WAIT":3},"lifetime_ns":null,"time_wait":false,"reset_by":"peer","sk_err":null,"leaked":false,"pid":1003,"comm":"héllo/ü","owner_source":"shared","cgroup":null,"container_id":null}"#,
+        r#"{"type":"close","ts_ns":2000000004,"sk":"0xffff888110000100","netns":0,"family":6,"saddr":"::1","sport":8080,"daddr":"2001:db8::42","dport":50004,"role":"client","kind":"abort","states":[],"dwell_ns":{},"lifetime_ns":20555104,"time_wait":false,"reset_by":"local","sk_err":0,"leaked":false,"pid":null,"comm":null,"owner_source":null,"cgroup":null,"container_id":null}"#,
+        r#"{"type":"close","ts_ns":2000000005,"sk":"0xffff888110000140","netns":4026532301,"family":6,"saddr":"::ffff:127.0.0.1","sport":8080,"daddr":"::ffff:192.168.1.9","dport":50005,"role":"server","kind":"timeout","states":["ESTABLISHED","CLOSE_WAIT","LAST_ACK","CLOSE"],"dwell_ns":{"ESTABLISHED":20311005,"SYN_SENT":202300,"CLOSE_WAIT":5},"lifetime_ns":null,"time_wait":false,"reset_by":null,"sk_err":0,"leaked":false,"pid":1005,"comm":"a\"b\\c\u0001","owner_source":"listener","cgroup":"/user.slice/session-2.scope","container_id":null}"#,
+        r#"{"type":"close","ts_ns":2000000006,"sk":"0xffff888110000180","netns":4026532301,"family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"10.1.2.3","dport":50006,"role":"listener","kind":"connect_failed","states":["SYN_SENT","ESTABLISHED","FIN_WAIT1","FIN_WAIT2","CLOSE"],"dwell_ns":{"ESTABLISHED":20311006,"SYN_SENT":202300,"CLOSE_WAIT":6},"lifetime_ns":20555106,"time_wait":false,"reset_by":null,"sk_err":0,"leaked":false,"pid":1006,"comm":"t\tn\nr\r\u0008\u000c\u007f","owner_source":"inode","cgroup":"/kubepods.slice/cri-containerd-4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a.scope","container_id":"4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a"}"#,
+        r#"{"type":"close","ts_ns":2000000007,"sk":"0xffff8881100001c0","netns":4026532301,"family":6,"saddr":"::1","sport":8080,"daddr":"2001:db8::42","dport":50007,"role":"unknown","kind":"listener","states":[],"dwell_ns":{},"lifetime_ns":null,"time_wait":false,"reset_by":null,"sk_err":null,"leaked":false,"pid":null,"comm":null,"owner_source":null,"cgroup":null,"container_id":null}"#,
+        r#"{"type":"close","ts_ns":2000000008,"sk":"0xffff888110000200","netns":4026532301,"family":6,"saddr":"::ffff:127.0.0.1","sport":8080,"daddr":"::ffff:192.168.1.9","dport":50008,"role":"client","kind":"unknown","states":["ESTABLISHED","CLOSE_WAIT","LAST_ACK","CLOSE"],"dwell_ns":{"ESTABLISHED":20311008,"SYN_SENT":202300,"CLOSE_WAIT":8},"lifetime_ns":20555108,"time_wait":false,"reset_by":null,"sk_err":0,"leaked":false,"pid":1008,"comm":"python3","owner_source":"context","cgroup":null,"container_id":null}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000000,"sk":"0xffff888110000040","netns":4026532301,"family":6,"saddr":"::1","sport":8080,"daddr":"2001:db8::42","dport":50001,"age_ns":30000412000,"age_source":"traced","idle_ns":30004000000,"pid":1000,"comm":"python3","owner_source":"context","cmdline":null,"close_wait_held":null,"cgroup":null,"container_id":null}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000001,"sk":"0xffff888110000080","netns":4026532301,"family":6,"saddr":"::ffff:127.0.0.1","sport":8080,"daddr":"::ffff:192.168.1.9","dport":50002,"age_ns":30000412001,"age_source":"estimate","idle_ns":null,"pid":1001,"comm":"a\"b\\c\u0001","owner_source":"listener","cmdline":null,"close_wait_held":1,"cgroup":"/user.slice/session-2.scope","container_id":null}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000002,"sk":"0xffff8881100000c0","netns":4026532301,"family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"10.1.2.3","dport":50003,"age_ns":30000412002,"age_source":"traced","idle_ns":30004000000,"pid":null,"comm":null,"owner_source":null,"cmdline":"/usr/bin/server --port 8080","close_wait_held":17,"cgroup":"/kubepods.slice/cri-containerd-4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a.scope","container_id":"4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a"}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000003,"sk":"0xffff888110000100","netns":0,"family":6,"saddr":"::1","sport":8080,"daddr":"2001:db8::42","dport":50004,"age_ns":30000412003,"age_source":"estimate","idle_ns":null,"pid":1003,"comm":"héllo/ü","owner_source":"shared","cmdline":"t\tn\nr\r\u0008\u000c\u007f","close_wait_held":null,"cgroup":null,"container_id":null}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000004,"sk":"0xffff888110000140","netns":4026532301,"family":6,"saddr":"::ffff:127.0.0.1","sport":8080,"daddr":"::ffff:192.168.1.9","dport":50005,"age_ns":30000412004,"age_source":"traced","idle_ns":30004000000,"pid":1004,"comm":"python3","owner_source":"context","cmdline":null,"close_wait_held":null,"cgroup":null,"container_id":null}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000005,"sk":"0xffff888110000180","netns":4026532301,"family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"10.1.2.3","dport":50006,"age_ns":30000412005,"age_source":"estimate","idle_ns":null,"pid":null,"comm":null,"owner_source":null,"cmdline":null,"close_wait_held":1,"cgroup":"/user.slice/session-2.scope","container_id":null}"#,
+        r#"{"type":"summary","duration_ns":0,"transitions":0,"closes":0,"closes_by_kind":{"active":0,"passive":0,"simultaneous":0,"reset":0,"abort":0,"timeout":0,"connect_failed":0,"listener":0,"unknown":0},"closes_by_role":{"client":0,"server":0,"listener":0,"unknown":0},"closes_time_wait":0,"leaks":0,"dwell":{},"sockets_now":{},"close_wait_now":0,"leaking_now":0,"oldest_close_wait_ns":null,"tracked":0,"capacity":1000000,"evicted":0,"evicted_leaking":0,"recycled":0,"seeded":0,"first_seen_midlife":0,"gaps":0,"out_of_order":0,"stale_dropped":0}"#,
+        r#"{"type":"summary","duration_ns":0,"transitions":0,"closes":0,"closes_by_kind":{"active":0,"passive":0,"simultaneous":0,"reset":0,"abort":0,"timeout":0,"connect_failed":0,"listener":0,"unknown":0},"closes_by_role":{"client":0,"server":0,"listener":0,"unknown":0},"closes_time_wait":0,"leaks":0,"dwell":{},"sockets_now":{},"close_wait_now":0,"leaking_now":0,"oldest_close_wait_ns":null,"tracked":0,"capacity":1000000,"evicted":0,"evicted_leaking":0,"recycled":0,"seeded":0,"first_seen_midlife":0,"gaps":0,"out_of_order":0,"stale_dropped":0,"events_lost":1,"skipped_lines":2,"long_lines":3,"time_jumps":4,"restarts":5,"restart_forgotten":6,"baseline":{"sockets":7,"namespaces":2,"namespaces_failed":0,"took_us":1234},"time_wait_top":[{"remote":"127.0.0.1:5432","netns":4026532301,"time_wait":9,"ephemeral_ports_used":10,"ephemeral_port_range":28232}]}"#,
+    ];
+
+    /// The fixture records, meta lines first and summaries last, as JSON Lines.
+    fn rendered() -> String {
+        let mut sink = JsonSink::new(Vec::new(), Show::ALL);
+        for pid in [None, Some(42)] {
+            sink.meta(&fixtures::meta(pid)).unwrap();
         }
-        let cxs = fixtures::contexts();
-        for (i, c) in fixtures::closes().iter().enumerate() {
-            sink.close(c, &cxs[i % cxs.len()]).unwrap();
+        fixtures::render(&mut sink);
+        for s in [fixtures::summary_plain(), fixtures::summary_full()] {
+            sink.summary(&s).unwrap();
         }
-        for (i, l) in fixtures::leaks().iter().enumerate() {
-            sink.leak(l, &cxs[i % cxs.len()]).unwrap();
+        String::from_utf8(sink.into_inner()).unwrap()
+    }
+
+    #[test]
+    fn lines_are_the_golden_bytes() {
+        let out = rendered();
+        let lines: Vec<&str> = out.split_terminator('\n').collect();
+        for (got, want) in lines.iter().zip(GOLDEN) {
+            assert_eq!(*got, want);
+        }
+        assert_eq!(lines.len(), GOLDEN.len());
+        assert!(out.ends_with('\n'));
+    }
+
+    #[test]
+    fn every_line_is_json() {
+        for line in rendered().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(v["type"].is_string(), "{line}");
         }
     }
 
     #[test]
-    fn serde_lines_equal_the_hand_written_ones() {
-        let mut old = Output::new(Vec::new(), Format::Json, Show::ALL, 0);
-        let mut new = JsonSink::new(Vec::new(), Show::ALL);
-        for pid in [None, Some(42)] {
-            old.meta(&fixtures::meta(pid)).unwrap();
-            new.meta(&fixtures::meta(pid)).unwrap();
-        }
-        render(&mut old);
-        render(&mut new);
-        for s in [fixtures::summary_plain(), fixtures::summary_full()] {
-            old.raw_line(&serde_json::to_string(&s).unwrap()).unwrap();
-            new.summary(&s).unwrap();
-        }
-        let old = String::from_utf8(old.into_inner()).unwrap();
-        let new = String::from_utf8(new.into_inner()).unwrap();
-        std::fs::write("/tmp/output-golden.jsonl", &new).unwrap();
-        for (a, b) in old.lines().zip(new.lines()) {
-            assert_eq!(a, b);
-        }
-        assert_eq!(old, new);
+    fn show_leaves_out_what_it_does_not_name() {
+        let mut sink = JsonSink::new(Vec::new(), Show::parse("leaks").unwrap());
+        sink.meta(&fixtures::meta(None)).unwrap();
+        fixtures::render(&mut sink);
+        let out = String::from_utf8(sink.into_inner()).unwrap();
+        let types: Vec<String> = out
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].to_string())
+            .collect();
+        assert_eq!(types[0], "\"meta\"");
+        assert_eq!(types.len(), 1 + fixtures::leaks().len());
+        assert!(types[1..].iter().all(|t| t == "\"close_wait_leak\""));
     }
 }

@@ -1,20 +1,26 @@
-//! Renders transitions and records as a readable table or as JSON Lines (schema in
-//! docs/output.md). Lines are formatted into one reused buffer and written in batches: no
-//! allocation and no syscall per event.
+//! Output: transitions, records and the summary, as a readable table ([`TextSink`], text.rs) or
+//! as JSON Lines ([`JsonSink`], json.rs; schema in docs/output.md). One type per format, each a
+//! [`Sink`] and a [`FormatSink`]; [`Output`] is the one chosen by [`Format`] at run time. Also
+//! the settings line ([`Meta`]), `--show` ([`Show`]), and the formatting helpers the formats and
+//! front-ends share (durations, clocks). Lines are formatted into one reused buffer and written
+//! in batches: no allocation and no syscall per event.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::IpAddr;
 
-use crate::event::{AddrFmt, EndpointFmt, Family, Transition};
+use crate::engine::Summary;
+use crate::event::Transition;
 use crate::pipeline::{RecordContext, Sink};
-use crate::record::{CloseRecord, LeakRecord, Owner, SocketId};
+use crate::record::{CloseRecord, LeakRecord, Owner};
 
 #[cfg(test)]
 mod fixtures;
 mod json;
+mod text;
 
 pub use json::JsonSink;
+pub use text::TextSink;
 
 /// What to print.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +89,21 @@ pub struct Meta {
     pub realtime_offset_ns: i64,
 }
 
+/// What an output format writes besides transitions and records: the run's settings first,
+/// the summary last, free-form lines; and it flushes. One type per format implements it.
+pub trait FormatSink: Sink {
+    /// What `--show` lets through.
+    fn show(&self) -> Show;
+    /// The run's settings (before any transition).
+    fn meta(&mut self, meta: &Meta) -> io::Result<()>;
+    /// The exit summary.
+    fn summary(&mut self, summary: &Summary) -> io::Result<()>;
+    /// A free-form line, as it is (a newline is added when it has none).
+    fn raw_line(&mut self, line: &str) -> io::Result<()>;
+    /// Writes out what is buffered.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
 /// A writer and the lines formatted for it in one reused buffer, written out in batches of
 /// about 60 KiB: no allocation and no syscall per line.
 struct Batched<W, B> {
@@ -145,455 +166,127 @@ impl<W: Write, B: LineBuf> Batched<W, B> {
     }
 }
 
-/// Writes records to an underlying writer.
-pub struct Output<W: Write> {
-    out: W,
-    buf: String,
-    format: Format,
-    show: Show,
-    /// Wall-clock minus monotonic time (ns), to print readable times in text mode.
-    realtime_offset_ns: i128,
-    header_done: bool,
-    /// The tracer's own network namespace: text output names a socket's namespace only when
-    /// it is another one.
-    own_netns: u32,
+/// The sink of the format chosen at run time: what front-ends hold. Each method goes to the
+/// format's own type.
+pub enum Output<W: Write> {
+    Text(TextSink<W>),
+    Json(JsonSink<W>),
 }
 
 impl<W: Write> Output<W> {
     pub fn new(out: W, format: Format, show: Show, realtime_offset_ns: i128) -> Self {
-        Self {
-            out,
-            buf: String::with_capacity(64 * 1024),
-            format,
-            show,
-            realtime_offset_ns,
-            header_done: false,
-            own_netns: 0,
+        match format {
+            Format::Text => Output::Text(TextSink::new(out, show, realtime_offset_ns)),
+            Format::Json => Output::Json(JsonSink::new(out, show)),
         }
     }
 
-    /// Sets the tracer's own network namespace (see [`Output::transition`]).
+    /// Sets the tracer's own network namespace: text output names a socket's namespace only
+    /// when it is another one (JSON always has `netns`).
     #[must_use]
-    pub fn with_own_netns(mut self, netns: u32) -> Self {
-        self.own_netns = netns;
-        self
-    }
-
-    pub fn show(&self) -> Show {
-        self.show
+    pub fn with_own_netns(self, netns: u32) -> Self {
+        match self {
+            Output::Text(t) => Output::Text(t.with_own_netns(netns)),
+            json => json,
+        }
     }
 
     pub fn format(&self) -> Format {
-        self.format
+        match self {
+            Output::Text(_) => Format::Text,
+            Output::Json(_) => Format::Json,
+        }
     }
 
-    /// Writes out what is buffered.
-    pub fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.out.write_all(self.buf.as_bytes())?;
-            self.buf.clear();
-        }
-        self.out.flush()
-    }
-
-    /// Flushes when the buffer is large, so a burst does not grow it without bound.
-    fn maybe_flush(&mut self) -> io::Result<()> {
-        if self.buf.len() >= 60 * 1024 {
-            self.out.write_all(self.buf.as_bytes())?;
-            self.buf.clear();
-        }
-        Ok(())
+    pub fn show(&self) -> Show {
+        self.sink_ref().show()
     }
 
     /// The run's settings, as the first line of a JSON recording; nothing in text mode.
     pub fn meta(&mut self, meta: &Meta) -> io::Result<()> {
-        if self.format != Format::Json {
-            return Ok(());
-        }
-        self.buf.push_str("{\"type\":\"meta\",");
-        let fields = serde_json::to_string(meta).map_err(io::Error::other)?;
-        // `fields` is an object: splice its members after the type.
-        self.buf
-            .push_str(fields.strip_prefix('{').unwrap_or(&fields));
-        self.buf.push('\n');
-        self.maybe_flush()
+        self.sink().meta(meta)
+    }
+
+    /// The exit summary: one `summary` line in JSON, a table in text.
+    pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.sink().summary(summary)
     }
 
     /// Sets the wall-clock minus monotonic offset used to print times in text mode (a replay
     /// learns it from the recording's meta line).
     pub fn set_realtime_offset_ns(&mut self, offset_ns: i128) {
-        self.realtime_offset_ns = offset_ns;
+        if let Output::Text(t) = self {
+            t.set_realtime_offset_ns(offset_ns);
+        }
     }
 
-    /// Writes a free-form line (summary text, notices).
+    /// Writes a free-form line (notices).
     pub fn raw_line(&mut self, line: &str) -> io::Result<()> {
-        self.buf.push_str(line);
-        if !line.ends_with('\n') {
-            self.buf.push('\n');
-        }
-        self.maybe_flush()
-    }
-
-    fn header(&mut self) {
-        if self.format == Format::Text && !self.header_done && self.show.transitions {
-            self.header_done = true;
-            let _ = writeln!(
-                self.buf,
-                "{:<15} {:>7} {:<15} {:<23} {:<23} {:<27} {:>9}",
-                "TIME", "PID", "COMM", "LOCAL", "REMOTE", "TRANSITION", "IN OLD"
-            );
-        }
+        self.sink().raw_line(line)
     }
 
     /// A transition, with the socket's owner when known.
     pub fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()> {
-        if !self.show.transitions {
-            return Ok(());
-        }
-        self.header();
-        let b = &mut self.buf;
-        match self.format {
-            Format::Text => {
-                let _ = write!(
-                    b,
-                    "{} {:>7} {:<15} {:<23} {:<23} {:<27} {:>9}",
-                    WallTime(t.ts_ns, self.realtime_offset_ns),
-                    t.task_pid,
-                    t.task_comm,
-                    Pad(EndpointFmt(t.saddr, t.sport)),
-                    Pad(EndpointFmt(t.daddr, t.dport)),
-                    Pad(Arrow(t.old.name(), t.new.name())),
-                    Pad(OptDuration(t.dwell_ns)),
-                );
-                if let Some(o) = owner
-                    && o.pid != t.task_pid
-                {
-                    let _ = write!(b, "  owner {} {}", o.pid, o.comm);
-                }
-                netns_text(b, t.netns, self.own_netns);
-                b.push('\n');
-            }
-            Format::Json => {
-                let _ = write!(
-                    b,
-                    "{{\"type\":\"transition\",\"ts_ns\":{},\"sk\":\"{:#x}\",\"family\":{},\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\"old\":\"{}\",\"new\":\"{}\",\"dwell_ns\":{},\"netns\":{},\"sk_err\":{},\"task_pid\":{},\"task_tid\":{},\"task_comm\":",
-                    t.ts_ns,
-                    t.sk,
-                    t.family.number(),
-                    AddrFmt(t.saddr),
-                    t.sport,
-                    AddrFmt(t.daddr),
-                    t.dport,
-                    t.old.name(),
-                    t.new.name(),
-                    OptNum(t.dwell_ns),
-                    t.netns,
-                    t.sk_err,
-                    t.task_pid,
-                    t.task_tid,
-                );
-                json_str(b, &t.task_comm.as_str());
-                owner_json(b, owner);
-                b.push_str("}\n");
-            }
-        }
-        self.maybe_flush()
+        self.sink().transition(t, owner)
     }
 
     /// A close record.
-    pub fn close(&mut self, r: &CloseRecord, ctx: &RecordContext) -> io::Result<()> {
-        if !self.show.closes {
-            return Ok(());
-        }
-        let b = &mut self.buf;
-        match self.format {
-            Format::Text => {
-                let _ = write!(
-                    b,
-                    "{} CLOSE {:<14} {:<8} {} ",
-                    WallTime(r.ts_ns, self.realtime_offset_ns),
-                    r.kind.name(),
-                    r.role.name(),
-                    Pair(&r.id),
-                );
-                for (i, s) in r.states.iter().enumerate() {
-                    if i > 0 {
-                        b.push('>');
-                    }
-                    b.push_str(s.name());
-                }
-                if let Some(l) = r.lifetime_ns {
-                    let _ = write!(b, "  life {}", Dur(l));
-                }
-                for (st, d) in dwell_pairs(&r.dwell_ns) {
-                    let _ = write!(b, " {}={}", st, Dur(d));
-                }
-                if r.time_wait {
-                    b.push_str("  →TIME_WAIT");
-                }
-                match r.reset_by {
-                    Some(by) => {
-                        let _ = write!(b, "  RST by {}", by.name());
-                    }
-                    None if r.kind == crate::record::CloseKind::Reset => {
-                        b.push_str("  RST by ?");
-                    }
-                    None => {}
-                }
-                if r.leaked {
-                    b.push_str("  LEAKED");
-                }
-                owner_text(b, r.owner.as_ref());
-                container_text(b, ctx);
-                netns_text(b, r.id.netns, self.own_netns);
-                b.push('\n');
-            }
-            Format::Json => {
-                b.push_str("{\"type\":\"close\",");
-                id_json(b, r.ts_ns, &r.id);
-                let _ = write!(
-                    b,
-                    ",\"role\":\"{}\",\"kind\":\"{}\",\"states\":[",
-                    r.role.name(),
-                    r.kind.name()
-                );
-                for (i, s) in r.states.iter().enumerate() {
-                    if i > 0 {
-                        b.push(',');
-                    }
-                    let _ = write!(b, "\"{}\"", s.name());
-                }
-                b.push_str("],\"dwell_ns\":{");
-                for (i, (st, d)) in dwell_pairs(&r.dwell_ns).enumerate() {
-                    if i > 0 {
-                        b.push(',');
-                    }
-                    let _ = write!(b, "\"{st}\":{d}");
-                }
-                let _ = write!(
-                    b,
-                    "}},\"lifetime_ns\":{},\"time_wait\":{},\"reset_by\":",
-                    OptNum(r.lifetime_ns),
-                    r.time_wait,
-                );
-                match r.reset_by {
-                    Some(by) => {
-                        let _ = write!(b, "\"{}\"", by.name());
-                    }
-                    None => b.push_str("null"),
-                }
-                let _ = write!(
-                    b,
-                    ",\"sk_err\":{},\"leaked\":{}",
-                    OptNum(r.sk_err.map(u64::from)),
-                    r.leaked
-                );
-                owner_json(b, r.owner.as_ref());
-                container_json(b, ctx);
-                b.push_str("}\n");
-            }
-        }
-        self.maybe_flush()
+    pub fn close(&mut self, r: &CloseRecord, cx: &RecordContext) -> io::Result<()> {
+        self.sink().close(r, cx)
     }
 
     /// A CLOSE_WAIT leak.
-    pub fn leak(&mut self, r: &LeakRecord, ctx: &RecordContext) -> io::Result<()> {
-        if !self.show.leaks {
-            return Ok(());
-        }
-        let b = &mut self.buf;
-        match self.format {
-            Format::Text => {
-                let _ = write!(
-                    b,
-                    "{} LEAK  CLOSE_WAIT for {}{}",
-                    WallTime(r.ts_ns, self.realtime_offset_ns),
-                    Dur(r.age_ns),
-                    if r.age_source == crate::record::AgeSource::Estimate {
-                        " (estimated)"
-                    } else {
-                        ""
-                    },
-                );
-                if let Some(idle) = r.idle_ns {
-                    let _ = write!(b, "  idle {}", Dur(idle));
-                }
-                match &r.owner {
-                    Some(o) => {
-                        let _ = write!(b, "  pid {} ({})", o.pid, o.comm);
-                        if let Some(c) = &ctx.cmdline {
-                            let _ = write!(b, " `{c}`");
-                        }
-                    }
-                    None => b.push_str("  owner unknown"),
-                }
-                let _ = write!(
-                    b,
-                    "  local {}  peer {} closed",
-                    EndpointFmt(r.id.saddr, r.id.sport),
-                    EndpointFmt(r.id.daddr, r.id.dport)
-                );
-                if let Some(n) = ctx.close_wait_held {
-                    let _ = write!(
-                        b,
-                        "  — it holds {n} CLOSE_WAIT socket{} now",
-                        if n == 1 { "" } else { "s" }
-                    );
-                }
-                container_text(b, ctx);
-                netns_text(b, r.id.netns, self.own_netns);
-                b.push('\n');
-            }
-            Format::Json => {
-                b.push_str("{\"type\":\"close_wait_leak\",");
-                id_json(b, r.ts_ns, &r.id);
-                let _ = write!(
-                    b,
-                    ",\"age_ns\":{},\"age_source\":\"{}\",\"idle_ns\":{}",
-                    r.age_ns,
-                    r.age_source.name(),
-                    OptNum(r.idle_ns)
-                );
-                owner_json(b, r.owner.as_ref());
-                b.push_str(",\"cmdline\":");
-                match &ctx.cmdline {
-                    Some(c) => json_str(b, c),
-                    None => b.push_str("null"),
-                }
-                let _ = write!(b, ",\"close_wait_held\":{}", OptNum(ctx.close_wait_held));
-                container_json(b, ctx);
-                b.push_str("}\n");
-            }
-        }
-        self.maybe_flush()
+    pub fn leak(&mut self, r: &LeakRecord, cx: &RecordContext) -> io::Result<()> {
+        self.sink().leak(r, cx)
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.sink().flush()
     }
 
     /// Gives back the writer (tests).
-    pub fn into_inner(mut self) -> W {
-        let _ = self.flush();
-        self.out
+    pub fn into_inner(self) -> W {
+        match self {
+            Output::Text(t) => t.into_inner(),
+            Output::Json(j) => j.into_inner(),
+        }
+    }
+
+    fn sink(&mut self) -> &mut dyn FormatSink {
+        match self {
+            Output::Text(t) => t,
+            Output::Json(j) => j,
+        }
+    }
+
+    fn sink_ref(&self) -> &dyn FormatSink {
+        match self {
+            Output::Text(t) => t,
+            Output::Json(j) => j,
+        }
     }
 }
 
+impl<W: Write> Sink for Output<W> {
+    fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()> {
+        Output::transition(self, t, owner)
+    }
+
+    fn close(&mut self, c: &CloseRecord, cx: &RecordContext) -> io::Result<()> {
+        Output::close(self, c, cx)
+    }
+
+    fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()> {
+        Output::leak(self, l, cx)
+    }
+}
+
+/// A close's time per state, as (state name, ns), in kernel order, for the states seen.
 fn dwell_pairs(d: &crate::record::Dwell) -> impl Iterator<Item = (&'static str, u64)> + '_ {
     crate::event::TcpState::ALL
         .into_iter()
         .filter_map(|st| d[st.index()].map(|v| (st.name(), v)))
-}
-
-fn id_json(b: &mut String, ts_ns: u64, id: &SocketId) {
-    let _ = write!(
-        b,
-        "\"ts_ns\":{},\"sk\":\"{:#x}\",\"netns\":{},\"family\":{},\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{}",
-        ts_ns,
-        id.sk,
-        id.netns,
-        match id.family {
-            Family::V4 => 4,
-            Family::V6 => 6,
-        },
-        AddrFmt(id.saddr),
-        id.sport,
-        AddrFmt(id.daddr),
-        id.dport
-    );
-}
-
-fn owner_json(b: &mut String, owner: Option<&Owner>) {
-    match owner {
-        Some(o) => {
-            let _ = write!(b, ",\"pid\":{},\"comm\":", o.pid);
-            json_str(b, &o.comm.as_str());
-            let _ = write!(b, ",\"owner_source\":\"{}\"", o.source.name());
-        }
-        None => b.push_str(",\"pid\":null,\"comm\":null,\"owner_source\":null"),
-    }
-}
-
-/// `"cgroup"` and `"container_id"` (each null when unknown).
-fn container_json(b: &mut String, ctx: &RecordContext) {
-    b.push_str(",\"cgroup\":");
-    match &ctx.cgroup {
-        Some(cg) => json_str(b, &cg.path),
-        None => b.push_str("null"),
-    }
-    match ctx.cgroup.as_ref().and_then(|c| c.container_id) {
-        Some(id) => {
-            let _ = write!(b, ",\"container_id\":\"{id}\"");
-        }
-        None => b.push_str(",\"container_id\":null"),
-    }
-}
-
-/// `  container ID12` when the owner runs in a container.
-fn container_text(b: &mut String, ctx: &RecordContext) {
-    if let Some(id) = ctx.cgroup.as_ref().and_then(|c| c.container_id) {
-        let _ = write!(b, "  container {}", id.short());
-    }
-}
-
-/// `  netns N` when the socket is in another network namespace than the tracer.
-fn netns_text(b: &mut String, netns: u32, own: u32) {
-    if netns != 0 && netns != own {
-        let _ = write!(b, "  netns {netns}");
-    }
-}
-
-fn owner_text(b: &mut String, owner: Option<&Owner>) {
-    if let Some(o) = owner {
-        let _ = write!(b, "  pid {} ({})", o.pid, o.comm);
-    }
-}
-
-/// Appends `s` as a JSON string literal.
-pub fn json_str(b: &mut String, s: &str) {
-    b.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => b.push_str("\\\""),
-            '\\' => b.push_str("\\\\"),
-            '\n' => b.push_str("\\n"),
-            '\r' => b.push_str("\\r"),
-            '\t' => b.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(b, "\\u{:04x}", c as u32);
-            }
-            c => b.push(c),
-        }
-    }
-    b.push('"');
-}
-
-struct OptNum(Option<u64>);
-
-impl std::fmt::Display for OptNum {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(v) => write!(f, "{v}"),
-            None => f.write_str("null"),
-        }
-    }
-}
-
-struct Arrow<'a>(&'a str, &'a str);
-
-impl std::fmt::Display for Arrow<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} -> {}", self.0, self.1)
-    }
-}
-
-struct Pair<'a>(&'a SocketId);
-
-impl std::fmt::Display for Pair<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} -> {}",
-            EndpointFmt(self.0.saddr, self.0.sport),
-            EndpointFmt(self.0.daddr, self.0.dport)
-        )
-    }
 }
 
 /// A duration in ns, printed with a readable unit: `850ns`, `12.3µs`, `4.56ms`, `2.10s`,
@@ -655,48 +348,6 @@ impl std::fmt::Write for StackStr {
     }
 }
 
-/// Formats the inner value first, then applies the caller's width and alignment to it.
-struct Pad<T>(T);
-
-impl<T: std::fmt::Display> std::fmt::Display for Pad<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut b = StackStr::new();
-        write!(b, "{}", self.0)?;
-        f.pad(b.as_str())
-    }
-}
-
-struct OptDuration(Option<u64>);
-
-impl std::fmt::Display for OptDuration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(v) => Dur(v).fmt(f),
-            None => f.pad("-"),
-        }
-    }
-}
-
-/// Kernel monotonic ns printed as local wall-clock time `HH:MM:SS.ffffff` (UTC).
-struct WallTime(u64, i128);
-
-impl std::fmt::Display for WallTime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let real = i128::from(self.0) + self.1;
-        let day_ns = real.rem_euclid(86_400 * 1_000_000_000);
-        let secs = day_ns / 1_000_000_000;
-        let micros = (day_ns % 1_000_000_000) / 1_000;
-        write!(
-            f,
-            "{:02}:{:02}:{:02}.{:06}",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60,
-            micros
-        )
-    }
-}
-
 /// Wall-clock minus monotonic time, in ns, sampled now.
 pub fn realtime_offset_ns() -> i128 {
     let mono = clock_ns(libc::CLOCK_MONOTONIC);
@@ -725,23 +376,10 @@ pub fn is_loopback(a: &IpAddr) -> bool {
     }
 }
 
-impl<W: io::Write> Sink for Output<W> {
-    fn transition(&mut self, t: &Transition, owner: Option<&Owner>) -> io::Result<()> {
-        Output::transition(self, t, owner)
-    }
-
-    fn close(&mut self, c: &CloseRecord, cx: &RecordContext) -> io::Result<()> {
-        Output::close(self, c, cx)
-    }
-
-    fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()> {
-        Output::leak(self, l, cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Family;
     use crate::event::{Comm, TcpState};
     use std::net::Ipv4Addr;
 
