@@ -18,7 +18,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::event::{self, Comm, TcpState, Transition};
 use crate::live::{Kernel, KernelOptions};
 use crate::metrics::{self, MetricsSnapshot};
-use crate::output::{self, Format, Output};
+use crate::output::{self, Output};
 use crate::pipeline::{Pipeline, PipelineConfig, RecordContext, Sink};
 use crate::record::{CloseRecord, LeakRecord, Owner};
 
@@ -240,7 +240,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     eprintln!("tracer: stopping: {reason}");
     let mut summary = sh.path.summary(now);
     summary.events_lost = Some(sh.kernel.lost());
-    write_summary(&mut sink.out, &summary)?;
+    sink.out.summary(&summary)?;
     sink.out.flush().context("writing output")?;
     exit_line(&sh);
     if let Some(p) = kernel.program_stats()
@@ -308,20 +308,6 @@ fn exit_line(sh: &Shared) {
             ns.entered, ns.enter_failed, ns.unreachable, ns.sockstat_failed
         );
     }
-}
-
-fn write_summary<W: Write>(
-    out: &mut Output<W>,
-    summary: &crate::engine::Summary,
-) -> anyhow::Result<()> {
-    match out.format() {
-        Format::Json => {
-            let line = serde_json::to_string(summary).context("encoding the summary")?;
-            out.raw_line(&line)?;
-        }
-        Format::Text => out.raw_line(&summary.render_text())?,
-    }
-    Ok(())
 }
 
 /// The metrics view: the path's, plus the kernel's and the reader's counters.
