@@ -177,7 +177,7 @@ struct Probe<'a> {
     kind: Option<Cow<'a, str>>,
 }
 
-/// The transition line contract (output.rs). Unknown fields are ignored.
+/// The transition line contract (output/json.rs). Unknown fields are ignored.
 #[derive(Deserialize)]
 #[serde(expecting = "a JSON object")]
 struct Line<'a> {
@@ -992,7 +992,7 @@ mod tests {
         assert_eq!(c.lifetime_ns, Some(4_000));
     }
 
-    /// What output.rs writes, replay reads back: the same records as feeding the engine
+    /// What the JSON output writes, replay reads back: the same records as feeding the engine
     /// directly.
     #[test]
     fn round_trip_through_output() {

@@ -17,6 +17,8 @@ use crate::record::{CloseRecord, LeakRecord, Owner};
 #[cfg(test)]
 mod fixtures;
 mod json;
+#[cfg(test)]
+mod schema;
 mod text;
 
 pub use json::JsonSink;
