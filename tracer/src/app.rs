@@ -16,7 +16,7 @@ use crate::driver::{Driver, DriverOptions, Shared};
 use crate::engine::{Engine, EngineConfig};
 use crate::event::{self, Comm, TcpState, Transition};
 use crate::metrics;
-use crate::output::{self, Format, Output};
+use crate::output::{self, Output};
 use crate::pipeline::{RecordContext, Sink};
 use crate::record::{CloseRecord, LeakRecord, Owner};
 
@@ -151,7 +151,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     }
     let summary = driver.finish(&mut sink)?;
     eprintln!("tracer: stopping: {reason}");
-    write_summary(&mut sink.out, &summary)?;
+    sink.out.summary(&summary)?;
     sink.out.flush().context("writing output")?;
     exit_line(&driver.lock());
     if let Some(p) = driver.program_stats()
@@ -185,20 +185,6 @@ fn exit_line(sh: &Shared) {
             ns.entered, ns.enter_failed, ns.unreachable, ns.sockstat_failed
         );
     }
-}
-
-fn write_summary<W: Write>(
-    out: &mut Output<W>,
-    summary: &crate::engine::Summary,
-) -> anyhow::Result<()> {
-    match out.format() {
-        Format::Json => {
-            let line = serde_json::to_string(summary).context("encoding the summary")?;
-            out.raw_line(&line)?;
-        }
-        Format::Text => out.raw_line(&summary.render_text())?,
-    }
-    Ok(())
 }
 
 /// `tracer bench-engine`: engine throughput on one core over a synthetic stream, and the

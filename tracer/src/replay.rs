@@ -37,7 +37,7 @@
 //! not leak.
 
 use std::borrow::Cow;
-use std::io::{self, BufRead, Read as _, Write};
+use std::io::{self, BufRead, Read as _};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -46,7 +46,7 @@ use serde::Deserialize;
 use crate::cli::{DEFAULT_CAPACITY, DEFAULT_CLOSE_WAIT_THRESHOLD, ReplayConfig};
 use crate::engine::{EngineConfig, Summary};
 use crate::event::{Comm, Family, TcpState, Transition};
-use crate::output::{Format, Output};
+use crate::output::Output;
 use crate::pipeline::{Pipeline, PipelineConfig, RecordContext, Sink};
 use crate::record::{CloseRecord, LeakRecord, Owner, OwnerSource};
 
@@ -177,7 +177,7 @@ struct Probe<'a> {
     kind: Option<Cow<'a, str>>,
 }
 
-/// The transition line contract (output.rs). Unknown fields are ignored.
+/// The transition line contract (output/json.rs). Unknown fields are ignored.
 #[derive(Deserialize)]
 #[serde(expecting = "a JSON object")]
 struct Line<'a> {
@@ -766,7 +766,7 @@ pub fn run(cfg: &ReplayConfig) -> Result<ReplayStats, RunError> {
     let stats = replayed.stats;
     let mut summary = replayed.path.summary(replayed.path.engine().clock_ns());
     stats.fill(&mut summary);
-    write_summary(&mut out, &summary).map_err(RunError::Write)?;
+    out.summary(&summary).map_err(RunError::Write)?;
     out.flush().map_err(RunError::Write)?;
     report_counts(path, &stats);
     if stats.records() == 0 {
@@ -777,13 +777,6 @@ pub fn run(cfg: &ReplayConfig) -> Result<ReplayStats, RunError> {
         });
     }
     Ok(stats)
-}
-
-fn write_summary<W: Write>(out: &mut Output<W>, summary: &Summary) -> io::Result<()> {
-    match out.format() {
-        Format::Json => out.raw_line(&serde_json::to_string(summary).map_err(io::Error::other)?),
-        Format::Text => out.raw_line(&summary.render_text()),
-    }
 }
 
 /// One stderr line per kind of input trouble, so none goes unnoticed.
@@ -999,7 +992,7 @@ mod tests {
         assert_eq!(c.lifetime_ns, Some(4_000));
     }
 
-    /// What output.rs writes, replay reads back: the same records as feeding the engine
+    /// What the JSON output writes, replay reads back: the same records as feeding the engine
     /// directly.
     #[test]
     fn round_trip_through_output() {
