@@ -271,6 +271,10 @@ pub struct LeakRecord {
     /// How long the owner had sent no data (tcp_info `tcpi_last_data_sent`) when the leak was
     /// confirmed; `None` when it was not asked (replay) or could not be learnt.
     pub idle_ns: Option<u64>,
+    /// Whether a process had accepted the socket, as the kernel said (its inode): `Some(false)`
+    /// for a socket still in its listener's accept queue (no process has an fd for it: a
+    /// stalled accept loop, not a missing `close()`); `None` when not known (replay).
+    pub accepted: Option<bool>,
 }
 
 /// What the engine emits.

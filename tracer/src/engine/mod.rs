@@ -1051,6 +1051,7 @@ impl Engine {
             age_source: AgeSource::Traced,
             owner,
             idle_ns: None,
+            accepted: None,
         }));
     }
 
@@ -1252,6 +1253,13 @@ impl Engine {
                 AgeSource::Traced
             },
             owner: e.owner,
+            accepted: if e.has(flag::NOT_ACCEPTED) {
+                Some(false)
+            } else if e.has(flag::HOLDER_CHECKED) {
+                Some(true)
+            } else {
+                None
+            },
         };
         self.table.unlink(Which::Lru, i);
         self.table.link_newest(Which::Leaks, i);

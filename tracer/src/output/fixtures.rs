@@ -176,6 +176,11 @@ pub fn leaks() -> Vec<LeakRecord> {
             },
             owner: (i % 3 != 2).then(|| owner(i)),
             idle_ns: (i % 2 == 0).then_some(30_004_000_000),
+            accepted: match i {
+                2 | 3 => Some(false),
+                1 | 4 => None,
+                _ => Some(true),
+            },
         })
         .collect()
 }
@@ -193,6 +198,10 @@ pub fn contexts() -> Vec<RecordContext> {
                 path: "/user.slice/session-2.scope".into(),
                 container_id: None,
             }),
+            fds: vec![7],
+            unread_bytes: Some(5),
+            unsent_bytes: Some(0),
+            listener: None,
         },
         RecordContext {
             cmdline: Some("/usr/bin/server --port 8080".into()),
@@ -201,11 +210,25 @@ pub fn contexts() -> Vec<RecordContext> {
                 path: format!("/kubepods.slice/cri-containerd-{id}.scope").into(),
                 container_id: Some(id),
             }),
+            fds: vec![3, 9],
+            unread_bytes: Some(0),
+            unsent_bytes: Some(1448),
+            listener: None,
         },
         RecordContext {
             cmdline: Some(NAMES[2].into()),
             close_wait_held: None,
             cgroup: None,
+            fds: Vec::new(),
+            unread_bytes: Some(120),
+            unsent_bytes: Some(0),
+            listener: Some(crate::pipeline::ListenerInfo {
+                owner: Some(owner(9)),
+                addr: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                port: 8080,
+                accept_queue: 129,
+                backlog: 128,
+            }),
         },
     ]
 }

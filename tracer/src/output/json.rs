@@ -11,7 +11,7 @@ use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
 
 use super::{Batched, FormatSink, Meta, Show, dwell_pairs};
 use crate::engine::Summary;
-use crate::event::{AddrFmt, Comm, Transition};
+use crate::event::{AddrFmt, Comm, EndpointFmt, Transition};
 use crate::pipeline::{RecordContext, Sink};
 use crate::record::{CloseRecord, Dwell, LeakRecord, Owner, SocketId, StatePath};
 
@@ -226,6 +226,23 @@ struct LeakLine<'a> {
     close_wait_held: Option<u64>,
     #[serde(flatten)]
     container: ContainerFields<'a>,
+    accepted: Option<bool>,
+    fds: &'a [u32],
+    unread_bytes: Option<u32>,
+    unsent_bytes: Option<u32>,
+    listener: Option<ListenerLine>,
+}
+
+/// A never-accepted socket's listener, in a leak line.
+#[derive(Serialize)]
+struct ListenerLine {
+    #[serde(serialize_with = "display")]
+    local: EndpointFmt,
+    pid: Option<u32>,
+    #[serde(serialize_with = "opt_display")]
+    comm: Option<Comm>,
+    accept_queue: u32,
+    backlog: u32,
 }
 
 impl<'a> LeakLine<'a> {
@@ -240,6 +257,17 @@ impl<'a> LeakLine<'a> {
             cmdline: cx.cmdline.as_deref(),
             close_wait_held: cx.close_wait_held,
             container: ContainerFields::new(cx),
+            accepted: r.accepted,
+            fds: &cx.fds,
+            unread_bytes: cx.unread_bytes,
+            unsent_bytes: cx.unsent_bytes,
+            listener: cx.listener.map(|l| ListenerLine {
+                local: EndpointFmt(l.addr, l.port),
+                pid: l.owner.map(|o| o.pid),
+                comm: l.owner.map(|o| o.comm),
+                accept_queue: l.accept_queue,
+                backlog: l.backlog,
+            }),
         }
     }
 }
@@ -411,12 +439,12 @@ mod tests {
         r#"{"type":"close","ts_ns":2000000006,"sk":"0xffff888110000180","netns":4026532301,"family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"10.1.2.3","dport":50006,"role":"listener","kind":"connect_failed","states":["SYN_SENT","ESTABLISHED","FIN_WAIT1","FIN_WAIT2","CLOSE"],"dwell_ns":{"ESTABLISHED":20311006,"SYN_SENT":202300,"CLOSE_WAIT":6},"lifetime_ns":20555106,"time_wait":false,"reset_by":null,"sk_err":0,"leaked":false,"pid":1006,"comm":"t\tn\nr\r\u0008\u000c\u007f","owner_source":"inode","cgroup":"/kubepods.slice/cri-containerd-4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a.scope","container_id":"4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a"}"#,
         r#"{"type":"close","ts_ns":2000000007,"sk":"0xffff8881100001c0","netns":4026532301,"family":6,"saddr":"::1","sport":8080,"daddr":"2001:db8::42","dport":50007,"role":"unknown","kind":"listener","states":[],"dwell_ns":{},"lifetime_ns":null,"time_wait":false,"reset_by":null,"sk_err":null,"leaked":false,"pid":null,"comm":null,"owner_source":null,"cgroup":null,"container_id":null}"#,
         r#"{"type":"close","ts_ns":2000000008,"sk":"0xffff888110000200","netns":4026532301,"family":6,"saddr":"::ffff:127.0.0.1","sport":8080,"daddr":"::ffff:192.168.1.9","dport":50008,"role":"client","kind":"unknown","states":["ESTABLISHED","CLOSE_WAIT","LAST_ACK","CLOSE"],"dwell_ns":{"ESTABLISHED":20311008,"SYN_SENT":202300,"CLOSE_WAIT":8},"lifetime_ns":20555108,"time_wait":false,"reset_by":null,"sk_err":0,"leaked":false,"closed_unseen":true,"pid":1008,"comm":"python3","owner_source":"context","cgroup":null,"container_id":null}"#,
-        r#"{"type":"close_wait_leak","ts_ns":3000000000,"sk":"0xffff888110000040","netns":4026532301,"family":6,"saddr":"::1","sport":8080,"daddr":"2001:db8::42","dport":50001,"age_ns":30000412000,"age_source":"traced","idle_ns":30004000000,"pid":1000,"comm":"python3","owner_source":"context","cmdline":null,"close_wait_held":null,"cgroup":null,"container_id":null}"#,
-        r#"{"type":"close_wait_leak","ts_ns":3000000001,"sk":"0xffff888110000080","netns":4026532301,"family":6,"saddr":"::ffff:127.0.0.1","sport":8080,"daddr":"::ffff:192.168.1.9","dport":50002,"age_ns":30000412001,"age_source":"estimate","idle_ns":null,"pid":1001,"comm":"a\"b\\c\u0001","owner_source":"listener","cmdline":null,"close_wait_held":1,"cgroup":"/user.slice/session-2.scope","container_id":null}"#,
-        r#"{"type":"close_wait_leak","ts_ns":3000000002,"sk":"0xffff8881100000c0","netns":4026532301,"family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"10.1.2.3","dport":50003,"age_ns":30000412002,"age_source":"traced","idle_ns":30004000000,"pid":null,"comm":null,"owner_source":null,"cmdline":"/usr/bin/server --port 8080","close_wait_held":17,"cgroup":"/kubepods.slice/cri-containerd-4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a.scope","container_id":"4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a"}"#,
-        r#"{"type":"close_wait_leak","ts_ns":3000000003,"sk":"0xffff888110000100","netns":0,"family":6,"saddr":"::1","sport":8080,"daddr":"2001:db8::42","dport":50004,"age_ns":30000412003,"age_source":"estimate","idle_ns":null,"pid":1003,"comm":"héllo/ü","owner_source":"shared","cmdline":"t\tn\nr\r\u0008\u000c\u007f","close_wait_held":null,"cgroup":null,"container_id":null}"#,
-        r#"{"type":"close_wait_leak","ts_ns":3000000004,"sk":"0xffff888110000140","netns":4026532301,"family":6,"saddr":"::ffff:127.0.0.1","sport":8080,"daddr":"::ffff:192.168.1.9","dport":50005,"age_ns":30000412004,"age_source":"traced","idle_ns":30004000000,"pid":1004,"comm":"python3","owner_source":"context","cmdline":null,"close_wait_held":null,"cgroup":null,"container_id":null}"#,
-        r#"{"type":"close_wait_leak","ts_ns":3000000005,"sk":"0xffff888110000180","netns":4026532301,"family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"10.1.2.3","dport":50006,"age_ns":30000412005,"age_source":"estimate","idle_ns":null,"pid":null,"comm":null,"owner_source":null,"cmdline":null,"close_wait_held":1,"cgroup":"/user.slice/session-2.scope","container_id":null}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000000,"sk":"0xffff888110000040","netns":4026532301,"family":6,"saddr":"::1","sport":8080,"daddr":"2001:db8::42","dport":50001,"age_ns":30000412000,"age_source":"traced","idle_ns":30004000000,"pid":1000,"comm":"python3","owner_source":"context","cmdline":null,"close_wait_held":null,"cgroup":null,"container_id":null,"accepted":true,"fds":[],"unread_bytes":null,"unsent_bytes":null,"listener":null}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000001,"sk":"0xffff888110000080","netns":4026532301,"family":6,"saddr":"::ffff:127.0.0.1","sport":8080,"daddr":"::ffff:192.168.1.9","dport":50002,"age_ns":30000412001,"age_source":"estimate","idle_ns":null,"pid":1001,"comm":"a\"b\\c\u0001","owner_source":"listener","cmdline":null,"close_wait_held":1,"cgroup":"/user.slice/session-2.scope","container_id":null,"accepted":null,"fds":[7],"unread_bytes":5,"unsent_bytes":0,"listener":null}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000002,"sk":"0xffff8881100000c0","netns":4026532301,"family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"10.1.2.3","dport":50003,"age_ns":30000412002,"age_source":"traced","idle_ns":30004000000,"pid":null,"comm":null,"owner_source":null,"cmdline":"/usr/bin/server --port 8080","close_wait_held":17,"cgroup":"/kubepods.slice/cri-containerd-4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a.scope","container_id":"4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a4f1c2a9b8d7e6f5a","accepted":false,"fds":[3,9],"unread_bytes":0,"unsent_bytes":1448,"listener":null}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000003,"sk":"0xffff888110000100","netns":0,"family":6,"saddr":"::1","sport":8080,"daddr":"2001:db8::42","dport":50004,"age_ns":30000412003,"age_source":"estimate","idle_ns":null,"pid":1003,"comm":"héllo/ü","owner_source":"shared","cmdline":"t\tn\nr\r\u0008\u000c\u007f","close_wait_held":null,"cgroup":null,"container_id":null,"accepted":false,"fds":[],"unread_bytes":120,"unsent_bytes":0,"listener":{"local":"0.0.0.0:8080","pid":1009,"comm":"a\"b\\c\u0001","accept_queue":129,"backlog":128}}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000004,"sk":"0xffff888110000140","netns":4026532301,"family":6,"saddr":"::ffff:127.0.0.1","sport":8080,"daddr":"::ffff:192.168.1.9","dport":50005,"age_ns":30000412004,"age_source":"traced","idle_ns":30004000000,"pid":1004,"comm":"python3","owner_source":"context","cmdline":null,"close_wait_held":null,"cgroup":null,"container_id":null,"accepted":null,"fds":[],"unread_bytes":null,"unsent_bytes":null,"listener":null}"#,
+        r#"{"type":"close_wait_leak","ts_ns":3000000005,"sk":"0xffff888110000180","netns":4026532301,"family":4,"saddr":"127.0.0.1","sport":8080,"daddr":"10.1.2.3","dport":50006,"age_ns":30000412005,"age_source":"estimate","idle_ns":null,"pid":null,"comm":null,"owner_source":null,"cmdline":null,"close_wait_held":1,"cgroup":"/user.slice/session-2.scope","container_id":null,"accepted":true,"fds":[7],"unread_bytes":5,"unsent_bytes":0,"listener":null}"#,
         r#"{"type":"summary","duration_ns":0,"transitions":0,"closes":0,"closes_by_kind":{"active":0,"passive":0,"simultaneous":0,"reset":0,"abort":0,"timeout":0,"connect_failed":0,"listener":0,"unknown":0},"closes_by_role":{"client":0,"server":0,"listener":0,"unknown":0},"closes_time_wait":0,"leaks":0,"dwell":{},"sockets_now":{},"close_wait_now":0,"leaking_now":0,"oldest_close_wait_ns":null,"tracked":0,"capacity":1000000,"evicted":0,"evicted_leaking":0,"recycled":0,"seeded":0,"first_seen_midlife":0,"gaps":0,"out_of_order":0,"stale_dropped":0,"closed_unseen":0,"state_corrected":0}"#,
         r#"{"type":"summary","duration_ns":0,"transitions":0,"closes":0,"closes_by_kind":{"active":0,"passive":0,"simultaneous":0,"reset":0,"abort":0,"timeout":0,"connect_failed":0,"listener":0,"unknown":0},"closes_by_role":{"client":0,"server":0,"listener":0,"unknown":0},"closes_time_wait":0,"leaks":0,"dwell":{},"sockets_now":{},"close_wait_now":0,"leaking_now":0,"oldest_close_wait_ns":null,"tracked":0,"capacity":1000000,"evicted":0,"evicted_leaking":0,"recycled":0,"seeded":0,"first_seen_midlife":0,"gaps":0,"out_of_order":0,"stale_dropped":0,"closed_unseen":20,"state_corrected":3,"events_lost":1,"skipped_lines":2,"long_lines":3,"time_jumps":4,"restarts":5,"restart_forgotten":6,"baseline":{"sockets":7,"namespaces":2,"namespaces_failed":0,"took_us":1234},"reconcile":{"runs":12,"after_loss":2,"total_us":48500,"max_us":9000,"suspects":25,"closed_unseen":20,"state_corrected":3,"seeded":1,"unreachable":1},"holders":{"rounds":7,"sockets":40,"lookups":30,"dumps":1,"confirmed":38,"corrected":9,"not_accepted":2,"unanswered":1,"total_us":2100},"time_wait_top":[{"remote":"127.0.0.1:5432","netns":4026532301,"time_wait":9,"ephemeral_ports_used":10,"ephemeral_port_range":28232}]}"#,
     ];

@@ -170,13 +170,24 @@ impl<W: Write> Sink for TextSink<W> {
         if let Some(idle) = r.idle_ns {
             let _ = write!(b, "  idle {}", Dur(idle));
         }
-        leak_owner_text(b, r.owner.as_ref(), cx);
+        if r.accepted == Some(false) {
+            never_accepted_text(b, cx);
+        } else {
+            leak_owner_text(b, r.owner.as_ref(), cx);
+            fds_text(b, &cx.fds);
+        }
         let _ = write!(
             b,
             "  local {}  peer {} closed",
             EndpointFmt(r.id.saddr, r.id.sport),
             EndpointFmt(r.id.daddr, r.id.dport)
         );
+        if let Some(n) = cx.unread_bytes.filter(|&n| n > 0) {
+            let _ = write!(b, "  {n} bytes never read");
+        }
+        if let Some(n) = cx.unsent_bytes.filter(|&n| n > 0) {
+            let _ = write!(b, "  {n} bytes unacknowledged");
+        }
         if let Some(n) = cx.close_wait_held {
             let _ = write!(
                 b,
@@ -240,6 +251,36 @@ fn leak_owner_text(b: &mut String, owner: Option<&Owner>, cx: &RecordContext) {
             }
         }
         None => b.push_str("  owner unknown"),
+    }
+}
+
+/// `  NEVER ACCEPTED: in the accept queue of 0.0.0.0:8080 (pid N (comm)), 129/128 queued`: a
+/// stalled accept loop, not a forgotten socket.
+fn never_accepted_text(b: &mut String, cx: &RecordContext) {
+    b.push_str("  NEVER ACCEPTED: in the accept queue of ");
+    match &cx.listener {
+        Some(l) => {
+            let _ = write!(b, "{}", EndpointFmt(l.addr, l.port));
+            if let Some(o) = l.owner {
+                let _ = write!(b, " (pid {} ({}))", o.pid, o.comm);
+            }
+            let _ = write!(b, ", {}/{} queued", l.accept_queue, l.backlog);
+        }
+        None => b.push_str("its listener"),
+    }
+}
+
+/// `  fd 7` / `  fds 3,9`: where the owner holds the socket.
+fn fds_text(b: &mut String, fds: &[u32]) {
+    if fds.is_empty() {
+        return;
+    }
+    b.push_str(if fds.len() == 1 { "  fd " } else { "  fds " });
+    for (i, fd) in fds.iter().enumerate() {
+        if i > 0 {
+            b.push(',');
+        }
+        let _ = write!(b, "{fd}");
     }
 }
 
@@ -358,12 +399,11 @@ mod tests {
         "18:33:56.567890 CLOSE listener       unknown  [::1]:8080 -> [2001:db8::42]:50007   netns 4026532301\n",
         "18:33:56.567890 CLOSE unknown        client   [::ffff:127.0.0.1]:8080 -> [::ffff:192.168.1.9]:50008 ESTABLISHED>CLOSE_WAIT>LAST_ACK>CLOSE  life 20.56ms ESTABLISHED=20.31ms SYN_SENT=202.3µs CLOSE_WAIT=8ns  CLOSE UNSEEN (events lost; gone from the kernel)  pid 1008 (python3)  netns 4026532301\n",
         "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s  idle 30.00s  pid 1000 (python3)  local [::1]:8080  peer [2001:db8::42]:50001 closed  netns 4026532301\n",
-        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  pid 1001 (a\"b\\c\u{1})  local [::ffff:127.0.0.1]:8080  peer [::ffff:192.168.1.9]:50002 closed  — it holds 1 CLOSE_WAIT socket now  netns 4026532301\n",
-        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s  idle 30.00s  owner unknown  local 127.0.0.1:8080  peer 10.1.2.3:50003 closed  — it holds 17 CLOSE_WAIT sockets now  container 4f1c2a9b8d7e  netns 4026532301\n",
-        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  pid 1003 (héllo/ü) `t\tn\n",
-        "r\r\u{8}\u{c}\u{7f}`  local [::1]:8080  peer [2001:db8::42]:50004 closed\n",
+        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  pid 1001 (a\"b\\c\u{1})  fd 7  local [::ffff:127.0.0.1]:8080  peer [::ffff:192.168.1.9]:50002 closed  5 bytes never read  — it holds 1 CLOSE_WAIT socket now  netns 4026532301\n",
+        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s  idle 30.00s  NEVER ACCEPTED: in the accept queue of its listener  local 127.0.0.1:8080  peer 10.1.2.3:50003 closed  1448 bytes unacknowledged  — it holds 17 CLOSE_WAIT sockets now  container 4f1c2a9b8d7e  netns 4026532301\n",
+        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  NEVER ACCEPTED: in the accept queue of 0.0.0.0:8080 (pid 1009 (a\"b\\c\u{1})), 129/128 queued  local [::1]:8080  peer [2001:db8::42]:50004 closed  120 bytes never read\n",
         "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s  idle 30.00s  pid 1004 (python3)  local [::ffff:127.0.0.1]:8080  peer [::ffff:192.168.1.9]:50005 closed  netns 4026532301\n",
-        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  owner unknown  local 127.0.0.1:8080  peer 10.1.2.3:50006 closed  — it holds 1 CLOSE_WAIT socket now  netns 4026532301\n",
+        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  owner unknown  fd 7  local 127.0.0.1:8080  peer 10.1.2.3:50006 closed  5 bytes never read  — it holds 1 CLOSE_WAIT socket now  netns 4026532301\n",
         "summary over 0ns: 0 transitions, 0 closes (0 handed to TIME_WAIT), 0 CLOSE_WAIT leaks\n",
         "closes by kind: active 0, passive 0, simultaneous 0, reset 0, abort 0, timeout 0, connect_failed 0, listener 0, unknown 0\n",
         "closes by role: client 0, server 0, listener 0, unknown 0\n",

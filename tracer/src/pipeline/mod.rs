@@ -24,6 +24,7 @@
 //! or redraw).
 
 mod baseline;
+mod forensics;
 mod holders;
 mod owners;
 mod reconcile;
@@ -64,6 +65,28 @@ pub struct RecordContext {
     pub close_wait_held: Option<u64>,
     /// The owner's cgroup v2 path and container.
     pub cgroup: Option<crate::container::Cgroup>,
+    /// The owner's fd numbers for the socket (leaks only; empty when not known), for
+    /// `lsof -p PID -a -d FD`, `/proc/PID/fdinfo/FD` or a debugger.
+    pub fds: Vec<u32>,
+    /// Bytes the peer sent that the owner never read, at report time (leaks only): the
+    /// application stopped reading before it stopped closing.
+    pub unread_bytes: Option<u32>,
+    /// Bytes the owner wrote that the peer has not acknowledged, at report time (leaks only).
+    pub unsent_bytes: Option<u32>,
+    /// For a socket never accepted (still in the accept queue): its listener.
+    pub listener: Option<ListenerInfo>,
+}
+
+/// The listener whose accept queue holds a socket that was never accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// The process that holds the listener (by inode).
+    pub owner: Option<Owner>,
+    pub addr: std::net::IpAddr,
+    pub port: u16,
+    /// Connections waiting in its accept queue now, and the most it takes (the backlog).
+    pub accept_queue: u32,
+    pub backlog: u32,
 }
 
 /// Where a front-end sends what the path produces. Called only for what passes the `--pid`
@@ -121,8 +144,11 @@ const KERNEL_RECHECK_NS: u64 = 250_000_000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LeakAnswer {
     /// Still in CLOSE_WAIT; the owner has sent nothing for `idle_ns` (0 with data queued),
-    /// `None` without tcp_info.
-    CloseWait { idle_ns: Option<u64> },
+    /// `None` without tcp_info. What else the kernel said is kept for the record.
+    CloseWait {
+        idle_ns: Option<u64>,
+        facts: forensics::LeakFacts,
+    },
     /// The kernel has no such socket.
     Gone,
     /// The kernel has it in another state.
@@ -153,6 +179,9 @@ pub struct Pipeline {
     /// Leak candidates the kernel said once were not in CLOSE_WAIT, and when (engine clock):
     /// the next answer is taken.
     kernel_said: Vec<(u64, u64)>,
+    /// What the kernel said of the leaks decided in this batch, for their records (cleared
+    /// after each emit).
+    leak_facts: Vec<forensics::LeakFacts>,
     /// TIME_WAIT sockets and ephemeral ports per remote endpoint.
     tw: TimeWait,
     tw_cfg: TimeWaitConfig,
@@ -180,6 +209,7 @@ impl Pipeline {
             records: Vec::with_capacity(256),
             checks: Vec::new(),
             kernel_said: Vec::new(),
+            leak_facts: Vec::new(),
             tw: TimeWait::new(TimeWait::DEFAULT_CAPACITY),
             tw_cfg: TimeWaitConfig::default(),
             tw_last_resync: None,
@@ -386,20 +416,13 @@ impl Pipeline {
                         continue;
                     }
                     let counts = held.get_or_insert_with(|| held_by_pid(&self.engine, clock));
-                    let cx = RecordContext {
-                        cmdline: self
-                            .live
-                            .as_ref()
-                            .zip(l.owner)
-                            .and_then(|(live, o)| live.proc.cmdline(o.pid)),
-                        close_wait_held: l.owner.and_then(|o| counts.get(&o.pid).copied()),
-                        cgroup: self.cgroup(l.owner.as_ref(), now, true),
-                    };
+                    let cx = self.leak_context(&l, counts, now);
                     sink.leak(&l, &cx)
                 }
             };
         }
         self.records = records;
+        self.leak_facts.clear();
         result
     }
 
@@ -426,13 +449,17 @@ impl Pipeline {
                 // since before CLOSE_WAIT began can read a few ms short of the threshold.
                 LeakAnswer::CloseWait {
                     idle_ns: Some(idle),
+                    ..
                 } if idle.saturating_add(IDLE_RESOLUTION_NS) < thr => {
                     self.counts.leak_checks_deferred += 1;
                     LeakDecision::RecheckAt {
                         at_ns: c.at_ns.saturating_add(thr - idle),
                     }
                 }
-                LeakAnswer::CloseWait { idle_ns } => LeakDecision::Leak { idle_ns },
+                LeakAnswer::CloseWait { idle_ns, facts } => {
+                    self.keep_leak_facts(facts);
+                    LeakDecision::Leak { idle_ns }
+                }
                 LeakAnswer::Unasked => {
                     self.counts.leak_checks_unanswered += 1;
                     LeakDecision::Leak { idle_ns: None }
@@ -519,7 +546,10 @@ impl Pipeline {
                 .info
                 .map(|info| u64::from(info.last_data_sent_ms) * 1_000_000)
         };
-        LeakAnswer::CloseWait { idle_ns }
+        LeakAnswer::CloseWait {
+            idle_ns,
+            facts: forensics::LeakFacts::of(id.sk, &found),
+        }
     }
 
     /// The owner's cgroup: read afresh for a leak, from the short-lived cache otherwise.
@@ -543,6 +573,11 @@ impl Pipeline {
     fn confirm_owner(&mut self, l: &LeakRecord, now: Instant) -> Option<Owner> {
         if l.owner.is_some_and(|o| o.source == OwnerSource::Inode) {
             return l.owner;
+        }
+        // The leak check has just asked the kernel: its inode answers without a second lookup.
+        if let Some(f) = self.leak_facts_of(l.id.sk) {
+            let live = self.live.as_mut()?;
+            return live.attributor.resolve_inode(f.inode, now);
         }
         let netns = self.ns(l.id.netns);
         let live = self.live.as_mut()?;

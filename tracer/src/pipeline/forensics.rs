@@ -1,0 +1,111 @@
+//! Leak forensics: what a leak record carries for the next step of whoever reads it — the
+//! owner's fd numbers, the bytes never read and never acknowledged, and for a socket that was
+//! never accepted, its listener with the accept queue against the backlog. On demand: once per
+//! leak record, from what the leak check's sock_diag answer said and one read of the owner's fd
+//! table (and, for a socket never accepted, one dump of the namespace's listeners).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::{ListenerInfo, Pipeline, RecordContext};
+use crate::attribution;
+use crate::event::TcpState;
+use crate::record::LeakRecord;
+use crate::sockdiag::{DiagSocket, StateMask};
+
+/// What the kernel said of a leak candidate when its leak was decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct LeakFacts {
+    pub(super) sk: u64,
+    /// 0: no process has an fd for it (still in its listener's accept queue).
+    pub(super) inode: u64,
+    pub(super) recv_queue: u32,
+    pub(super) send_queue: u32,
+}
+
+impl LeakFacts {
+    pub(super) fn of(sk: u64, s: &DiagSocket) -> Self {
+        LeakFacts {
+            sk,
+            inode: s.inode,
+            recv_queue: s.recv_queue,
+            send_queue: s.send_queue,
+        }
+    }
+
+    /// Bytes received and not read. The kernel's receive queue of a CLOSE_WAIT socket also
+    /// counts the peer's FIN, as one, until the owner has read up to it (measured: a peer that
+    /// sent 5 bytes and closed shows 6; after the owner reads them, 0).
+    fn unread_bytes(self) -> u32 {
+        self.recv_queue.saturating_sub(1)
+    }
+}
+
+impl Pipeline {
+    /// Keeps what the kernel said of a leak about to be reported, and tells the engine whether
+    /// the socket was ever accepted (inode 0: still in the accept queue).
+    pub(super) fn keep_leak_facts(&mut self, f: LeakFacts) {
+        let accepted = f.inode != 0;
+        self.engine.set_holder(f.sk, None, accepted);
+        self.leak_facts.push(f);
+    }
+
+    pub(super) fn leak_facts_of(&self, sk: u64) -> Option<LeakFacts> {
+        self.leak_facts.iter().rev().find(|f| f.sk == sk).copied()
+    }
+
+    /// The context of one leak record: the owner's command line, cgroup and CLOSE_WAIT count,
+    /// and the forensics.
+    pub(super) fn leak_context(
+        &mut self,
+        l: &LeakRecord,
+        held: &HashMap<u32, u64>,
+        now: Instant,
+    ) -> RecordContext {
+        let facts = self.leak_facts_of(l.id.sk);
+        let mut cx = RecordContext {
+            cmdline: self
+                .live
+                .as_ref()
+                .zip(l.owner)
+                .and_then(|(live, o)| live.proc.cmdline(o.pid)),
+            close_wait_held: l.owner.and_then(|o| held.get(&o.pid).copied()),
+            cgroup: self.cgroup(l.owner.as_ref(), now, true),
+            unread_bytes: facts.map(LeakFacts::unread_bytes),
+            unsent_bytes: facts.map(|f| f.send_queue),
+            ..RecordContext::default()
+        };
+        if let (Some(f), Some(o), Some(live)) = (facts, l.owner, self.live.as_ref())
+            && f.inode != 0
+        {
+            cx.fds = attribution::fds_holding(&live.proc, o.pid, f.inode);
+        }
+        if l.accepted == Some(false) {
+            cx.listener = self.listener_of(l, now);
+        }
+        cx
+    }
+
+    /// The listener on a never-accepted socket's local port in its namespace (one dump of the
+    /// namespace's listeners), with its holder. Of an `SO_REUSEPORT` group, the first listener
+    /// bound to the socket's address or to the wildcard.
+    fn listener_of(&mut self, l: &LeakRecord, now: Instant) -> Option<ListenerInfo> {
+        let ns = self.ns(l.id.netns);
+        let live = self.live.as_mut()?;
+        let diag = live.namespaces.diag(ns, now)?;
+        let listeners = diag.dump(StateMask::only(TcpState::Listen)).ok()?;
+        let found = listeners.iter().find(|s| {
+            s.sport == l.id.sport
+                && s.family == l.id.family
+                && (s.saddr == l.id.saddr || s.saddr.is_unspecified())
+        })?;
+        Some(ListenerInfo {
+            owner: live.attributor.resolve_inode(found.inode, now),
+            addr: found.saddr,
+            port: found.sport,
+            // For a listener, sock_diag's queues are the accept queue and its limit.
+            accept_queue: found.recv_queue,
+            backlog: found.send_queue,
+        })
+    }
+}
