@@ -1,6 +1,8 @@
 //! Close-kind classification: a socket's seen state path → [`CloseKind`].
 //!
-//! Pure functions over [`TcpState`]s; the engine calls [`classify`] once per close record.
+//! Pure functions over [`TcpState`]s; the engine calls [`classify`] once per close record. The
+//! sequences they decode are the kernel's, as docs/kernel.md ("Sequences per socket") lists
+//! them; the kinds are docs/close-kinds.md's.
 
 use crate::event::TcpState;
 use crate::record::{CloseKind, ResetBy, Role, StatePath};

@@ -5,7 +5,9 @@
 //! that reaches CLOSE, at most one [`LeakRecord`] per socket whose CLOSE_WAIT age reaches the
 //! threshold) and aggregates (counters, per-state dwell histograms, sockets per state, CLOSE_WAIT
 //! per owner, a [`Summary`]). No aya, no tokio, no I/O, no clock reads: time comes only from the
-//! events' `ts_ns` (kernel CLOCK_MONOTONIC) and from ticks.
+//! events' `ts_ns` (kernel CLOCK_MONOTONIC) and from ticks. What it assumes of the tracepoint
+//! (keyed by socket address, recycled addresses, TIME_WAIT never shown, the task on CPU not the
+//! owner) is in docs/kernel.md.
 //!
 //! # Design
 //! - Sockets are keyed by kernel socket address (`sk`), never by 4-tuple. An entry lives from the

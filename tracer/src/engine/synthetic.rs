@@ -2,7 +2,7 @@
 //!
 //! Produces [`Transition`]s of normal loopback connections, 10 events each (client
 //! `CLOSE→SYN_SENT→ESTABLISHED→FIN_WAIT1→FIN_WAIT2→CLOSE`, server child
-//! `LISTEN→SYN_RECV→ESTABLISHED→CLOSE_WAIT→LAST_ACK→CLOSE`), in the order kernel-facts.md
+//! `LISTEN→SYN_RECV→ESTABLISHED→CLOSE_WAIT→LAST_ACK→CLOSE`), in the order docs/kernel.md
 //! shows, with `concurrency` connections interleaved pseudo-randomly. Socket addresses are
 //! recycled per slot, as the kernel recycles them. No allocation per event.
 

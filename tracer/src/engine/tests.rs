@@ -1,4 +1,4 @@
-//! Engine unit tests: every close kind from the kernel-facts.md sequences, leaks and their
+//! Engine unit tests: every close kind from the sequences in docs/kernel.md, leaks and their
 //! timing, seeds, mid-life sockets, reordering, recycled addresses, eviction, and a property
 //! test over arbitrary streams.
 
