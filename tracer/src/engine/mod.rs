@@ -225,6 +225,8 @@ pub struct OwnerCloseWait {
     pub leaking: u64,
     /// Age of the oldest (ns).
     pub oldest_age_ns: u64,
+    /// Of which still in their listener's accept queue (never accepted; no owner then).
+    pub not_accepted: u64,
 }
 
 /// A CLOSE_WAIT socket waiting for its threshold (or for a re-check). Ordered by due time.
@@ -660,8 +662,12 @@ impl Engine {
                 close_wait: 0,
                 leaking: 0,
                 oldest_age_ns: 0,
+                not_accepted: 0,
             });
             o.close_wait += 1;
+            if e.has(flag::NOT_ACCEPTED) {
+                o.not_accepted += 1;
+            }
             // A socket whose owner is still sending (deferred, or being checked) is not leaking.
             if e.has(flag::LEAKING)
                 || (e.flags & (flag::CW_UNCLOCKED | flag::CW_DEFERRED | flag::CW_CHECKING) == 0

@@ -16,6 +16,9 @@ pub struct CloseWaitSocket {
     /// Over the threshold (reported leaking, or due at `now_ns`).
     pub leaking: bool,
     pub age_source: AgeSource,
+    /// As the holder confirmation found it: `Some(false)` while it is still in its listener's
+    /// accept queue, `Some(true)` once a process's fd holds it, `None` not yet looked at.
+    pub accepted: Option<bool>,
 }
 
 impl Engine {
@@ -47,6 +50,13 @@ impl Engine {
                     AgeSource::Estimate
                 } else {
                     AgeSource::Traced
+                },
+                accepted: if e.has(flag::NOT_ACCEPTED) {
+                    Some(false)
+                } else if e.has(flag::HOLDER_CHECKED) {
+                    Some(true)
+                } else {
+                    None
                 },
             });
         });

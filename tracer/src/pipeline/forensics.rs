@@ -10,7 +10,8 @@ use std::time::Instant;
 use super::{ListenerInfo, Pipeline, RecordContext};
 use crate::attribution;
 use crate::event::TcpState;
-use crate::record::LeakRecord;
+use crate::record::{LeakRecord, SocketId};
+use crate::sockdiag::FourTuple;
 use crate::sockdiag::{DiagSocket, StateMask};
 
 /// What the kernel said of a leak candidate when its leak was decided.
@@ -41,7 +42,73 @@ impl LeakFacts {
     }
 }
 
+/// Forensics of one CLOSE_WAIT socket for a view (`tracer top`'s sockets screen).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketForensics {
+    /// Its fd numbers in the process the view is about.
+    pub fds: Vec<u32>,
+    /// Bytes never read (the FIN not counted), and bytes not acknowledged; `None` when the
+    /// kernel could not be asked or no longer has it.
+    pub unread_bytes: Option<u32>,
+    pub unsent_bytes: Option<u32>,
+}
+
 impl Pipeline {
+    /// Forensics of CLOSE_WAIT sockets for a view, in their order: one sock_diag dump filtered
+    /// to CLOSE_WAIT per namespace they are in, and one read of `pid`'s fd table. On demand (a
+    /// redraw of the sockets screen), never per event.
+    pub fn close_wait_forensics(
+        &mut self,
+        ids: &[SocketId],
+        pid: Option<u32>,
+    ) -> Vec<SocketForensics> {
+        let mut out = vec![SocketForensics::default(); ids.len()];
+        let Some(live) = self.live.as_mut() else {
+            return out;
+        };
+        let now = Instant::now();
+        let own = self.own_netns;
+        let ns_of = |n: u32| if n == 0 { own } else { n };
+        let mut by_ns: HashMap<u32, HashMap<FourTuple, DiagSocket>> = HashMap::new();
+        for id in ids {
+            let ns = ns_of(id.netns);
+            if by_ns.contains_key(&ns) {
+                continue;
+            }
+            let found = live
+                .namespaces
+                .diag(ns, now)
+                .and_then(|d| d.dump(StateMask::only(TcpState::CloseWait)).ok())
+                .unwrap_or_default();
+            by_ns.insert(
+                ns,
+                found
+                    .into_iter()
+                    .map(|s| (s.tuple().normalized(), s))
+                    .collect(),
+            );
+        }
+        let index = pid.map(|p| live.proc.scan_inodes(Some(p)));
+        for (id, f) in ids.iter().zip(out.iter_mut()) {
+            let Some(s) = by_ns
+                .get(&ns_of(id.netns))
+                .and_then(|m| m.get(&FourTuple::from(id).normalized()))
+            else {
+                continue;
+            };
+            let facts = LeakFacts::of(id.sk, s);
+            f.unread_bytes = Some(facts.unread_bytes());
+            f.unsent_bytes = Some(s.send_queue);
+            if let Some(ix) = &index
+                && s.inode != 0
+            {
+                f.fds = ix.holders(s.inode).iter().map(|h| h.fd).collect();
+                f.fds.sort_unstable();
+            }
+        }
+        out
+    }
+
     /// Keeps what the kernel said of a leak about to be reported, and tells the engine whether
     /// the socket was ever accepted (inode 0: still in the accept queue).
     pub(super) fn keep_leak_facts(&mut self, f: LeakFacts) {

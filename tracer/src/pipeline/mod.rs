@@ -35,6 +35,7 @@ mod views;
 mod tests;
 
 pub use baseline::BaselineReport;
+pub use forensics::SocketForensics;
 pub use holders::HolderStats;
 pub use reconcile::{ReconcileConfig, ReconcileStats};
 pub use timewait_sync::TimeWaitConfig;

@@ -178,7 +178,7 @@ impl Top {
     fn draw(&mut self, screen: &mut Screen) -> anyhow::Result<()> {
         let sockets = match self.ui.mode {
             Mode::Sockets { owner } => {
-                Some(sockets_of(&self.driver.lock().path, &self.view, owner))
+                Some(sockets_of(&mut self.driver.lock().path, &self.view, owner))
             }
             _ => None,
         };
@@ -399,12 +399,16 @@ impl Drop for RestoreOnError {
     }
 }
 
-/// One process's CLOSE_WAIT sockets, read from the engine now (only while that screen is up).
-fn sockets_of(path: &Pipeline, view: &View, owner: model::OwnerId) -> SocketsView {
+/// One process's CLOSE_WAIT sockets, read from the engine now, with their forensics from the
+/// kernel (only while that screen is up).
+fn sockets_of(path: &mut Pipeline, view: &View, owner: model::OwnerId) -> SocketsView {
     let now = crate::output::clock_ns(libc::CLOCK_MONOTONIC);
     let sockets = path
         .engine()
         .close_wait_sockets(now, |o| o.map(|o| o.pid) == owner);
+    // The leak forensics of each (fd numbers, unread bytes): one dump per namespace.
+    let ids: Vec<_> = sockets.iter().map(|s| s.id).collect();
+    let forensics = path.close_wait_forensics(&ids, owner);
     let comm = view
         .rows
         .iter()
@@ -416,6 +420,7 @@ fn sockets_of(path: &Pipeline, view: &View, owner: model::OwnerId) -> SocketsVie
         owner,
         comm,
         sockets,
+        forensics,
         own_netns: path.own_netns(),
         cmdline: owner.and_then(crate::attribution::process_cmdline),
         exited: owner.is_some_and(|pid| !crate::attribution::process_alive(pid)),

@@ -186,6 +186,9 @@ pub struct Row {
     pub close_wait: u64,
     /// Of which over the threshold.
     pub leaking: u64,
+    /// Of which never accepted (still in a listener's accept queue; only on the row of no
+    /// owner).
+    pub not_accepted: u64,
     /// Age of its oldest CLOSE_WAIT socket.
     pub oldest_ns: Option<u64>,
     /// Closes per second over the last redraw interval, in the order of [`RATE_KINDS`].
@@ -282,6 +285,7 @@ impl Model {
             let r = &mut rows[i];
             r.close_wait += o.close_wait;
             r.leaking += o.leaking;
+            r.not_accepted += o.not_accepted;
             r.oldest_ns = Some(r.oldest_ns.unwrap_or(0).max(o.oldest_age_ns));
             let b = best.entry(id).or_insert(0);
             if o.close_wait > *b {
@@ -402,6 +406,7 @@ fn empty_row(owner: OwnerId, comm: Comm) -> Row {
         container: None,
         close_wait: 0,
         leaking: 0,
+        not_accepted: 0,
         oldest_ns: None,
         rates: [0.0; 5],
         p99_close_wait_ns: None,
@@ -580,6 +585,7 @@ mod tests {
             close_wait: n,
             leaking,
             oldest_age_ns: oldest_s * S,
+            not_accepted: 0,
         }
     }
 

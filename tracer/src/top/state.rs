@@ -203,6 +203,7 @@ mod tests {
             container: None,
             close_wait: cw,
             leaking: 0,
+            not_accepted: 0,
             oldest_ns: None,
             rates: [0.0; 5],
             p99_close_wait_ns: None,

@@ -19,6 +19,7 @@ use super::state::{Mode, UiState};
 use crate::engine::CloseWaitSocket;
 use crate::event::{Comm, EndpointFmt, TcpState};
 use crate::output::Dur;
+use crate::pipeline::SocketForensics;
 use crate::record::AgeSource;
 
 /// What the header line says besides the view.
@@ -39,6 +40,8 @@ pub struct SocketsView {
     pub comm: Comm,
     /// Oldest first.
     pub sockets: Vec<CloseWaitSocket>,
+    /// Their fd numbers and unread bytes, in the same order (empty when not read).
+    pub forensics: Vec<SocketForensics>,
     /// The tracer's own network namespace (another one is named).
     pub own_netns: u32,
     /// The process's command line, while it runs.
@@ -247,6 +250,11 @@ fn cell(r: &Row, c: Column) -> String {
         },
         Column::Comm => match r.owner {
             Some(_) => r.comm.as_str().into_owned(),
+            // Never accepted: no process holds them, a stalled accept loop (docs/close-kinds.md).
+            None if r.not_accepted > 0 && r.not_accepted == r.close_wait => {
+                "(never accepted)".to_owned()
+            }
+            None if r.not_accepted > 0 => format!("(no owner; {} never accepted)", r.not_accepted),
             None => "(unknown owner)".to_owned(),
         },
         Column::Container => r
@@ -340,6 +348,8 @@ fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
         Remote,
         Age,
         Leaking,
+        Fd,
+        Unread,
         From,
         Netns,
     }
@@ -347,7 +357,9 @@ fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
         (Col::Local, wl, 2),
         (Col::Remote, wr, 0),
         (Col::Age, 8, 1),
-        (Col::Leaking, 7, 3),
+        (Col::Leaking, 12, 3),
+        (Col::Fd, 6, 6),
+        (Col::Unread, 8, 7),
         (Col::From, 8, 5),
     ];
     if other_ns {
@@ -368,6 +380,8 @@ fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
             Col::Remote => "REMOTE",
             Col::Age => "     AGE",
             Col::Leaking => "LEAKING",
+            Col::Fd => "FD",
+            Col::Unread => "  UNREAD",
             Col::From => "AGE FROM",
             Col::Netns => "NETNS",
         })
@@ -379,7 +393,29 @@ fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
             Col::Local => local[i].clone(),
             Col::Remote => remote[i].clone(),
             Col::Age => format!("{:>8}", Dur(k.age_ns).to_string()),
-            Col::Leaking => if k.leaking { "yes" } else { "" }.to_owned(),
+            Col::Leaking => match (k.accepted, k.leaking) {
+                (Some(false), _) => "not accepted",
+                (_, true) => "yes",
+                _ => "",
+            }
+            .to_owned(),
+            Col::Fd => s
+                .forensics
+                .get(i)
+                .map(|f| {
+                    f.fds
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
+            Col::Unread => s
+                .forensics
+                .get(i)
+                .and_then(|f| f.unread_bytes)
+                .map(|n| format!("{n:>8}"))
+                .unwrap_or_default(),
             Col::From => match k.age_source {
                 AgeSource::Traced => "traced",
                 AgeSource::Estimate => "estimate",
@@ -602,6 +638,7 @@ mod tests {
             container: None,
             close_wait: cw,
             leaking,
+            not_accepted: 0,
             oldest_ns: Some(42_000_000_000),
             rates: [1.5, 0.0, 0.0, 0.0, 2.0],
             p99_close_wait_ns: None,
@@ -762,11 +799,20 @@ mod tests {
             age_ns: age_s * 1_000_000_000,
             leaking,
             age_source: AgeSource::Traced,
+            accepted: Some(true),
         };
         let sv = SocketsView {
             owner: Some(4242),
             comm: Comm::new("leaky-srv"),
             sockets: vec![sock(50001, 45, true), sock(50002, 3, false)],
+            forensics: vec![
+                SocketForensics {
+                    fds: vec![7],
+                    unread_bytes: Some(120),
+                    unsent_bytes: Some(0),
+                },
+                SocketForensics::default(),
+            ],
             own_netns: 0,
             cmdline: Some("/usr/bin/leaky-srv --port 8080".to_owned()),
             exited: false,
@@ -783,6 +829,11 @@ mod tests {
         let l = line_with(&s, "10.0.0.9:50001");
         assert!(l.contains("127.0.0.1:8080") && l.contains("45.00s") && l.contains("yes"));
         assert!(line_with(&s, "10.0.0.9:50002").contains("3.00s"));
+        // Its forensics: the fd it is held under and the bytes never read.
+        let head = line_with(&s, "LOCAL");
+        assert!(head.contains("FD") && head.contains("UNREAD"), "{s}");
+        let first: Vec<&str> = line_with(&s, "10.0.0.9:50001").split_whitespace().collect();
+        assert!(first.contains(&"7") && first.contains(&"120"), "{s}");
         assert!(s.contains("Esc back"), "{s}");
         let cmd = line_with(&s, "command ");
         assert!(cmd.contains("/usr/bin/leaky-srv --port 8080"), "{s}");
@@ -808,11 +859,13 @@ mod tests {
             age_ns: 45_000_000_000,
             leaking: true,
             age_source: AgeSource::Estimate,
+            accepted: Some(true),
         };
         let sv = SocketsView {
             owner: Some(4242),
             comm: Comm::new("leaky-srv"),
             sockets: vec![sock],
+            forensics: Vec::new(),
             own_netns: 1,
             cmdline: None,
             exited: true,
