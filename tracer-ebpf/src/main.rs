@@ -58,6 +58,10 @@ macro_rules! ctx_read {
 }
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let args = ctx.as_ptr() as *const InetSockSetState;
     if ctx_read!(args, protocol) != IPPROTO_TCP {

@@ -86,6 +86,10 @@ static RUNNING: PerCpuArray<Running> = PerCpuArray::with_max_entries(1, 0);
 /// The program: handles the event, and marks itself running on this CPU for
 /// [`inet_sock_set_state_nested`].
 #[btf_tracepoint(function = "inet_sock_set_state")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let running = RUNNING.get_ptr_mut(0);
     if let Some(r) = running {
@@ -117,6 +121,10 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
 /// the guard, where the nested run of the main program, called first in attach order, has
 /// already handled it) it returns at once.
 #[btf_tracepoint(function = "inet_sock_set_state")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> u32 {
     if let Some(r) = RUNNING.get_ptr(0) {
         // SAFETY: this CPU's slot, read only.

@@ -65,7 +65,7 @@ impl Shared {
 
 /// Locks the shared state (a panic elsewhere leaves it usable).
 pub fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What the driver has besides the options of [`KernelConfig`].

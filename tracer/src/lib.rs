@@ -34,7 +34,7 @@ pub mod timewait;
 pub mod top;
 
 /// Runs the parsed command line and returns the process exit code.
-pub fn main_with(cli: cli::Cli) -> i32 {
+pub fn main_with(cli: &cli::Cli) -> i32 {
     init_logging();
     let result = match &cli.command {
         Some(cli::Command::Replay { file, common }) => match cli::validate_replay(file, common) {

@@ -23,7 +23,8 @@ struct Held {
 }
 
 fn held() -> std::sync::MutexGuard<'static, Held> {
-    HELD.lock().unwrap_or_else(|e| e.into_inner())
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// From now on, log lines are held instead of written.

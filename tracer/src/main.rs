@@ -3,5 +3,5 @@
 use clap::Parser as _;
 
 fn main() {
-    std::process::exit(tracer::main_with(tracer::cli::Cli::parse()));
+    std::process::exit(tracer::main_with(&tracer::cli::Cli::parse()));
 }

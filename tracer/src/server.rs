@@ -260,7 +260,9 @@ impl Slots {
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether accepting one more connection keeps within the cap (possibly by eviction).
@@ -327,7 +329,9 @@ struct Slot {
 
 impl Slot {
     fn seq(&self) -> MutexGuard<'_, u64> {
-        self.seq.lock().unwrap_or_else(|e| e.into_inner())
+        self.seq
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn busy(&self) {

@@ -325,6 +325,10 @@ impl TimeWait {
     }
 
     /// Ends a re-sync.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "the re-sync token is taken so that one re-sync cannot be finished twice"
+    )]
     pub fn finish_resync(&mut self, r: Resync) {
         self.stats.resyncs += 1;
         self.stats.last_drift = r.after as i64 - r.before as i64;

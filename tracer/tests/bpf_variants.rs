@@ -195,7 +195,7 @@ fn both_programs_agree(bind: &str, v6: bool) {
         match est.new {
             Listen => assert_eq!((est.sport, est.dport), (lport, 0), "{est:?}"),
             _ if states(life) == client => {
-                assert_eq!((est.sport, est.dport, est.daddr), (cport, lport, addr))
+                assert_eq!((est.sport, est.dport, est.daddr), (cport, lport, addr));
             }
             _ => assert_eq!((est.sport, est.dport, est.daddr), (lport, cport, addr)),
         }

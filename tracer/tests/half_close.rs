@@ -114,14 +114,14 @@ fn a_socket_its_owner_keeps_writing_to_is_not_a_leak() {
         })
         .unwrap_or_else(|| panic!("no leak once idle; stderr:\n{}", t.stderr()));
     let reported = Instant::now();
-    let idle = leak["idle_ns"].as_u64().expect("idle_ns") as u128;
+    let idle = u128::from(leak["idle_ns"].as_u64().expect("idle_ns"));
     assert!(
         // tcp_info's stamps have one-jiffy resolution (the tracer allows 10 ms).
         idle + 10_000_000 >= THRESHOLD.as_nanos()
             && idle <= (reported - stopped).as_nanos() + 20_000_000,
         "idle {idle} ns: {leak}"
     );
-    let age = leak["age_ns"].as_u64().unwrap() as u128;
+    let age = u128::from(leak["age_ns"].as_u64().unwrap());
     assert!(
         age >= (stopped - entered + THRESHOLD).as_nanos() - 20_000_000,
         "the leak comes a threshold after the last send, not at the CLOSE_WAIT threshold: {leak}"

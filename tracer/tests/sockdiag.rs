@@ -33,7 +33,9 @@ const LO4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 static FORKS: Mutex<()> = Mutex::new(());
 
 fn fork_lock() -> std::sync::MutexGuard<'static, ()> {
-    FORKS.lock().unwrap_or_else(|e| e.into_inner())
+    FORKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn diag() -> SockDiag {

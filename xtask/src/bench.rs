@@ -222,7 +222,7 @@ fn median_spread(mut v: Vec<f64>) -> (f64, f64) {
     if v.is_empty() {
         return (0.0, 0.0);
     }
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     let q = |p: f64| {
         let x = p * (v.len() - 1) as f64;
         let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
@@ -429,7 +429,7 @@ fn spawn_tracer(tracer: &Path, args: &[&str]) -> Result<(Child, Stderr)> {
             if line.contains("tracing TCP state changes") {
                 let _ = ready_tx.send(());
             }
-            let mut g = b.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = b.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             g.push_str(&line);
             g.push('\n');
         }

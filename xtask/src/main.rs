@@ -214,7 +214,7 @@ impl Tools {
     }
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum SetupLevel {
     Build,
     Test,

@@ -174,8 +174,10 @@ pub fn run(tools: &Tools, args: &VmtestArgs) -> Result<()> {
         for _ in 0..jobs {
             scope.spawn(|| {
                 loop {
-                    let Some((i, t, kernel, fetch)) =
-                        queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                    let Some((i, t, kernel, fetch)) = queue
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .pop_front()
                     else {
                         break;
                     };
@@ -210,13 +212,15 @@ pub fn run(tools: &Tools, args: &VmtestArgs) -> Result<()> {
                         println!("{:<6} error: {e:#}", t.label());
                     }
                     done.lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push((i, t.label(), result));
                 }
             });
         }
     });
-    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut done = done
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     done.sort_by_key(|d| d.0);
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();
@@ -661,7 +665,7 @@ fn run_host(
         .with_context(|| format!("writing {}", script.display()))?;
     exec(Command::new("sh").arg(&script))?;
     let started = Instant::now();
-    let mut o = collect("host", &out, binaries)?;
+    let mut o = collect("host", &out, binaries);
     o.tests = Some(started.elapsed());
     Ok(o)
 }
@@ -719,7 +723,7 @@ fn run_vm(
             out.join("console.log").display()
         );
     }
-    let mut o = collect(vm.label, &out, binaries)?;
+    let mut o = collect(vm.label, &out, binaries);
     // Boot: from starting vng (which first builds an initramfs) to the guest script's first
     // file, by the host's clock (the 9p server stamps it).
     o.boot = fs::metadata(out.join("uname"))
@@ -808,7 +812,7 @@ fn run_teed(cmd: &mut Command, log: &Path, label: &str) -> Result<String> {
 }
 
 /// Reads the result files of a run.
-fn collect(label: &str, out: &Path, binaries: &[TestBinary]) -> Result<Outcome> {
+fn collect(label: &str, out: &Path, binaries: &[TestBinary]) -> Outcome {
     let read = |name: &str| fs::read_to_string(out.join(name)).unwrap_or_default();
     let release = read("uname").trim().to_owned();
     let attach_log = read("attach.log");
@@ -874,7 +878,7 @@ fn collect(label: &str, out: &Path, binaries: &[TestBinary]) -> Result<Outcome> 
         let _ = writeln!(table, "{name} {p} passed {f} failed");
     }
     let _ = fs::write(out.join("results.txt"), table);
-    Ok(o)
+    o
 }
 
 /// `5` from `ok. 5 passed; 0 failed; …` for `what` = " passed".

@@ -200,7 +200,7 @@ impl<'a> CloseLine<'a> {
             dwell_ns: DwellMap(&r.dwell_ns),
             lifetime_ns: r.lifetime_ns,
             time_wait: r.time_wait,
-            reset_by: r.reset_by.map(|by| by.name()),
+            reset_by: r.reset_by.map(super::super::record::ResetBy::name),
             sk_err: r.sk_err,
             leaked: r.leaked,
             closed_unseen: r.closed_unseen,
@@ -337,7 +337,7 @@ impl<'a> ContainerFields<'a> {
                 .cgroup
                 .as_ref()
                 .and_then(|c| c.container_id.as_ref())
-                .map(|id| id.as_str()),
+                .map(super::super::container::ContainerId::as_str),
         }
     }
 }
@@ -347,7 +347,7 @@ struct States<'a>(&'a StatePath);
 
 impl Serialize for States<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|st| st.name()))
+        s.collect_seq(self.0.iter().map(super::super::event::TcpState::name))
     }
 }
 
@@ -362,6 +362,10 @@ impl Serialize for DwellMap<'_> {
 }
 
 /// `sk` as a hex string (`"0xffff888104a3c000"`).
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's `serialize_with` passes the field by reference"
+)]
 fn hex<S: Serializer>(sk: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_args!("{sk:#x}"))
 }

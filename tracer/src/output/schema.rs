@@ -168,7 +168,7 @@ fn mismatches(lines: &[serde_json::Map<String, Value>], schema: &Schema) -> Vec<
             match table.get(name) {
                 None => problems.push(format!("`{ty}`.`{name}` is not documented")),
                 Some(t) if !t.fits(value) => {
-                    problems.push(format!("`{ty}`.`{name}` = {value} is not a {t:?}"))
+                    problems.push(format!("`{ty}`.`{name}` = {value} is not a {t:?}"));
                 }
                 Some(_) => {}
             }

@@ -144,7 +144,7 @@ impl Top {
                     self.redraws += 1;
                     self.slowest_redraw = self.slowest_redraw.max(started.elapsed());
                 }
-                event = keys.next() => match self.on_event(event?) {
+                event = keys.next() => match self.on_event(&event?) {
                     Action::Quit => return Ok(()),
                     Action::Redraw => self.draw(screen)?,
                     Action::None => {}
@@ -167,9 +167,9 @@ impl Top {
         Ok(())
     }
 
-    fn on_event(&mut self, event: Event) -> Action {
+    fn on_event(&mut self, event: &Event) -> Action {
         match event {
-            Event::Key(k) => self.ui.on_key(k, &self.view.rows),
+            Event::Key(k) => self.ui.on_key(*k, &self.view.rows),
             Event::Resize(..) => Action::Redraw,
             _ => Action::None,
         }

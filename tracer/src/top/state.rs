@@ -161,7 +161,7 @@ impl UiState {
                 self.filter.pop();
             }
             KeyCode::Char(c) if !c.is_control() && self.filter.chars().count() < 64 => {
-                self.filter.push(c)
+                self.filter.push(c);
             }
             _ => return Action::None,
         }
@@ -172,7 +172,7 @@ impl UiState {
         match key.code {
             KeyCode::Char('q') => return Action::Quit,
             KeyCode::Esc | KeyCode::Backspace | KeyCode::Left | KeyCode::Char('h') => {
-                self.mode = Mode::Table
+                self.mode = Mode::Table;
             }
             KeyCode::Up | KeyCode::Char('k') => self.scroll = self.scroll.saturating_sub(1),
             KeyCode::Down | KeyCode::Char('j') => self.scroll = self.scroll.saturating_add(1),

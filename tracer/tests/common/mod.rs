@@ -5,7 +5,10 @@
 //! HTTP, running the tracer to its exit), [`alloc`] (the counting allocator), [`sockets`]
 //! (`one_connection`, `set_linger_zero`), [`promtool`] and [`recordings`] (replay's
 //! generators). A test binary copies none of it.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "every test binary includes this module and uses a part of it"
+)]
 
 pub mod alloc;
 pub mod promtool;
