@@ -45,6 +45,10 @@ fn ss_fd(port: u16, peer: u16) -> Option<(u32, u32)> {
     Some((field("pid=")?, field("fd=")?))
 }
 
+/// The tests of this binary hold CLOSE_WAIT sockets of this process, which the per-process
+/// gauge counts: they run one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn leak_for(t: &mut Traced, port: u16, peer: u16) -> Value {
     t.wait_for(WAIT, |v| {
         v["type"] == "close_wait_leak"
@@ -56,6 +60,9 @@ fn leak_for(t: &mut Traced, port: u16, peer: u16) -> Value {
 
 #[test]
 fn a_leak_names_its_fd_and_the_bytes_never_read() {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut t = Traced::start(&["--json", "--show", "leaks", "--close-wait-threshold", "2s"]);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -86,6 +93,9 @@ fn a_leak_names_its_fd_and_the_bytes_never_read() {
 
 #[test]
 fn a_socket_never_accepted_is_reported_with_its_listener() {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut t = Traced::start(&[
         "--json",
         "--show",
