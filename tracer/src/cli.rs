@@ -182,6 +182,12 @@ pub struct KernelArgs {
     /// lasts, CPUs sharing rings beyond [default: 4 per online CPU, at most 64].
     #[arg(long, value_name = "MIB")]
     pub ring_mib: Option<u32>,
+
+    /// How often the followed CLOSE_WAIT sockets are checked against the kernel's (one
+    /// sock_diag dump filtered to CLOSE_WAIT per namespace), besides within a second after
+    /// events are lost; 0s: only after losses.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
 }
 
 /// Validated [`KernelArgs`]: how the live driver loads the kernel side and builds the path.
@@ -196,6 +202,8 @@ pub struct KernelConfig {
     pub drain_interval: Duration,
     /// Ring-buffer memory (None: the default for this host's CPUs).
     pub ring_bytes: Option<u32>,
+    /// `--reconcile-interval` (None: only after losses).
+    pub reconcile_every: Option<Duration>,
 }
 
 impl KernelArgs {
@@ -211,6 +219,8 @@ impl KernelArgs {
             baseline: !self.no_baseline,
             drain_interval: self.drain_interval,
             ring_bytes: self.ring_mib.map(|m| m << 20),
+            reconcile_every: (!self.reconcile_interval.is_zero())
+                .then_some(self.reconcile_interval),
         })
     }
 }

@@ -25,7 +25,7 @@ use crate::cli::KernelConfig;
 use crate::engine::{EngineConfig, Summary};
 use crate::live::{Kernel, KernelOptions, ReaderStats};
 use crate::metrics::MetricsSnapshot;
-use crate::pipeline::{Pipeline, PipelineConfig, Sink, TimeWaitConfig};
+use crate::pipeline::{Pipeline, PipelineConfig, ReconcileConfig, Sink, TimeWaitConfig};
 
 /// How long `--pid` keeps following the sockets of its process after the process is gone.
 pub const EXIT_FOLLOW: Duration = Duration::from_secs(2);
@@ -137,6 +137,10 @@ impl Driver {
         })
         .context("opening sock_diag")?;
         path.set_time_wait_config(opts.time_wait);
+        path.set_reconcile_config(ReconcileConfig {
+            every: cfg.reconcile_every,
+            ..ReconcileConfig::default()
+        });
         let shared = Arc::new(Mutex::new(Shared {
             path,
             reader: ReaderStats::default(),
