@@ -52,22 +52,14 @@ fn counter(text: &str, name: &str) -> u64 {
 
 /// CLOSE_WAIT sockets on local port `port` that `ss` shows.
 fn ss_close_wait(port: u16) -> u64 {
-    let out = Command::new("ss")
-        .args([
-            "-Htn",
-            "state",
-            "close-wait",
-            "sport",
-            "=",
-            &format!(":{port}"),
-        ])
-        .output()
-        .expect("running ss");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count() as u64
+    common::ss_count(&[
+        "-tn",
+        "state",
+        "close-wait",
+        "sport",
+        "=",
+        &format!(":{port}"),
+    ])
 }
 
 /// A connect/accept/close flood of `n` connections on loopback in a new network namespace

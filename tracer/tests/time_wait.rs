@@ -57,15 +57,7 @@ fn stop_listener(addr: SocketAddr, h: thread::JoinHandle<()>) {
 
 /// `ss -Htan state time-wait dst ADDR`: how many.
 fn ss_time_wait(dst: SocketAddr) -> u64 {
-    let out = std::process::Command::new("ss")
-        .args(["-Htan", "state", "time-wait", "dst", &dst.to_string()])
-        .output()
-        .expect("running ss");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count() as u64
+    common::ss_count(&["-tan", "state", "time-wait", "dst", &dst.to_string()])
 }
 
 fn port_range_size() -> u64 {

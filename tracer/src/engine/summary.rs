@@ -518,6 +518,35 @@ pub fn fmt_ns(ns: u64) -> String {
     }
 }
 
+/// Summaries with every counter set, for the golden outputs of the sinks and the metrics.
+#[cfg(test)]
+pub(crate) fn samples() -> (ReconcileSummary, HolderSummary) {
+    (
+        ReconcileSummary {
+            runs: 12,
+            after_loss: 2,
+            total_us: 48_500,
+            max_us: 9_000,
+            suspects: 25,
+            closed_unseen: 20,
+            state_corrected: 3,
+            seeded: 1,
+            unreachable: 1,
+        },
+        HolderSummary {
+            rounds: 7,
+            sockets: 40,
+            lookups: 30,
+            dumps: 1,
+            confirmed: 38,
+            corrected: 9,
+            not_accepted: 2,
+            unanswered: 1,
+            total_us: 2_100,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -422,28 +422,8 @@ fn golden_snapshot() -> MetricsSnapshot {
         leak_checks_unanswered_total: 4,
         leak_checks_gone_total: 3,
         leak_checks_other_state_total: 2,
-        reconcile: Some(crate::engine::ReconcileSummary {
-            runs: 12,
-            after_loss: 2,
-            total_us: 48_500,
-            max_us: 9_000,
-            suspects: 25,
-            closed_unseen: 20,
-            state_corrected: 3,
-            seeded: 1,
-            unreachable: 1,
-        }),
-        holders: Some(crate::engine::HolderSummary {
-            rounds: 7,
-            sockets: 40,
-            lookups: 30,
-            dumps: 1,
-            confirmed: 38,
-            corrected: 9,
-            not_accepted: 2,
-            unanswered: 1,
-            total_us: 2_100,
-        }),
+        reconcile: Some(crate::engine::summary::samples().0),
+        holders: Some(crate::engine::summary::samples().1),
     }
 }
 

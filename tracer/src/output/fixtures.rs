@@ -281,28 +281,10 @@ pub fn summary_full() -> Summary {
     });
     s.closed_unseen = 20;
     s.state_corrected = 3;
-    s.reconcile = Some(crate::engine::ReconcileSummary {
-        runs: 12,
-        after_loss: 2,
-        total_us: 48_500,
-        max_us: 9_000,
-        suspects: 25,
-        closed_unseen: 20,
-        state_corrected: 3,
-        seeded: 1,
-        unreachable: 1,
-    });
-    s.holders = Some(crate::engine::HolderSummary {
-        rounds: 7,
-        sockets: 40,
-        lookups: 30,
-        dumps: 1,
-        confirmed: 38,
-        corrected: 9,
-        not_accepted: 2,
-        unanswered: 1,
-        total_us: 2_100,
-    });
+    (s.reconcile, s.holders) = {
+        let (r, h) = crate::engine::summary::samples();
+        (Some(r), Some(h))
+    };
     s.time_wait_top = vec![RemoteSummary {
         remote: "127.0.0.1:5432".into(),
         netns: Some(4_026_532_301),

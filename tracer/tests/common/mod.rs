@@ -532,6 +532,20 @@ impl Drop for Fixture {
     }
 }
 
+/// How many sockets `ss -H ARGS` lists (one per non-empty line).
+pub fn ss_count(args: &[&str]) -> u64 {
+    let out = Command::new("ss")
+        .arg("-H")
+        .args(args)
+        .output()
+        .expect("running ss");
+    assert!(out.status.success(), "ss {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as u64
+}
+
 /// Loopback clients of `port` that this (test) process holds.
 pub fn connect_clients(port: u16, n: usize) -> Vec<std::net::TcpStream> {
     (0..n)
