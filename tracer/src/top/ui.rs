@@ -313,6 +313,97 @@ fn draw_table(f: &mut Frame, area: Rect, view: &View, ui: &UiState) {
     f.render_stateful_widget(table, area, &mut state);
 }
 
+/// Blank cells between the sockets screen's columns.
+const SOCKET_COLUMN_SPACING: u16 = 2;
+
+/// A column of the sockets screen.
+#[derive(Clone, Copy, PartialEq)]
+enum Col {
+    Local,
+    Remote,
+    Age,
+    Leaking,
+    Fd,
+    Unread,
+    From,
+    Netns,
+}
+
+// Columns in display order with the rank they are kept in as the width shrinks (the
+// remote and the age last; "AGE FROM" first to go; a leaking row is red anyway).
+fn socket_columns(s: &SocketsView, wl: u16, wr: u16, width: u16) -> Vec<(Col, u16, u8)> {
+    let other_ns = s
+        .sockets
+        .iter()
+        .any(|k| k.id.netns != 0 && k.id.netns != s.own_netns);
+    let mut cols: Vec<(Col, u16, u8)> = vec![
+        (Col::Local, wl, 2),
+        (Col::Remote, wr, 0),
+        (Col::Age, 8, 1),
+        (Col::Leaking, 12, 3),
+        (Col::Fd, 6, 6),
+        (Col::Unread, 8, 7),
+        (Col::From, 8, 5),
+    ];
+    if other_ns {
+        cols.push((Col::Netns, 10, 4));
+    }
+    let spacing = SOCKET_COLUMN_SPACING;
+    let total = |c: &[(Col, u16, u8)]| {
+        c.iter().map(|x| x.1).sum::<u16>() + spacing * (c.len() as u16).saturating_sub(1)
+    };
+    while cols.len() > 1 && total(&cols) > width {
+        let worst = (0..cols.len()).max_by_key(|&i| cols[i].2).unwrap_or(0);
+        cols.remove(worst);
+    }
+    cols
+}
+
+/// The text of column `c` for socket `i` of the sockets screen.
+fn socket_cell(
+    c: Col,
+    s: &SocketsView,
+    i: usize,
+    k: &CloseWaitSocket,
+    local: &[String],
+    remote: &[String],
+) -> String {
+    match c {
+        Col::Local => local[i].clone(),
+        Col::Remote => remote[i].clone(),
+        Col::Age => format!("{:>8}", Dur(k.age_ns).to_string()),
+        Col::Leaking => match (k.accepted, k.leaking) {
+            (Some(false), _) => "not accepted",
+            (_, true) => "yes",
+            _ => "",
+        }
+        .to_owned(),
+        Col::Fd => s
+            .forensics
+            .get(i)
+            .map(|f| {
+                f.fds
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default(),
+        Col::Unread => s
+            .forensics
+            .get(i)
+            .and_then(|f| f.unread_bytes)
+            .map(|n| format!("{n:>8}"))
+            .unwrap_or_default(),
+        Col::From => match k.age_source {
+            AgeSource::Traced => "traced",
+            AgeSource::Estimate => "estimate",
+        }
+        .to_owned(),
+        Col::Netns => k.id.netns.to_string(),
+    }
+}
+
 fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
     let leaking = s.sockets.iter().filter(|k| k.leaking).count();
     let who = match s.owner {
@@ -336,43 +427,7 @@ fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
         .collect();
     let wl = local.iter().map(String::len).max().unwrap_or(0).max(5) as u16;
     let wr = remote.iter().map(String::len).max().unwrap_or(0).max(6) as u16;
-    let other_ns = s
-        .sockets
-        .iter()
-        .any(|k| k.id.netns != 0 && k.id.netns != s.own_netns);
-    // Columns in display order with the rank they are kept in as the width shrinks (the
-    // remote and the age last; "AGE FROM" first to go; a leaking row is red anyway).
-    #[derive(Clone, Copy, PartialEq)]
-    enum Col {
-        Local,
-        Remote,
-        Age,
-        Leaking,
-        Fd,
-        Unread,
-        From,
-        Netns,
-    }
-    let mut cols: Vec<(Col, u16, u8)> = vec![
-        (Col::Local, wl, 2),
-        (Col::Remote, wr, 0),
-        (Col::Age, 8, 1),
-        (Col::Leaking, 12, 3),
-        (Col::Fd, 6, 6),
-        (Col::Unread, 8, 7),
-        (Col::From, 8, 5),
-    ];
-    if other_ns {
-        cols.push((Col::Netns, 10, 4));
-    }
-    let spacing = 2;
-    let total = |c: &[(Col, u16, u8)]| {
-        c.iter().map(|x| x.1).sum::<u16>() + spacing * (c.len() as u16).saturating_sub(1)
-    };
-    while cols.len() > 1 && total(&cols) > area.width {
-        let worst = (0..cols.len()).max_by_key(|&i| cols[i].2).unwrap_or(0);
-        cols.remove(worst);
-    }
+    let cols = socket_columns(s, wl, wr, area.width);
     let head: Vec<&str> = cols
         .iter()
         .map(|c| match c.0 {
@@ -389,40 +444,9 @@ fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
     let widths: Vec<u16> = cols.iter().map(|c| c.1).collect();
     let skip = scroll.min(s.sockets.len().saturating_sub(1));
     let rows = s.sockets.iter().enumerate().skip(skip).map(|(i, k)| {
-        let cells = cols.iter().map(|c| match c.0 {
-            Col::Local => local[i].clone(),
-            Col::Remote => remote[i].clone(),
-            Col::Age => format!("{:>8}", Dur(k.age_ns).to_string()),
-            Col::Leaking => match (k.accepted, k.leaking) {
-                (Some(false), _) => "not accepted",
-                (_, true) => "yes",
-                _ => "",
-            }
-            .to_owned(),
-            Col::Fd => s
-                .forensics
-                .get(i)
-                .map(|f| {
-                    f.fds
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default(),
-            Col::Unread => s
-                .forensics
-                .get(i)
-                .and_then(|f| f.unread_bytes)
-                .map(|n| format!("{n:>8}"))
-                .unwrap_or_default(),
-            Col::From => match k.age_source {
-                AgeSource::Traced => "traced",
-                AgeSource::Estimate => "estimate",
-            }
-            .to_owned(),
-            Col::Netns => k.id.netns.to_string(),
-        });
+        let cells = cols
+            .iter()
+            .map(|c| socket_cell(c.0, s, i, k, &local, &remote));
         let row = TRow::new(cells);
         if k.leaking { row.red() } else { row }
     });
@@ -442,7 +466,7 @@ fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
     }
     let table = Table::new(rows, widths.into_iter().map(Constraint::Length))
         .header(TRow::new(head).style(Style::new().add_modifier(Modifier::BOLD)))
-        .column_spacing(spacing);
+        .column_spacing(SOCKET_COLUMN_SPACING);
     f.render_widget(table, list);
     if s.sockets.is_empty() && list.height > 1 {
         let none = Rect {
