@@ -3,14 +3,15 @@
 //!
 //! The one home of what the test binaries share: this module (the traced tracer, fixtures,
 //! HTTP, running the tracer to its exit), [`alloc`] (the counting allocator), [`sockets`]
-//! (`one_connection`, `set_linger_zero`), [`promtool`] and [`recordings`] (replay's
-//! generators). A test binary copies none of it.
+//! (`one_connection`, `set_linger_zero`), [`promtool`], [`recordings`] (replay's
+//! generators) and [`tmux`] (`tracer top` in a terminal). A test binary copies none of it.
 #![allow(dead_code)]
 
 pub mod alloc;
 pub mod promtool;
 pub mod recordings;
 pub mod sockets;
+pub mod tmux;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
