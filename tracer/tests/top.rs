@@ -13,126 +13,10 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::tmux::{Tmux, counts, row};
 use common::{Fixture, run_tracer};
-
-/// Long enough for a slow emulated VM; every wait polls the screen and stops as soon as it
-/// matches.
-const DEADLINE: Duration = Duration::from_secs(90);
-
-/// A tmux server of our own (its own socket), with one session running `/bin/sh` (no line
-/// editor of its own, so a terminal left in raw mode would show: Enter would not end a line).
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn start(name: &str, width: u16, height: u16) -> Tmux {
-        let t = Tmux {
-            socket: format!("tracer-test-{name}-{}", std::process::id()),
-        };
-        let out = t
-            .cmd()
-            .args(["new-session", "-d", "-s", "top", "-x"])
-            .arg(width.to_string())
-            .arg("-y")
-            .arg(height.to_string())
-            .arg("/bin/sh")
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run tmux (install it: cargo xtask setup): {e}"));
-        assert!(out.status.success(), "tmux new-session failed: {out:?}");
-        t
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket, "-f", "/dev/null"])
-            .env("LC_ALL", "C.UTF-8")
-            .env("TERM", "xterm-256color");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self
-            .cmd()
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("tmux {args:?}: {e}"));
-        assert!(out.status.success(), "tmux {args:?} failed: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Types `text` literally.
-    fn type_text(&self, text: &str) {
-        self.run(&["send-keys", "-t", "top", "-l", text]);
-    }
-
-    /// Presses one key by tmux name (`Enter`, `Escape`, `C-c`).
-    fn key(&self, key: &str) {
-        self.run(&["send-keys", "-t", "top", key]);
-    }
-
-    /// Types a shell command line and runs it.
-    fn shell(&self, line: &str) {
-        self.type_text(line);
-        self.key("Enter");
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "top"])
-    }
-
-    fn display(&self, format: &str) -> String {
-        self.run(&["display-message", "-p", "-t", "top", format])
-            .trim()
-            .to_owned()
-    }
-
-    /// Polls the screen until `pred` holds; panics with the screen after [`DEADLINE`].
-    fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let s = self.screen();
-            if pred(&s) {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; the screen:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The terminal is as the shell left it: main screen, cursor shown.
-    fn assert_restored(&self) {
-        assert_eq!(
-            self.display("#{alternate_on}"),
-            "0",
-            "still on the alternate screen"
-        );
-        assert_eq!(self.display("#{cursor_flag}"), "1", "cursor still hidden");
-    }
-
-    /// The pid of the program the shell runs in the foreground.
-    fn foreground_pid(&self) -> u32 {
-        let shell: u32 = self.display("#{pane_pid}").parse().expect("pane pid");
-        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
-            .expect("reading the shell's children");
-        children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("the shell ({shell}) runs nothing"))
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").output();
-    }
-}
 
 /// Makes `n` connections to a listener on 127.0.0.1, each closed by the client first and then
 /// by the server once it has read the client's FIN, so that each client socket ends in
@@ -184,15 +68,6 @@ fn exited(screen: &str, tag: &str) -> Option<(i32, bool)> {
     (restored || line("changed")).then_some((status, restored))
 }
 
-/// The columns of the process row of (pid, comm), if it is on the screen.
-fn row(screen: &str, pid: u32, comm: &str) -> Option<Vec<String>> {
-    let pid = pid.to_string();
-    screen.lines().find_map(|l| {
-        let cols: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
-        (cols.len() >= 4 && cols[0] == pid && cols[1] == comm).then_some(cols)
-    })
-}
-
 /// The screen line index of (pid, comm)'s row.
 fn line_of(screen: &str, pid: u32, comm: &str) -> Option<usize> {
     let pid = pid.to_string();
@@ -200,12 +75,6 @@ fn line_of(screen: &str, pid: u32, comm: &str) -> Option<usize> {
         let mut w = l.split_whitespace();
         w.next() == Some(pid.as_str()) && w.next() == Some(comm)
     })
-}
-
-/// CLOSE_WAIT and LEAKING of a row (the third and fourth columns).
-fn counts(screen: &str, pid: u32, comm: &str) -> Option<(u64, u64)> {
-    let r = row(screen, pid, comm)?;
-    Some((r[2].parse().ok()?, r[3].parse().ok()?))
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //!
 //! The one home of what the test binaries share: this module (the traced tracer, fixtures,
 //! HTTP, running the tracer to its exit), [`alloc`] (the counting allocator), [`sockets`]
-//! (`one_connection`, `set_linger_zero`), [`promtool`] and [`recordings`] (replay's
-//! generators). A test binary copies none of it.
+//! (`one_connection`, `set_linger_zero`), [`promtool`], [`recordings`] (replay's
+//! generators) and [`tmux`] (`tracer top` in a terminal). A test binary copies none of it.
 #![allow(
     dead_code,
     reason = "every test binary includes this module and uses a part of it"
@@ -14,6 +14,7 @@ pub mod alloc;
 pub mod promtool;
 pub mod recordings;
 pub mod sockets;
+pub mod tmux;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -371,8 +372,9 @@ pub fn fixture_path(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A process running `tests/fixtures/leaky.py`, killed and reaped when dropped. Its stdout
-/// lines are collected in the background.
+/// A process running a Python fixture (`tests/fixtures/leaky.py`, or another with
+/// [`Fixture::spawn_script`]), killed and reaped when dropped. Its stdout lines are collected
+/// in the background.
 pub struct Fixture {
     child: Child,
     stdin: Option<std::process::ChildStdin>,
@@ -388,7 +390,12 @@ pub struct Fixture {
 impl Fixture {
     /// Runs `leaky.py ARGS` and, for `serve`, waits for its `ready PORT PID` line.
     pub fn spawn(args: &[&str]) -> Fixture {
-        Fixture::spawn_cmd(Command::new(python()), args)
+        Fixture::spawn_cmd(Command::new(python()), "leaky.py", args)
+    }
+
+    /// Runs `tests/fixtures/SCRIPT ARGS` (a Python fixture); its pid is the interpreter's.
+    pub fn spawn_script(script: &str, args: &[&str]) -> Fixture {
+        Fixture::spawn_cmd(Command::new(python()), script, args)
     }
 
     /// Like [`Fixture::spawn`], in a new network namespace of its own (`unshare --net`, with
@@ -402,18 +409,18 @@ impl Fixture {
             r#"ip link set lo up && exec "$0" "$@""#,
             python(),
         ]);
-        Fixture::spawn_cmd(cmd, args)
+        Fixture::spawn_cmd(cmd, "leaky.py", args)
     }
 
-    fn spawn_cmd(mut cmd: Command, args: &[&str]) -> Fixture {
+    fn spawn_cmd(mut cmd: Command, script: &str, args: &[&str]) -> Fixture {
         let mut child = cmd
-            .arg(fixture_path("leaky.py"))
+            .arg(fixture_path(script))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawning leaky.py");
+            .unwrap_or_else(|e| panic!("spawning {script}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let stdin = child.stdin.take();
         let (tx, rx) = mpsc::channel();
@@ -433,7 +440,7 @@ impl Fixture {
             pid: 0,
             port: 0,
         };
-        if args.first() == Some(&"serve") {
+        if script == "leaky.py" && args.first() == Some(&"serve") {
             let ready = f.expect("ready ", WAIT);
             let mut w = ready.split_whitespace().skip(1);
             f.port = w.next().and_then(|p| p.parse().ok()).expect("port");
