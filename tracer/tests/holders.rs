@@ -544,3 +544,44 @@ fn top_rows_name_the_prefork_workers() {
     );
     tmux.type_text("q");
 }
+
+/// A socket handed to another process late in its CLOSE_WAIT stay — after its holder was
+/// confirmed — is named by its new holder within the holders' periodic re-check (10 s).
+#[test]
+fn a_late_hand_over_is_seen_at_the_next_recheck() {
+    const N: usize = 3;
+    /// `pipeline::holders::RECHECK_EVERY`.
+    const RECHECK: Duration = Duration::from_secs(10);
+    let t = start_tracer();
+    let mut server = Fixture::serve("hlate", &[]);
+    let clients = connect_clients(server.port, N);
+    server.send(&format!("wait {N}"));
+    server.expect(&format!("have {N}"), WAIT);
+    let closed = close_clients(clients, server.port, N);
+    let first = BTreeSet::from([server.pid]);
+    wait_gauges_equal_ss(&t, server.port, &first, closed);
+    // Confirmed: now the parent forks and closes its copies; the child alone holds them.
+    std::thread::sleep(Duration::from_millis(500));
+    server.send("fork hlate-kid");
+    let kid: u32 = server
+        .expect("forked ", WAIT)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("forked PID");
+    let handed = Instant::now();
+    let (_, by) = ss_close_wait_by_pid(server.port);
+    assert_eq!(
+        by,
+        BTreeMap::from([(kid, N as u64)]),
+        "ss: the child holds them"
+    );
+    let both = BTreeSet::from([server.pid, kid]);
+    let seen = wait_gauges_equal_ss(&t, server.port, &both, handed);
+    eprintln!("late hand-over seen after {:?}", seen - handed);
+    assert!(
+        seen - handed <= RECHECK + bound(t.took),
+        "the new holder was named after {:?} (re-check every {RECHECK:?})",
+        seen - handed
+    );
+}

@@ -738,6 +738,16 @@ impl Engine {
         });
     }
 
+    /// Makes every CLOSE_WAIT socket's holder due for confirmation again (a socket can be
+    /// handed to another process after its holder was confirmed). O(CLOSE_WAIT sockets).
+    pub fn recheck_holders(&mut self) {
+        let mut idx = Vec::with_capacity(self.close_wait_now() as usize);
+        self.for_each_close_wait_idx(|i| idx.push(i));
+        for i in idx {
+            self.table.get_mut(i).flags &= !flag::HOLDER_CHECKED;
+        }
+    }
+
     /// The holder confirmation's answer for CLOSE_WAIT socket `sk`: the process whose fd table
     /// holds it (`Some`, replacing what the trace guessed), or, with `accepted == false`, none
     /// because it is still in its listener's accept queue (the owner is then cleared: nobody
@@ -1278,20 +1288,25 @@ impl Engine {
     /// Calls `f` for every tracked socket in CLOSE_WAIT: pending (heap), leaking (list), and
     /// seeds waiting for a clock.
     fn for_each_close_wait(&self, mut f: impl FnMut(&Entry)) {
+        self.for_each_close_wait_idx(|i| f(self.table.get(i)));
+    }
+
+    /// [`Engine::for_each_close_wait`], by table index.
+    fn for_each_close_wait_idx(&self, mut f: impl FnMut(u32)) {
         for Reverse(it) in self.cw_heap.iter() {
             if Self::item_valid(&self.table, it) {
-                f(self.table.get(it.idx));
+                f(it.idx);
             }
         }
         for i in self.table.iter_list(Which::Leaks) {
-            f(self.table.get(i));
+            f(i);
         }
         for (k, &i) in self.unclocked.iter().enumerate() {
             let e = self.table.get(i);
             if e.flags & (flag::FREE | flag::CW_UNCLOCKED) == flag::CW_UNCLOCKED
                 && e.cw_ticket as usize == k
             {
-                f(e);
+                f(i);
             }
         }
         for c in &self.checks {
@@ -1299,7 +1314,7 @@ impl Engine {
             if e.flags & (flag::FREE | flag::CW_CHECKING) == flag::CW_CHECKING
                 && e.cw_ticket == c.ticket
             {
-                f(e);
+                f(c.idx);
             }
         }
     }

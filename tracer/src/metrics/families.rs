@@ -337,7 +337,7 @@ pub(super) static FAMILIES: &[Family] = &[
     },
     Family {
         name: "holder_lookups",
-        help: "CLOSE_WAIT sockets whose holder was looked up by inode (each once per CLOSE_WAIT stay, 300 ms after it began).",
+        help: "Holder look-ups by inode of CLOSE_WAIT sockets: 300 ms after a socket enters CLOSE_WAIT, every 10 s while it stays, and every round while it is not accepted or not answered.",
         unit: None,
         samples: Samples::Counter(|s| s.snapshot.holders.map(|h| h.sockets)),
     },

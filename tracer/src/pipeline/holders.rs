@@ -12,6 +12,9 @@
 //! namespace's CLOSE_WAIT sockets when many are due there, and resolves each inode through the
 //! attributor (a cached answer costs one `readlink`; a miss, a rate-limited `/proc` rescan).
 //!
+//! Every [`RECHECK_EVERY`] each CLOSE_WAIT socket is confirmed again, so that a socket handed
+//! to another process later in its CLOSE_WAIT stay is named by its new holder.
+//!
 //! A CLOSE_WAIT socket with inode 0 is still in its listener's accept queue: no process has an
 //! fd for it (`ss -p` shows no user). It is marked never accepted and held by nobody, and looked
 //! at again each round until it is accepted.
@@ -28,6 +31,10 @@ use crate::sockdiag::{DiagSocket, FourTuple, StateMask};
 pub const CONFIRM_AFTER_NS: u64 = 300_000_000;
 /// At most one round this often.
 pub const ROUND_EVERY: Duration = Duration::from_millis(250);
+/// Every CLOSE_WAIT socket's holder is confirmed again this often: a socket handed to another
+/// process after its holder was confirmed (a late hand-over to a worker) is named by its new
+/// holder within this. Cached answers cost one `readlink` each.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(10);
 /// Most sockets looked up in one round (the rest wait for the next).
 const ROUND_MAX: usize = 8192;
 /// From this many sockets due in one namespace, one filtered dump replaces the lookups.
@@ -39,6 +46,7 @@ pub use crate::engine::HolderSummary as HolderStats;
 #[derive(Debug, Default)]
 pub(super) struct Holders {
     last_round: Option<Instant>,
+    last_recheck: Option<Instant>,
     stats: HolderStats,
     /// Scratch, reused.
     due: Vec<SocketId>,
@@ -66,6 +74,14 @@ impl Pipeline {
             return;
         }
         self.holders.last_round = Some(now);
+        match self.holders.last_recheck {
+            Some(t) if now.duration_since(t) >= RECHECK_EVERY => {
+                self.engine.recheck_holders();
+                self.holders.last_recheck = Some(now);
+            }
+            None => self.holders.last_recheck = Some(now),
+            Some(_) => {}
+        }
         let mut due = std::mem::take(&mut self.holders.due);
         let entered_by = self.engine.clock_ns().saturating_sub(CONFIRM_AFTER_NS);
         self.engine.holders_due(entered_by, ROUND_MAX, &mut due);

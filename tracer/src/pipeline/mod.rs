@@ -572,13 +572,15 @@ impl Pipeline {
     /// the socket's inode, looked up in the socket's own namespace (fds can be passed,
     /// listeners shared, children forked; 4-tuples repeat across namespaces).
     fn confirm_owner(&mut self, l: &LeakRecord, now: Instant) -> Option<Owner> {
-        if l.owner.is_some_and(|o| o.source == OwnerSource::Inode) {
-            return l.owner;
-        }
-        // The leak check has just asked the kernel: its inode answers without a second lookup.
+        // The leak check has just asked the kernel: its inode answers without a second lookup,
+        // and a socket handed to another process since its holder was confirmed is named by
+        // its holder now (a cached answer is checked with one `readlink`).
         if let Some(f) = self.leak_facts_of(l.id.sk) {
             let live = self.live.as_mut()?;
             return live.attributor.resolve_inode(f.inode, now);
+        }
+        if l.owner.is_some_and(|o| o.source == OwnerSource::Inode) {
+            return l.owner;
         }
         let netns = self.ns(l.id.netns);
         let live = self.live.as_mut()?;
