@@ -17,7 +17,8 @@
 //! Cost: a filtered dump per namespace (the kernel still walks its socket hash, but copies
 //! only CLOSE_WAIT sockets), two hash sets of the CLOSE_WAIT sockets, and one lookup per
 //! suspect — none when nothing was lost. Rate: after a loss at most once per
-//! [`ReconcileConfig::after_loss`], else once per [`ReconcileConfig::every`].
+//! [`ReconcileConfig::after_loss`], and never sooner than [`DUTY`] times what the last run took;
+//! else once per [`ReconcileConfig::every`].
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -27,6 +28,10 @@ pub use crate::engine::ReconcileSummary as ReconcileStats;
 use crate::event::TcpState;
 use crate::record::SocketId;
 use crate::sockdiag::{FourTuple, StateMask};
+
+/// A reconciliation takes at most this share of the reader's time: the next one waits at
+/// least this many times as long as the last took (as the TIME_WAIT re-sync does).
+const DUTY: u32 = 20;
 
 /// How often reconciliation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,11 +95,13 @@ impl Reconciler {
             self.loss_seen = Some(now);
         }
         let since_last = self.last_run.map(|t| now.duration_since(t));
+        // Never more than 1/DUTY of the reader's time, however large the tables.
+        let min_gap = Duration::from_micros(self.run_us.saturating_mul(u64::from(DUTY)));
         if self.loss_seen.is_some() {
-            return since_last.is_none_or(|d| d >= self.cfg.after_loss);
+            return since_last.is_none_or(|d| d >= self.cfg.after_loss.max(min_gap));
         }
         match (self.cfg.every, since_last) {
-            (Some(every), Some(d)) => d >= every,
+            (Some(every), Some(d)) => d >= every.max(min_gap),
             // The first periodic run is one period after start (the baseline has just read
             // everything).
             (Some(_), None) => {
@@ -342,5 +349,44 @@ impl Pipeline {
             .and_then(|live| live.attributor.resolve_inode(s.inode, now));
         let now_ns = self.engine.clock_ns();
         self.seed_diag(netns, s, owner, now_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_after_a_loss_and_periodically_within_its_duty() {
+        let mut r = Reconciler::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // No loss: the first periodic run is one period after start.
+        assert!(!r.due(0, t0));
+        assert!(!r.due(0, t0 + s(59)));
+        assert!(r.due(0, t0 + s(60)));
+        r.last_run = Some(t0 + s(60));
+        // A loss: a run within a second of the last, then at once when the last is older.
+        assert!(!r.due(5, t0 + s(60) + Duration::from_millis(500)));
+        assert!(r.due(5, t0 + s(61)));
+        r.loss_seen = None;
+        r.lost_at_last_run = 5;
+        r.last_run = Some(t0 + s(61));
+        // Nothing new lost: back to the period.
+        assert!(!r.due(5, t0 + s(62)));
+        assert!(r.due(5, t0 + s(121)));
+        // A run that took 200 ms keeps the next at least 4 s away, loss or not.
+        r.last_run = Some(t0 + s(121));
+        r.run_us = 200_000;
+        assert!(!r.due(9, t0 + s(123)));
+        assert!(r.due(9, t0 + s(125)));
+        // Periodic runs off: only after losses.
+        let mut off = Reconciler::default();
+        off.set_config(ReconcileConfig {
+            every: None,
+            ..ReconcileConfig::default()
+        });
+        assert!(!off.due(0, t0 + s(3600)));
+        assert!(off.due(1, t0 + s(3601)));
     }
 }
