@@ -34,16 +34,6 @@ pub fn parse_socket_link(link: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// The fd numbers under which `pid` holds socket `inode` (one read of its fd table; empty
-/// when it holds none or the table cannot be read). For a leak record's forensics.
-pub fn fds_holding(proc: &ProcFs, pid: u32, inode: u64) -> Vec<u32> {
-    let mut index = InodeIndex::default();
-    proc.scan_process_into(pid, &mut index);
-    let mut fds: Vec<u32> = index.holders(inode).iter().map(|h| h.fd).collect();
-    fds.sort_unstable();
-    fds
-}
-
 /// One process holding a socket, and one fd it holds it under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Holder {
@@ -187,10 +177,6 @@ impl ProcFs {
     }
 
     fn scan_process(&self, pid: u32, index: &mut InodeIndex) {
-        self.scan_process_into(pid, index);
-    }
-
-    fn scan_process_into(&self, pid: u32, index: &mut InodeIndex) {
         let mut path = self.pid_path(pid);
         path.push("fd");
         let Ok(dir) = fs::read_dir(&path) else {
@@ -580,6 +566,28 @@ impl Attributor {
             self.stats.misses += 1;
         }
         found
+    }
+
+    /// The fd numbers under which `pid` holds socket `inode`, as the last scan and the cache
+    /// know them, each checked with one `readlink` (for a leak record: no scan of the fd
+    /// table, which can hold tens of thousands of sockets).
+    pub fn fds_of(&mut self, pid: u32, inode: u64) -> Vec<u32> {
+        let mut fds: Vec<u32> = self
+            .index
+            .holders(inode)
+            .iter()
+            .filter(|h| h.pid == pid)
+            .map(|h| h.fd)
+            .collect();
+        if let Some(c) = self.cache.get(inode)
+            && c.owner.pid == pid
+        {
+            fds.push(c.fd);
+        }
+        fds.sort_unstable();
+        fds.dedup();
+        fds.retain(|&fd| self.proc.holds(pid, fd, inode));
+        fds
     }
 
     /// Looks `inode` up in the index, keeping only holders that still hold it; caches the

@@ -1,14 +1,13 @@
 //! Leak forensics: what a leak record carries for the next step of whoever reads it — the
 //! owner's fd numbers, the bytes never read and never acknowledged, and for a socket that was
 //! never accepted, its listener with the accept queue against the backlog. On demand: once per
-//! leak record, from what the leak check's sock_diag answer said and one read of the owner's fd
-//! table (and, for a socket never accepted, one dump of the namespace's listeners).
+//! leak record, from what the leak check's sock_diag answer said and the attributor's index
+//! (one `readlink` per fd; for a socket never accepted, one dump of the namespace's listeners).
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use super::{ListenerInfo, Pipeline, RecordContext};
-use crate::attribution;
 use crate::event::TcpState;
 use crate::record::{LeakRecord, SocketId};
 use crate::sockdiag::FourTuple;
@@ -142,10 +141,10 @@ impl Pipeline {
             unsent_bytes: facts.map(|f| f.send_queue),
             ..RecordContext::default()
         };
-        if let (Some(f), Some(o), Some(live)) = (facts, l.owner, self.live.as_ref())
+        if let (Some(f), Some(o), Some(live)) = (facts, l.owner, self.live.as_mut())
             && f.inode != 0
         {
-            cx.fds = attribution::fds_holding(&live.proc, o.pid, f.inode);
+            cx.fds = live.attributor.fds_of(o.pid, f.inode);
         }
         if l.accepted == Some(false) {
             cx.listener = self.listener_of(l, now);
