@@ -27,6 +27,11 @@ const CLOSED: usize = 20;
 /// to start than [`HOST_START`], as tests/holders.rs scales its bound.
 const THRESHOLD_S: u64 = 30;
 const HOST_START: Duration = Duration::from_secs(1);
+/// Connections of the floods during the stop (before the closes, and after them), and of the
+/// flood that measures their pace first.
+const FLOODS: u32 = 9_000;
+const FLOOD_AFTER: u32 = 1_000;
+const CALIBRATE: u32 = 500;
 const UNSEEN: &str = r#"tracer_reconcile_corrections_total{kind="closed_unseen"}"#;
 
 fn scrape(addr: SocketAddr) -> String {
@@ -106,7 +111,11 @@ fn lost_closes_never_become_leaks_and_gauges_follow_the_kernel() {
     let started = Instant::now();
     drop(Traced::start(&["--show", "none"]));
     let scale = (started.elapsed().as_secs_f64() / HOST_START.as_secs_f64()).max(1.0);
-    let threshold_s = (THRESHOLD_S as f64 * scale).ceil() as u64;
+    // And how long the stop will last: the floods' pace, measured on a small one.
+    let calibrated = Instant::now();
+    flood(CALIBRATE);
+    let stop_s = calibrated.elapsed().as_secs_f64() * f64::from(FLOODS / CALIBRATE);
+    let threshold_s = (THRESHOLD_S as f64 * scale).max(3.0 * stop_s + 10.0).ceil() as u64;
     let threshold = format!("{threshold_s}s");
     let mut t = Traced::start(&[
         "--json",
@@ -144,10 +153,10 @@ fn lost_closes_never_become_leaks_and_gauges_follow_the_kernel() {
 
     // Stopped: the flood fills the ring, then the closes' events have nowhere to go.
     signal(t.pid(), libc::SIGSTOP);
-    flood(8_000);
+    flood(FLOODS - FLOOD_AFTER);
     let closed: Vec<u16> = client_ports[..CLOSED].to_vec();
     held.drain(..CLOSED);
-    flood(1_000);
+    flood(FLOOD_AFTER);
     assert_eq!(ss_close_wait(port), (HELD - CLOSED) as u64);
     signal(t.pid(), libc::SIGCONT);
     let resumed = Instant::now();
@@ -182,6 +191,11 @@ fn lost_closes_never_become_leaks_and_gauges_follow_the_kernel() {
         counter(&text, "tracer_reconcile_runs_total"),
         counter(&text, UNSEEN),
     );
+    assert!(
+        cw_since.elapsed() < Duration::from_secs(threshold_s),
+        "the run was too slow to tell reconciliation from the leak check ({:?})",
+        cw_since.elapsed()
+    );
     assert!(counter(&text, "tracer_events_lost_total") > 0);
     // Reconciliation, not an address reused by a new socket, put the gauge right.
     assert!(
@@ -192,11 +206,6 @@ fn lost_closes_never_become_leaks_and_gauges_follow_the_kernel() {
         fixed - caught_up <= Duration::from_secs(5).mul_f64(scale),
         "the gauge took {:?} after the tracer caught up to equal ss",
         fixed - caught_up
-    );
-    assert!(
-        cw_since.elapsed() < Duration::from_secs(threshold_s),
-        "the run was too slow to tell reconciliation from the leak check ({:?})",
-        cw_since.elapsed()
     );
 
     // The threshold passes: the held sockets leak, once each, with their owner.
