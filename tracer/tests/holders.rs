@@ -30,7 +30,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::tmux::{Tmux, counts, row};
-use common::{Fixture, Traced, WAIT, connect_clients, http_request};
+use common::{Fixture, Traced, WAIT, close_wait_gauge, connect_clients, sample_of, scrape};
 
 /// The issue's bound, from the sockets entering CLOSE_WAIT (or from being accepted) to the
 /// gauges equal to `ss`, on this host. Scaled on a slower machine (see [`bound`]).
@@ -207,30 +207,6 @@ fn ss_close_wait_by_pid(port: u16) -> (usize, BTreeMap<u32, u64>) {
     (sockets.len(), by)
 }
 
-fn scrape(addr: SocketAddr) -> String {
-    http_request(addr, "GET", "/metrics", &[], WAIT)
-        .expect("scraping /metrics")
-        .body
-}
-
-/// The tracer's per-process CLOSE_WAIT gauge for pid label `pid` (0 when absent).
-fn gauge_of(text: &str, pid: &str) -> u64 {
-    let prefix = format!("tracer_tcp_close_wait_sockets{{pid=\"{pid}\"");
-    text.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .map(|v| v as u64)
-        .sum()
-}
-
-/// The value of the sample whose name and labels are exactly `series` (0 when absent).
-fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 /// Closes the clients and waits until `ss` shows `n` CLOSE_WAIT sockets on `port`; returns
 /// the moment they were closed (when the sockets entered CLOSE_WAIT).
 fn close_clients(clients: Vec<TcpStream>, port: u16, n: usize) -> Instant {
@@ -255,7 +231,7 @@ fn mismatch(text: &str, port: u16, pids: &BTreeSet<u32>) -> Option<Vec<(u32, u64
         .map(|&p| {
             (
                 p,
-                gauge_of(text, &p.to_string()),
+                close_wait_gauge(text, &p.to_string()),
                 ss.get(&p).copied().unwrap_or(0),
             )
         })
@@ -345,12 +321,15 @@ fn check_model(model: &str, name: &str, n: usize, none: &[&str], min_holders: us
          {took:?}{after_ready} (bound {limit:?}); holders {held:?}; this tracer's holder \
          lookups {}, corrections {}, unanswered {} (all the host's sockets); slowest ss -p {:?}",
         t.took,
-        sample(&text, "tracer_holder_lookups_total"),
-        sample(&text, "tracer_holder_corrections_total"),
-        sample(&text, "tracer_holder_unanswered_total"),
+        sample_of(&text, "tracer_holder_lookups_total"),
+        sample_of(&text, "tracer_holder_corrections_total"),
+        sample_of(&text, "tracer_holder_unanswered_total"),
         ss_slowest(),
     );
-    let total: u64 = held.keys().map(|p| gauge_of(&text, &p.to_string())).sum();
+    let total: u64 = held
+        .keys()
+        .map(|p| close_wait_gauge(&text, &p.to_string()))
+        .sum();
     assert_eq!(total, n as u64, "not every socket is its holder's");
     assert!(
         took <= limit,
@@ -428,7 +407,7 @@ fn never_accepted(start: Start) {
     let mut server = Server::start("noaccept", "hna", N);
     let srv = server.pid("server");
     let lookups_before = tracer.as_ref().map_or(0, |t| {
-        sample(&scrape(t.addr), "tracer_holder_lookups_total")
+        sample_of(&scrape(t.addr), "tracer_holder_lookups_total")
     });
     let clients = connect_clients(server.port, N);
     let deadline = Instant::now() + WAIT;
@@ -455,17 +434,17 @@ fn never_accepted(start: Start) {
     // has seen them: an absent gauge would otherwise prove nothing).
     let nobody_at = loop {
         let text = scrape(t.addr);
-        let ok = gauge_of(&text, &srv.to_string()) == 0
-            && sample(&text, r#"tracer_tcp_sockets{state="CLOSE_WAIT"}"#) >= N as u64
-            && gauge_of(&text, "unknown") >= N as u64
-            && sample(&text, "tracer_holder_lookups_total") >= lookups_before + N as u64;
+        let ok = close_wait_gauge(&text, &srv.to_string()) == 0
+            && sample_of(&text, r#"tracer_tcp_sockets{state="CLOSE_WAIT"}"#) >= N as u64
+            && close_wait_gauge(&text, "unknown") >= N as u64
+            && sample_of(&text, "tracer_holder_lookups_total") >= lookups_before + N as u64;
         if ok {
             break Instant::now();
         }
         assert!(
             closed.elapsed() < WAIT,
             "never-accepted sockets still given to the listener's process ({}) or not seen:\n{text}",
-            gauge_of(&text, &srv.to_string())
+            close_wait_gauge(&text, &srv.to_string())
         );
         std::thread::sleep(POLL);
     };
@@ -474,8 +453,8 @@ fn never_accepted(start: Start) {
     while Instant::now() < stays_until {
         std::thread::sleep(POLL);
         let text = scrape(t.addr);
-        assert_eq!(gauge_of(&text, &srv.to_string()), 0, "{text}");
-        assert!(sample(&text, r#"tracer_tcp_sockets{state="CLOSE_WAIT"}"#) >= N as u64);
+        assert_eq!(close_wait_gauge(&text, &srv.to_string()), 0, "{text}");
+        assert!(sample_of(&text, r#"tracer_tcp_sockets{state="CLOSE_WAIT"}"#) >= N as u64);
     }
     assert_eq!(ss_sockets("close-wait", server.port).len(), N);
 

@@ -11,11 +11,11 @@
 mod common;
 
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Traced, WAIT, http_request};
+use common::{Traced, WAIT, close_wait_gauge, sample_of, scrape};
 use serde_json::Value;
 
 /// CLOSE_WAIT sockets made, and how many of them are closed while the tracer is stopped.
@@ -31,31 +31,8 @@ const HOST_START: Duration = Duration::from_secs(1);
 /// flood that measures their pace first.
 const FLOODS: u32 = 9_000;
 const FLOOD_AFTER: u32 = 1_000;
-const CALIBRATE: u32 = 500;
+const CALIBRATE: u32 = 250;
 const UNSEEN: &str = r#"tracer_reconcile_corrections_total{kind="closed_unseen"}"#;
-
-fn scrape(addr: SocketAddr) -> String {
-    http_request(addr, "GET", "/metrics", &[], WAIT)
-        .expect("scraping /metrics")
-        .body
-}
-
-/// The tracer's per-process CLOSE_WAIT gauge for `pid` (0 when the series is absent).
-fn gauge_of(text: &str, pid: u32) -> u64 {
-    let prefix = format!("tracer_tcp_close_wait_sockets{{pid=\"{pid}\"");
-    text.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .map(|v| v as u64)
-        .sum()
-}
-
-fn counter(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
 
 /// CLOSE_WAIT sockets on local port `port` that `ss` shows.
 fn ss_close_wait(port: u16) -> u64 {
@@ -112,10 +89,17 @@ fn lost_closes_never_become_leaks_and_gauges_follow_the_kernel() {
     drop(Traced::start(&["--show", "none"]));
     let scale = (started.elapsed().as_secs_f64() / HOST_START.as_secs_f64()).max(1.0);
     // And how long the stop will last: the floods' pace, measured on a small one.
-    let calibrated = Instant::now();
-    flood(CALIBRATE);
-    let stop_s = calibrated.elapsed().as_secs_f64() * f64::from(FLOODS / CALIBRATE);
-    let threshold_s = (THRESHOLD_S as f64 * scale).max(3.0 * stop_s + 10.0).ceil() as u64;
+    // Two floods of different sizes part the interpreter's start from the time per connection.
+    let timed = |n: u32| {
+        let at = Instant::now();
+        flood(n);
+        at.elapsed().as_secs_f64()
+    };
+    let (small, large) = (timed(CALIBRATE), timed(3 * CALIBRATE));
+    let per_conn = ((large - small) / f64::from(2 * CALIBRATE)).max(0.0);
+    let start_s = (small - per_conn * f64::from(CALIBRATE)).max(0.0);
+    let stop_s = 2.0 * start_s + per_conn * f64::from(FLOODS);
+    let threshold_s = (THRESHOLD_S as f64 * scale).max(2.0 * stop_s + 10.0).ceil() as u64;
     let threshold = format!("{threshold_s}s");
     let mut t = Traced::start(&[
         "--json",
@@ -142,7 +126,7 @@ fn lost_closes_never_become_leaks_and_gauges_follow_the_kernel() {
     }
     let client_ports: Vec<u16> = held.iter().map(|s| s.peer_addr().unwrap().port()).collect();
     let deadline = Instant::now() + WAIT;
-    while gauge_of(&scrape(addr), me) < HELD as u64 {
+    while close_wait_gauge(&scrape(addr), &me.to_string()) < HELD as u64 {
         assert!(
             Instant::now() < deadline,
             "the tracer never saw {HELD} CLOSE_WAIT sockets"
@@ -172,13 +156,13 @@ fn lost_closes_never_become_leaks_and_gauges_follow_the_kernel() {
     let want = ss_close_wait(port);
     let fixed = loop {
         let text = scrape(addr);
-        if gauge_of(&text, me) == want {
+        if close_wait_gauge(&text, &me.to_string()) == want {
             break Instant::now();
         }
         assert!(
             caught_up.elapsed() < WAIT,
             "gauge {} never reached ss's {want}",
-            gauge_of(&text, me)
+            close_wait_gauge(&text, &me.to_string())
         );
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -187,19 +171,19 @@ fn lost_closes_never_become_leaks_and_gauges_follow_the_kernel() {
         "resumed → caught up {:?}, → gauge equal to ss ({want}) {:?}; lost {}; reconcile runs {}, closed unseen {}",
         caught_up - resumed,
         fixed - caught_up,
-        counter(&text, "tracer_events_lost_total"),
-        counter(&text, "tracer_reconcile_runs_total"),
-        counter(&text, UNSEEN),
+        sample_of(&text, "tracer_events_lost_total"),
+        sample_of(&text, "tracer_reconcile_runs_total"),
+        sample_of(&text, UNSEEN),
     );
     assert!(
         cw_since.elapsed() < Duration::from_secs(threshold_s),
         "the run was too slow to tell reconciliation from the leak check ({:?})",
         cw_since.elapsed()
     );
-    assert!(counter(&text, "tracer_events_lost_total") > 0);
+    assert!(sample_of(&text, "tracer_events_lost_total") > 0);
     // Reconciliation, not an address reused by a new socket, put the gauge right.
     assert!(
-        counter(&text, UNSEEN) > 0,
+        sample_of(&text, UNSEEN) > 0,
         "no socket closed out by reconciliation:\n{text}"
     );
     assert!(
@@ -209,9 +193,11 @@ fn lost_closes_never_become_leaks_and_gauges_follow_the_kernel() {
     );
 
     // The threshold passes: the held sockets leak, once each, with their owner.
-    let n = t.wait_for_n(WAIT, HELD - CLOSED, |v| {
-        v["type"] == "close_wait_leak" && on_port(v, port)
-    });
+    let n = t.wait_for_n(
+        Duration::from_secs(threshold_s) + WAIT,
+        HELD - CLOSED,
+        |v| v["type"] == "close_wait_leak" && on_port(v, port),
+    );
     assert_eq!(n, HELD - CLOSED);
     drop(held);
     std::thread::sleep(Duration::from_millis(500));

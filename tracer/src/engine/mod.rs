@@ -1271,13 +1271,7 @@ impl Engine {
                 AgeSource::Traced
             },
             owner: e.owner,
-            accepted: if e.has(flag::NOT_ACCEPTED) {
-                Some(false)
-            } else if e.has(flag::HOLDER_CHECKED) {
-                Some(true)
-            } else {
-                None
-            },
+            accepted: e.accepted(),
         };
         self.table.unlink(Which::Lru, i);
         self.table.link_newest(Which::Leaks, i);

@@ -51,13 +51,7 @@ impl Engine {
                 } else {
                     AgeSource::Traced
                 },
-                accepted: if e.has(flag::NOT_ACCEPTED) {
-                    Some(false)
-                } else if e.has(flag::HOLDER_CHECKED) {
-                    Some(true)
-                } else {
-                    None
-                },
+                accepted: e.accepted(),
             });
         });
         v.sort_by(|a, b| b.age_ns.cmp(&a.age_ns).then(a.id.sk.cmp(&b.id.sk)));

@@ -125,6 +125,18 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Whether a process had accepted it, as the holder confirmation last found: `Some(false)`
+    /// still in an accept queue, `Some(true)` held by an fd, `None` not looked at.
+    pub(crate) fn accepted(&self) -> Option<bool> {
+        if self.has(flag::NOT_ACCEPTED) {
+            Some(false)
+        } else if self.has(flag::HOLDER_CHECKED) {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
     pub fn new(sk: u64, state: TcpState, role: Role) -> Self {
         Entry {
             sk,

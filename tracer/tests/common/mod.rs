@@ -539,6 +539,31 @@ impl Drop for Fixture {
     }
 }
 
+/// `GET /metrics` of a tracer's metrics address (the body).
+pub fn scrape(addr: std::net::SocketAddr) -> String {
+    http_request(addr, "GET", "/metrics", &[], WAIT)
+        .expect("scraping /metrics")
+        .body
+}
+
+/// The per-process CLOSE_WAIT gauge for pid label `pid` in a scrape (0 when absent).
+pub fn close_wait_gauge(text: &str, pid: &str) -> u64 {
+    let prefix = format!("tracer_tcp_close_wait_sockets{{pid=\"{pid}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// The value of the sample whose name and labels are exactly `series` (0 when absent).
+pub fn sample_of(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 /// How many sockets `ss -H ARGS` lists (one per non-empty line).
 pub fn ss_count(args: &[&str]) -> u64 {
     let out = Command::new("ss")
