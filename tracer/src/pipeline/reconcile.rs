@@ -72,8 +72,8 @@ pub(super) struct Reconciler {
     /// Events were lost since the last run, first seen then.
     loss_seen: Option<Instant>,
     suspects: Vec<Suspect>,
-    /// When the suspects' dump was made (the confirmation waits for a drain after it).
-    dumped_at: Option<Instant>,
+    /// A dump was made and its suspects wait for their confirmation at the next drain tick.
+    dumped: bool,
     /// Phase 1 and 2 times of the run in progress (µs).
     run_us: u64,
     /// Scratch, reused: the engine's CLOSE_WAIT sockets.
@@ -137,7 +137,7 @@ impl Pipeline {
             return;
         }
         let now = Instant::now();
-        if self.reconcile.dumped_at.is_some() {
+        if self.reconcile.dumped {
             self.confirm_suspects(now);
             return;
         }
@@ -152,7 +152,7 @@ impl Pipeline {
         r.last_run = Some(now);
         self.dump_and_compare(now);
         self.reconcile.run_us = now.elapsed().as_micros() as u64;
-        self.reconcile.dumped_at = Some(now);
+        self.reconcile.dumped = true;
     }
 
     /// Phase 1: the kernel's CLOSE_WAIT sockets against the engine's.
@@ -227,7 +227,7 @@ impl Pipeline {
         let r = &mut self.reconcile;
         r.suspects = suspects;
         r.suspects.clear();
-        r.dumped_at = None;
+        r.dumped = false;
         let us = r.run_us + started.elapsed().as_micros() as u64;
         r.stats.runs += 1;
         r.stats.total_us += us;
