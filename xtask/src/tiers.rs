@@ -1,7 +1,9 @@
 //! Test tiers, as each test file declares its own: every `tracer/tests/*.rs` says in its `//!`
 //! header which machines it needs, with one line `//! Tier: offline` (touches neither BPF nor
-//! the kernel's TCP: the same on every kernel, run on the host only) or `//! Tier: root`
-//! (loads the eBPF program or drives real sockets: run on every kernel of the matrix). `cargo
+//! the kernel's TCP: the same on every kernel, run on the host only), `//! Tier: root`
+//! (loads the eBPF program or drives real sockets: run on every kernel of the matrix) or
+//! `//! Tier: host` (needs root and the real program, but what it proves does not depend on the
+//! kernel's version: packaging, containers, TLS; run on the host only, like offline). `cargo
 //! xtask vmtest` and `cargo xtask test` read them and refuse to run while a file declares none.
 
 use std::collections::BTreeMap;
@@ -17,6 +19,9 @@ pub enum Tier {
     Offline,
     /// Loads the program or makes sockets: run in every VM.
     Root,
+    /// Root on the host (containers, TLS, packages): nothing in it varies with the kernel's
+    /// version, so the matrix runs it only when named.
+    Host,
 }
 
 /// The tier a test file's leading `//!` header declares, or why it declares none.
@@ -29,7 +34,8 @@ pub fn parse_tier(source: &str) -> Result<Tier, String> {
         let tier = match value.trim() {
             "offline" => Tier::Offline,
             "root" => Tier::Root,
-            other => return Err(format!("unknown tier `{other}` (offline or root)")),
+            "host" => Tier::Host,
+            other => return Err(format!("unknown tier `{other}` (offline, root or host)")),
         };
         if found.is_some() {
             return Err("more than one `//! Tier:` line".to_owned());
@@ -37,7 +43,10 @@ pub fn parse_tier(source: &str) -> Result<Tier, String> {
         found = Some(tier);
     }
     found
-        .ok_or_else(|| "no `//! Tier: offline` or `//! Tier: root` line in its `//!` header".into())
+        .ok_or_else(|| {
+            "no `//! Tier: offline`, `//! Tier: root` or `//! Tier: host` line in its `//!` header"
+                .into()
+        })
 }
 
 /// The tier of every test binary in `tests_dir` (by target name, the file name without
@@ -69,7 +78,8 @@ pub fn read(tests_dir: &Path) -> Result<BTreeMap<String, Tier>> {
         problems.sort();
         bail!(
             "every test file declares its tier in its `//!` header (`//! Tier: offline`: no BPF, \
-             no sockets, host only; `//! Tier: root`: run in every VM; see docs/vmtest.md):\n  {}",
+             no sockets, host only; `//! Tier: root`: run in every VM; `//! Tier: host`: root but not \
+             kernel-dependent, host only; see docs/vmtest.md):\n  {}",
             problems.join("\n  ")
         );
     }
@@ -89,6 +99,7 @@ mod tests {
             Ok(Tier::Root)
         );
         assert_eq!(parse_tier("//! Tier:root\n"), Ok(Tier::Root));
+        assert_eq!(parse_tier("//! Tier: host\n"), Ok(Tier::Host));
     }
 
     #[test]

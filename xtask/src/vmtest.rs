@@ -136,7 +136,7 @@ pub fn run(tools: &Tools, args: &VmtestArgs) -> Result<()> {
     } else {
         None
     };
-    // Each test file declares its tier (`//! Tier: offline | root`); none declared, no run.
+    // Each test file declares its tier (`//! Tier: offline | root | host`); none declared, no run.
     let tiers = tiers::read(&workspace_root().join("tracer/tests"))?;
     let (tracer, binaries) = build_tests(tools, &args.tests)?;
     // Binaries that neither load the program nor make sockets (tier offline) are the same on
@@ -144,7 +144,7 @@ pub fn run(tools: &Tools, args: &VmtestArgs) -> Result<()> {
     // library's unit tests (`tracer`) have no file of their own and run everywhere.
     let vm_binaries: Vec<TestBinary> = binaries
         .iter()
-        .filter(|b| !args.tests.is_empty() || tiers.get(&b.name) != Some(&tiers::Tier::Offline))
+        .filter(|b| !args.tests.is_empty() || tiers.get(&b.name) == Some(&tiers::Tier::Root))
         .cloned()
         .collect();
     let accel = if vm {
