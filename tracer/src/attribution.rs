@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 use crate::event::Comm;
 use crate::record::{Owner, OwnerSource, SocketId};
 use crate::sockdiag::{DiagSocket, FourTuple, SockDiag};
-
-/// Longest command line [`process_cmdline`] returns, in bytes (before the ellipsis).
-pub const CMDLINE_MAX: usize = 256;
+use crate::untrusted::{CMDLINE_KEPT_MAX, Cmdline, CmdlinePolicy};
 
 /// Parses the target of a `/proc/PID/fd/N` link: `socket:[12345]` → 12345.
 pub fn parse_socket_link(link: &[u8]) -> Option<u64> {
@@ -235,20 +233,31 @@ impl ProcFs {
         Some(Comm(b))
     }
 
-    /// The command line, arguments separated by spaces, at most [`CMDLINE_MAX`] bytes (cut on
-    /// a character boundary, then `…`). `None` if the process is gone or has no command line
-    /// (kernel threads, zombies).
-    pub fn cmdline(&self, pid: u32) -> Option<String> {
+    /// The command line under `policy` ([`Cmdline::from_proc`]: secrets redacted by
+    /// default): its first [`CMDLINE_KEPT_MAX`] bytes, the rest counted. `None` if the process
+    /// is gone or has no command line (kernel threads, zombies), or under `--cmdline none`.
+    pub fn cmdline(&self, pid: u32, policy: CmdlinePolicy) -> Option<Cmdline> {
+        if policy == CmdlinePolicy::None {
+            return None;
+        }
         let mut path = self.pid_path(pid);
         path.push("cmdline");
+        let mut file = fs::File::open(path).ok()?;
         let mut raw = Vec::new();
-        // Read one byte more than kept, to know whether to mark the cut.
-        fs::File::open(path)
-            .ok()?
-            .take(CMDLINE_MAX as u64 * 2)
+        (&mut file)
+            .take(CMDLINE_KEPT_MAX as u64)
             .read_to_end(&mut raw)
             .ok()?;
-        format_cmdline(&raw)
+        // Count what is beyond (up to 1 MiB: the kernel's own limit on arguments is lower).
+        let mut more = 0usize;
+        let mut chunk = [0u8; 4096];
+        while more < (1 << 20) {
+            match file.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => more += n,
+            }
+        }
+        Cmdline::from_proc(&raw, more, policy)
     }
 
     /// Whether `ROOT/PID` exists. Thread ids have (hidden) entries too, so a tid also counts;
@@ -270,28 +279,6 @@ impl ProcFs {
     }
 }
 
-/// `a\0b\0c\0` → `a b c`, lossy UTF-8, capped at [`CMDLINE_MAX`] bytes plus `…`.
-fn format_cmdline(raw: &[u8]) -> Option<String> {
-    let trimmed = match raw.iter().rposition(|&b| b != 0 && b != b' ') {
-        Some(last) => &raw[..=last],
-        None => return None,
-    };
-    let spaced: Vec<u8> = trimmed
-        .iter()
-        .map(|&b| if b == 0 { b' ' } else { b })
-        .collect();
-    let mut s = String::from_utf8_lossy(&spaced).into_owned();
-    if s.len() > CMDLINE_MAX {
-        let mut cut = CMDLINE_MAX;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    Some(s)
-}
-
 /// Walks `/proc/*/fd` (or only `/proc/PID/fd`) and indexes every socket inode by holder.
 pub fn scan_inodes(only_pid: Option<u32>) -> InodeIndex {
     ProcFs::default().scan_inodes(only_pid)
@@ -302,9 +289,9 @@ pub fn process_comm(pid: u32) -> Option<Comm> {
     ProcFs::default().comm(pid)
 }
 
-/// `/proc/PID/cmdline`, NULs as spaces, capped at [`CMDLINE_MAX`] bytes.
-pub fn process_cmdline(pid: u32) -> Option<String> {
-    ProcFs::default().cmdline(pid)
+/// `/proc/PID/cmdline` under `policy` ([`ProcFs::cmdline`]).
+pub fn process_cmdline(pid: u32, policy: CmdlinePolicy) -> Option<Cmdline> {
+    ProcFs::default().cmdline(pid, policy)
 }
 
 /// Whether `/proc/PID` exists.
@@ -621,6 +608,7 @@ impl Attributor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::untrusted::CMDLINE_SHOWN_MAX;
     use std::os::unix::fs::symlink;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -655,24 +643,47 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_formatting() {
+    fn cmdline_reading_keeps_4_kib_counts_the_rest_and_applies_the_policy() {
+        let root = std::env::temp_dir().join(format!("tracer-cmdline-{}", std::process::id()));
+        let write = |pid: u32, raw: &[u8]| {
+            std::fs::create_dir_all(root.join(pid.to_string())).unwrap();
+            std::fs::write(root.join(pid.to_string()).join("cmdline"), raw).unwrap();
+        };
+        write(1, b"python3\0-c\0pass\0");
+        write(2, b"nginx: worker process");
+        write(3, b"");
+        let mut long = b"srv\0--token=abc\0".to_vec();
+        long.extend(std::iter::repeat_n(b'x', 100 * 1024));
+        write(4, &long);
+        write(5, b"a\xffb\0--password=hunter2\0");
+        let proc = ProcFs::new(&root);
+        let get = |pid, policy| proc.cmdline(pid, policy).map(|c| c.exact().into_owned());
         assert_eq!(
-            format_cmdline(b"python3\0-c\0pass\0").as_deref(),
+            get(1, CmdlinePolicy::Redacted).as_deref(),
             Some("python3 -c pass")
         );
         assert_eq!(
-            format_cmdline(b"nginx: worker process").as_deref(),
+            get(2, CmdlinePolicy::Redacted).as_deref(),
             Some("nginx: worker process")
         );
-        assert_eq!(format_cmdline(b""), None);
-        assert_eq!(format_cmdline(b"\0\0"), None);
-        let long = "é".repeat(200); // 400 bytes
-        let s = format_cmdline(long.as_bytes()).unwrap();
-        assert!(s.ends_with('…'));
-        assert_eq!(s.len(), CMDLINE_MAX + '…'.len_utf8());
-        let s = format_cmdline(&[b'a'; CMDLINE_MAX]).unwrap();
-        assert_eq!(s.len(), CMDLINE_MAX);
-        assert_eq!(format_cmdline(b"a\xffb").as_deref(), Some("a\u{fffd}b"));
+        assert_eq!(get(3, CmdlinePolicy::Full), None);
+        assert_eq!(get(9, CmdlinePolicy::Full), None, "no such process");
+        assert_eq!(get(1, CmdlinePolicy::None), None);
+        let c = proc.cmdline(4, CmdlinePolicy::Redacted).unwrap();
+        assert!(c.as_bytes().starts_with(b"srv --token=*** xxx"));
+        let more = long.len() - CMDLINE_KEPT_MAX;
+        assert!(c.exact().ends_with("x…"));
+        assert!(
+            c.shown().to_string().ends_with(&format!(
+                "…[+{} bytes]",
+                c.as_bytes().len() - CMDLINE_SHOWN_MAX + more
+            )),
+            "the cut counts the bytes never read too"
+        );
+        let c = proc.cmdline(5, CmdlinePolicy::Full).unwrap();
+        assert_eq!(c.exact(), "a\u{fffd}b --password=hunter2");
+        assert_eq!(c.shown().to_string(), "a\\xffb --password=hunter2");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::output::{Format, Show};
+use crate::untrusted::CmdlinePolicy;
 
 /// Follow every TCP connection of this host through its close sequence: how each one closed
 /// (active, passive, simultaneous, reset, refused), how long it spent in each state, and which
@@ -188,6 +189,11 @@ pub struct KernelArgs {
     /// events are lost; 0s: only after losses.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
+
+    /// What records and screens carry of an owner's command line: full, redacted (values of
+    /// secret-looking options and URL passwords hidden as ***; docs/output.md), or none.
+    #[arg(long, value_name = "WHAT", value_enum, default_value_t = CmdlinePolicy::Redacted)]
+    pub cmdline: CmdlinePolicy,
 }
 
 /// Validated [`KernelArgs`]: how the live driver loads the kernel side and builds the path.
@@ -204,6 +210,8 @@ pub struct KernelConfig {
     pub ring_bytes: Option<u32>,
     /// `--reconcile-interval` (None: only after losses).
     pub reconcile_every: Option<Duration>,
+    /// `--cmdline`.
+    pub cmdline: CmdlinePolicy,
 }
 
 impl KernelArgs {
@@ -221,6 +229,7 @@ impl KernelArgs {
             ring_bytes: self.ring_mib.map(|m| m << 20),
             reconcile_every: (!self.reconcile_interval.is_zero())
                 .then_some(self.reconcile_interval),
+            cmdline: self.cmdline,
         })
     }
 }

@@ -134,6 +134,7 @@ impl Driver {
                 close_wait_threshold_ns: cfg.close_wait_threshold.as_nanos() as u64,
             },
             pid: cfg.pid,
+            cmdline: cfg.cmdline,
         })
         .context("opening sock_diag")?;
         path.set_time_wait_config(opts.time_wait);

@@ -106,6 +106,33 @@ impl Comm {
         let end = self.0.iter().position(|&c| c == 0).unwrap_or(16);
         String::from_utf8_lossy(&self.0[..end])
     }
+
+    /// The raw bytes, up to the first NUL.
+    pub fn bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&c| c == 0).unwrap_or(16);
+        &self.0[..end]
+    }
+
+    /// The exact name, for JSON (invalid UTF-8 as U+FFFD, nothing escaped): not for a
+    /// terminal, which gets [`Comm`]'s `Display`.
+    pub fn exact(&self) -> ExactComm<'_> {
+        ExactComm(self.bytes())
+    }
+}
+
+/// [`Comm::exact`].
+pub struct ExactComm<'a>(&'a [u8]);
+
+impl fmt::Display for ExactComm<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{fffd}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for Comm {
@@ -114,9 +141,11 @@ impl fmt::Debug for Comm {
     }
 }
 
+/// What a process calls itself is hostile text: a human sees it escaped
+/// ([`crate::untrusted::Escaped`]), padded as asked.
 impl fmt::Display for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&self.as_str())
+        fmt::Display::fmt(&crate::untrusted::Escaped::new(self.bytes(), 16), f)
     }
 }
 

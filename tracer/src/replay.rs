@@ -628,7 +628,10 @@ pub fn replay<R: BufRead, S: Sink>(
             .filter(|&c| c > 0)
             .unwrap_or(DEFAULT_CAPACITY),
     };
-    let path = Pipeline::offline(PipelineConfig { engine, pid: None });
+    let path = Pipeline::offline(PipelineConfig {
+        engine,
+        ..PipelineConfig::default()
+    });
     let mut r = Replayer::new(path, stats, sink);
     if let Some((t, o)) = first {
         r.transition(t, o).map_err(ReplayError::Write)?;
@@ -822,7 +825,7 @@ mod tests {
                 capacity: 100,
                 close_wait_threshold_ns: 30 * S,
             },
-            pid: None,
+            ..PipelineConfig::default()
         })
     }
 

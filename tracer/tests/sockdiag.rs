@@ -24,6 +24,7 @@ use tracer::attribution::{
 use tracer::event::{Comm, Family, TcpState};
 use tracer::record::{OwnerSource, SocketId};
 use tracer::sockdiag::{DiagSocket, FourTuple, SockDiag, StateMask};
+use tracer::untrusted::CmdlinePolicy;
 
 const LO4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -414,7 +415,10 @@ fn attribution_finds_child_holder() {
     let pid = kid.0.id();
 
     assert_eq!(process_comm(pid), Some(Comm::new("sleep")));
-    assert_eq!(process_cmdline(pid).as_deref(), Some("sleep 30"));
+    assert_eq!(
+        process_cmdline(pid, CmdlinePolicy::Redacted).map(|c| c.exact().into_owned()),
+        Some("sleep 30".to_owned())
+    );
     assert!(process_exists(pid));
 
     let mut d = diag();
@@ -522,8 +526,8 @@ fn baseline_owners_in_one_pass() {
             assert_eq!(*o, None, "inode 0 never has an owner: {s:?}");
         }
     }
-    let cmd = process_cmdline(me).expect("own cmdline");
-    assert!(cmd.contains("sockdiag"), "{cmd}");
+    let cmd = process_cmdline(me, CmdlinePolicy::Full).expect("own cmdline");
+    assert!(cmd.exact().contains("sockdiag"), "{cmd:?}");
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::engine::Summary;
 use crate::event::{AddrFmt, Comm, EndpointFmt, Transition};
 use crate::pipeline::{RecordContext, Sink};
 use crate::record::{CloseRecord, Dwell, LeakRecord, Owner, SocketId, StatePath};
+use crate::untrusted::Cmdline;
 
 /// Writes JSON Lines: a `meta` line, then `transition`, `close` and `close_wait_leak` lines as
 /// `--show` asks, then the `summary`.
@@ -134,7 +135,7 @@ struct TransitionLine<'a> {
     sk_err: u16,
     task_pid: u32,
     task_tid: u32,
-    #[serde(serialize_with = "display")]
+    #[serde(serialize_with = "exact_comm")]
     task_comm: &'a Comm,
     #[serde(flatten)]
     owner: OwnerFields<'a>,
@@ -222,7 +223,8 @@ struct LeakLine<'a> {
     idle_ns: Option<u64>,
     #[serde(flatten)]
     owner: OwnerFields<'a>,
-    cmdline: Option<&'a str>,
+    #[serde(serialize_with = "opt_exact_cmdline")]
+    cmdline: Option<&'a Cmdline>,
     close_wait_held: Option<u64>,
     #[serde(flatten)]
     container: ContainerFields<'a>,
@@ -239,7 +241,7 @@ struct ListenerLine {
     #[serde(serialize_with = "display")]
     local: EndpointFmt,
     pid: Option<u32>,
-    #[serde(serialize_with = "opt_display")]
+    #[serde(serialize_with = "opt_exact_comm")]
     comm: Option<Comm>,
     accept_queue: u32,
     backlog: u32,
@@ -254,7 +256,7 @@ impl<'a> LeakLine<'a> {
             age_source: r.age_source.name(),
             idle_ns: r.idle_ns,
             owner: OwnerFields::new(r.owner.as_ref()),
-            cmdline: cx.cmdline.as_deref(),
+            cmdline: cx.cmdline.as_ref(),
             close_wait_held: cx.close_wait_held,
             container: ContainerFields::new(cx),
             accepted: r.accepted,
@@ -307,7 +309,7 @@ impl IdFields {
 #[derive(Serialize)]
 struct OwnerFields<'a> {
     pid: Option<u32>,
-    #[serde(serialize_with = "opt_display")]
+    #[serde(serialize_with = "opt_exact_comm")]
     comm: Option<&'a Comm>,
     owner_source: Option<&'static str>,
 }
@@ -375,10 +377,28 @@ fn display<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
-/// An optional value as the JSON string of its `Display`, or null.
-fn opt_display<T: Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => s.collect_str(v),
+/// A comm's exact text (a human-facing sink escapes it; JSON's own escapes suffice here).
+fn exact_comm<S: Serializer>(c: &Comm, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&c.exact())
+}
+
+fn opt_exact_comm<C: std::borrow::Borrow<Comm>, S: Serializer>(
+    c: &Option<C>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match c {
+        Some(c) => exact_comm(c.borrow(), s),
+        None => s.serialize_none(),
+    }
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's serialize_with hands over a reference"
+)]
+fn opt_exact_cmdline<S: Serializer>(c: &Option<&Cmdline>, s: S) -> Result<S::Ok, S::Error> {
+    match c {
+        Some(c) => s.serialize_str(&c.exact()),
         None => s.serialize_none(),
     }
 }

@@ -247,7 +247,7 @@ fn leak_owner_text(b: &mut String, owner: Option<&Owner>, cx: &RecordContext) {
         Some(o) => {
             let _ = write!(b, "  pid {} ({})", o.pid, o.comm);
             if let Some(c) = &cx.cmdline {
-                let _ = write!(b, " `{c}`");
+                let _ = write!(b, " `{}`", c.shown());
             }
         }
         None => b.push_str("  owner unknown"),
@@ -377,31 +377,26 @@ mod tests {
     const GOLDEN: &str = concat!(
         "TIME                PID COMM            LOCAL                   REMOTE                  TRANSITION                     IN OLD\n",
         "18:33:55.567890   12347 python3         127.0.0.1:40000         10.1.2.3:8080           CLOSE -> SYN_SENT                   -  owner 1000 python3\n",
-        "18:33:55.567890   12348 a\"b\\c\u{1}          [::1]:40001             [2001:db8::42]:8080     ESTABLISHED -> CLOSE_WAIT      73.9µs  owner 1001 a\"b\\c\u{1}\n",
-        "18:33:55.567890   12349 t\tn\n",
-        "r\r\u{8}\u{c}\u{7f}       [::ffff:127.0.0.1]:40002 [::ffff:192.168.1.9]:8080 FIN_WAIT1 -> FIN_WAIT1              -\n",
+        "18:33:55.567890   12348 a\"b\\\\c\\x01      [::1]:40001             [2001:db8::42]:8080     ESTABLISHED -> CLOSE_WAIT      73.9µs  owner 1001 a\"b\\\\c\\x01\n",
+        "18:33:55.567890   12349 t\\tn\\nr\\r\\x08\\x0c\\x7f [::ffff:127.0.0.1]:40002 [::ffff:192.168.1.9]:8080 FIN_WAIT1 -> FIN_WAIT1              -\n",
         "18:33:55.567890   12350 héllo/ü         127.0.0.1:40003         10.1.2.3:8080           LISTEN -> CLOSE               221.7µs  owner 1003 héllo/ü\n",
         "18:33:55.567890   12351 python3         [::1]:40004             [2001:db8::42]:8080     CLOSE -> SYN_SENT                   -  owner 1004 python3\n",
-        "18:33:55.567890   12352 a\"b\\c\u{1}          [::ffff:127.0.0.1]:40005 [::ffff:192.168.1.9]:8080 ESTABLISHED -> CLOSE_WAIT     369.6µs\n",
-        "18:33:55.567890   12353 t\tn\n",
-        "r\r\u{8}\u{c}\u{7f}       127.0.0.1:40006         10.1.2.3:8080           FIN_WAIT1 -> FIN_WAIT1              -  owner 1006 t\tn\n",
-        "r\r\u{8}\u{c}\u{7f}\n",
+        "18:33:55.567890   12352 a\"b\\\\c\\x01      [::ffff:127.0.0.1]:40005 [::ffff:192.168.1.9]:8080 ESTABLISHED -> CLOSE_WAIT     369.6µs\n",
+        "18:33:55.567890   12353 t\\tn\\nr\\r\\x08\\x0c\\x7f 127.0.0.1:40006         10.1.2.3:8080           FIN_WAIT1 -> FIN_WAIT1              -  owner 1006 t\\tn\\nr\\r\\x08\\x0c\\x7f\n",
         "18:33:55.567890   12354 héllo/ü         [::1]:40007             [2001:db8::42]:8080     LISTEN -> CLOSE               517.4µs  owner 1007 héllo/ü\n",
         "18:33:56.567890 CLOSE active         client   127.0.0.1:8080 -> 10.1.2.3:50000 SYN_SENT>ESTABLISHED>FIN_WAIT1>FIN_WAIT2>CLOSE  life 20.56ms ESTABLISHED=20.31ms SYN_SENT=202.3µs CLOSE_WAIT=0ns  →TIME_WAIT  pid 1000 (python3)  netns 4026532301\n",
         "18:33:56.567890 CLOSE passive        server   [::1]:8080 -> [2001:db8::42]:50001   LEAKED  netns 4026532301\n",
-        "18:33:56.567890 CLOSE simultaneous   listener [::ffff:127.0.0.1]:8080 -> [::ffff:192.168.1.9]:50002 ESTABLISHED>CLOSE_WAIT>LAST_ACK>CLOSE  life 20.56ms ESTABLISHED=20.31ms SYN_SENT=202.3µs CLOSE_WAIT=2ns  pid 1002 (t\tn\n",
-        "r\r\u{8}\u{c}\u{7f})  container 4f1c2a9b8d7e  netns 4026532301\n",
+        "18:33:56.567890 CLOSE simultaneous   listener [::ffff:127.0.0.1]:8080 -> [::ffff:192.168.1.9]:50002 ESTABLISHED>CLOSE_WAIT>LAST_ACK>CLOSE  life 20.56ms ESTABLISHED=20.31ms SYN_SENT=202.3µs CLOSE_WAIT=2ns  pid 1002 (t\\tn\\nr\\r\\x08\\x0c\\x7f)  container 4f1c2a9b8d7e  netns 4026532301\n",
         "18:33:56.567890 CLOSE reset          unknown  127.0.0.1:8080 -> 10.1.2.3:50003 SYN_SENT>ESTABLISHED>FIN_WAIT1>FIN_WAIT2>CLOSE ESTABLISHED=20.31ms SYN_SENT=202.3µs CLOSE_WAIT=3ns  RST by peer  pid 1003 (héllo/ü)  netns 4026532301\n",
         "18:33:56.567890 CLOSE abort          client   [::1]:8080 -> [2001:db8::42]:50004   life 20.56ms  RST by local\n",
-        "18:33:56.567890 CLOSE timeout        server   [::ffff:127.0.0.1]:8080 -> [::ffff:192.168.1.9]:50005 ESTABLISHED>CLOSE_WAIT>LAST_ACK>CLOSE ESTABLISHED=20.31ms SYN_SENT=202.3µs CLOSE_WAIT=5ns  pid 1005 (a\"b\\c\u{1})  netns 4026532301\n",
-        "18:33:56.567890 CLOSE connect_failed listener 127.0.0.1:8080 -> 10.1.2.3:50006 SYN_SENT>ESTABLISHED>FIN_WAIT1>FIN_WAIT2>CLOSE  life 20.56ms ESTABLISHED=20.31ms SYN_SENT=202.3µs CLOSE_WAIT=6ns  pid 1006 (t\tn\n",
-        "r\r\u{8}\u{c}\u{7f})  container 4f1c2a9b8d7e  netns 4026532301\n",
+        "18:33:56.567890 CLOSE timeout        server   [::ffff:127.0.0.1]:8080 -> [::ffff:192.168.1.9]:50005 ESTABLISHED>CLOSE_WAIT>LAST_ACK>CLOSE ESTABLISHED=20.31ms SYN_SENT=202.3µs CLOSE_WAIT=5ns  pid 1005 (a\"b\\\\c\\x01)  netns 4026532301\n",
+        "18:33:56.567890 CLOSE connect_failed listener 127.0.0.1:8080 -> 10.1.2.3:50006 SYN_SENT>ESTABLISHED>FIN_WAIT1>FIN_WAIT2>CLOSE  life 20.56ms ESTABLISHED=20.31ms SYN_SENT=202.3µs CLOSE_WAIT=6ns  pid 1006 (t\\tn\\nr\\r\\x08\\x0c\\x7f)  container 4f1c2a9b8d7e  netns 4026532301\n",
         "18:33:56.567890 CLOSE listener       unknown  [::1]:8080 -> [2001:db8::42]:50007   netns 4026532301\n",
         "18:33:56.567890 CLOSE unknown        client   [::ffff:127.0.0.1]:8080 -> [::ffff:192.168.1.9]:50008 ESTABLISHED>CLOSE_WAIT>LAST_ACK>CLOSE  life 20.56ms ESTABLISHED=20.31ms SYN_SENT=202.3µs CLOSE_WAIT=8ns  CLOSE UNSEEN (events lost; gone from the kernel)  pid 1008 (python3)  netns 4026532301\n",
         "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s  idle 30.00s  pid 1000 (python3)  local [::1]:8080  peer [2001:db8::42]:50001 closed  netns 4026532301\n",
-        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  pid 1001 (a\"b\\c\u{1})  fd 7  local [::ffff:127.0.0.1]:8080  peer [::ffff:192.168.1.9]:50002 closed  5 bytes never read  — it holds 1 CLOSE_WAIT socket now  netns 4026532301\n",
+        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  pid 1001 (a\"b\\\\c\\x01)  fd 7  local [::ffff:127.0.0.1]:8080  peer [::ffff:192.168.1.9]:50002 closed  5 bytes never read  — it holds 1 CLOSE_WAIT socket now  netns 4026532301\n",
         "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s  idle 30.00s  NEVER ACCEPTED: in the accept queue of its listener  local 127.0.0.1:8080  peer 10.1.2.3:50003 closed  1448 bytes unacknowledged  — it holds 17 CLOSE_WAIT sockets now  container 4f1c2a9b8d7e  netns 4026532301\n",
-        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  NEVER ACCEPTED: in the accept queue of 0.0.0.0:8080 (pid 1009 (a\"b\\c\u{1})), 129/128 queued  local [::1]:8080  peer [2001:db8::42]:50004 closed  120 bytes never read\n",
+        "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  NEVER ACCEPTED: in the accept queue of 0.0.0.0:8080 (pid 1009 (a\"b\\\\c\\x01)), 129/128 queued  local [::1]:8080  peer [2001:db8::42]:50004 closed  120 bytes never read\n",
         "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s  idle 30.00s  pid 1004 (python3)  local [::ffff:127.0.0.1]:8080  peer [::ffff:192.168.1.9]:50005 closed  netns 4026532301\n",
         "18:33:57.567890 LEAK  CLOSE_WAIT for 30.00s (estimated)  owner unknown  fd 7  local 127.0.0.1:8080  peer 10.1.2.3:50006 closed  5 bytes never read  — it holds 1 CLOSE_WAIT socket now  netns 4026532301\n",
         "summary over 0ns: 0 transitions, 0 closes (0 handed to TIME_WAIT), 0 CLOSE_WAIT leaks\n",
@@ -431,6 +426,9 @@ mod tests {
             sink.summary(&s).unwrap();
         }
         let out = String::from_utf8(sink.into_inner()).unwrap();
+        if let Ok(p) = std::env::var("TRACER_DUMP_GOLDEN") {
+            std::fs::write(p, &out).unwrap();
+        }
         for (got, want) in out.split_inclusive('\n').zip(GOLDEN.split_inclusive('\n')) {
             assert_eq!(got, want);
         }

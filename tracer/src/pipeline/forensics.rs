@@ -130,11 +130,7 @@ impl Pipeline {
     ) -> RecordContext {
         let facts = self.leak_facts_of(l.id.sk);
         let mut cx = RecordContext {
-            cmdline: self
-                .live
-                .as_ref()
-                .zip(l.owner)
-                .and_then(|(live, o)| live.proc.cmdline(o.pid)),
+            cmdline: l.owner.and_then(|o| self.cmdline_of(o.pid)),
             close_wait_held: l.owner.and_then(|o| held.get(&o.pid).copied()),
             cgroup: self.cgroup(l.owner.as_ref(), now, true),
             unread_bytes: facts.map(LeakFacts::unread_bytes),

@@ -52,6 +52,7 @@ use crate::netns::{Namespaces, NetnsStats};
 use crate::record::{CloseRecord, LeakRecord, Owner, OwnerSource, Record, SocketId};
 use crate::sockdiag::{FourTuple, SockDiagError};
 use crate::timewait::TimeWait;
+use crate::untrusted::{Cmdline, CmdlinePolicy};
 
 use baseline::STAND_IN_BASE;
 use owners::{Owners, tuple_of};
@@ -61,7 +62,7 @@ use owners::{Owners, tuple_of};
 #[derive(Clone, Debug, Default)]
 pub struct RecordContext {
     /// Command line of the owning process (leaks only).
-    pub cmdline: Option<String>,
+    pub cmdline: Option<Cmdline>,
     /// CLOSE_WAIT sockets the owner holds now (leaks only).
     pub close_wait_held: Option<u64>,
     /// The owner's cgroup v2 path and container.
@@ -131,6 +132,8 @@ pub struct PipelineConfig {
     pub engine: EngineConfig,
     /// `--pid`: only this process's sockets reach the sink.
     pub pid: Option<u32>,
+    /// `--cmdline`: what a record carries of its owner's command line.
+    pub cmdline: CmdlinePolicy,
 }
 
 /// Resolution of tcp_info's "ms ago" stamps: one jiffy, at most 10 ms (HZ=100).
@@ -196,6 +199,8 @@ pub struct Pipeline {
     reconcile: reconcile::Reconciler,
     /// Who holds each CLOSE_WAIT socket, by inode.
     holders: holders::Holders,
+    /// `--cmdline`.
+    cmdline_policy: CmdlinePolicy,
 }
 
 impl Pipeline {
@@ -220,6 +225,7 @@ impl Pipeline {
             baseline: None,
             reconcile: reconcile::Reconciler::default(),
             holders: holders::Holders::default(),
+            cmdline_policy: cfg.cmdline,
         }
     }
 
@@ -248,6 +254,14 @@ impl Pipeline {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// A process's command line under `--cmdline` (None offline, for a process gone, or
+    /// under `--cmdline none`).
+    pub fn cmdline_of(&self, pid: u32) -> Option<Cmdline> {
+        self.live
+            .as_ref()
+            .and_then(|live| live.proc.cmdline(pid, self.cmdline_policy))
     }
 
     /// The per-remote TIME_WAIT table.

@@ -422,7 +422,7 @@ fn sockets_of(path: &mut Pipeline, view: &View, owner: model::OwnerId) -> Socket
         sockets,
         forensics,
         own_netns: path.own_netns(),
-        cmdline: owner.and_then(crate::attribution::process_cmdline),
+        cmdline: owner.and_then(|pid| path.cmdline_of(pid)),
         exited: owner.is_some_and(|pid| !crate::attribution::process_alive(pid)),
     }
 }

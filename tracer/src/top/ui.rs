@@ -45,7 +45,7 @@ pub struct SocketsView {
     /// The tracer's own network namespace (another one is named).
     pub own_netns: u32,
     /// The process's command line, while it runs.
-    pub cmdline: Option<String>,
+    pub cmdline: Option<crate::untrusted::Cmdline>,
     /// The process has exited (its sockets are gone or going).
     pub exited: bool,
 }
@@ -249,7 +249,7 @@ fn cell(r: &Row, c: Column) -> String {
             None => format!("{:>w$}", "?"),
         },
         Column::Comm => match r.owner {
-            Some(_) => r.comm.as_str().into_owned(),
+            Some(_) => r.comm.to_string(),
             // Never accepted: no process holds them, a stalled accept loop (docs/close-kinds.md).
             None if r.not_accepted > 0 && r.not_accepted == r.close_wait => {
                 "(never accepted)".to_owned()
@@ -457,10 +457,10 @@ fn draw_sockets(f: &mut Frame, area: Rect, s: &SocketsView, scroll: usize) {
     let cmd_h = u16::from(s.cmdline.is_some() && inner.height > 2);
     let [cmd, list] =
         Layout::vertical([Constraint::Length(cmd_h), Constraint::Min(0)]).areas(inner);
-    if let Some(c) = s.cmdline.as_deref().filter(|_| cmd_h > 0) {
+    if let Some(c) = s.cmdline.as_ref().filter(|_| cmd_h > 0) {
         let line = Line::from(vec![
             Span::from("command ").bold(),
-            Span::from(c.to_owned()),
+            Span::from(c.shown().to_string()),
         ]);
         f.render_widget(Paragraph::new(line), cmd);
     }
@@ -838,7 +838,7 @@ mod tests {
                 SocketForensics::default(),
             ],
             own_netns: 0,
-            cmdline: Some("/usr/bin/leaky-srv --port 8080".to_owned()),
+            cmdline: Some("/usr/bin/leaky-srv --port 8080".into()),
             exited: false,
         };
         let ui = UiState {
