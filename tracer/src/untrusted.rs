@@ -139,7 +139,7 @@ fn escape_str<W: fmt::Write + ?Sized>(out: &mut W, s: &str) -> fmt::Result {
 }
 
 /// C1 controls and the format characters that reorder, hide or break text on a terminal.
-fn needs_unicode_escape(c: char) -> bool {
+pub(crate) fn needs_unicode_escape(c: char) -> bool {
     matches!(c,
         '\u{80}'..='\u{9f}'       // C1 controls (8-bit CSI, OSC, NEL…)
         | '\u{ad}'                // soft hyphen (invisible)

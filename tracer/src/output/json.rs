@@ -405,7 +405,9 @@ fn opt_exact_cmdline<S: Serializer>(c: &Option<&Cmdline>, s: S) -> Result<S::Ok,
 
 /// serde_json's compact output with the string escapes tracer's lines have always had:
 /// backspace and form feed as `\u0008` and `\u000c` (serde_json writes `\b` and `\f`), and DEL
-/// escaped as `\u007f` (serde_json leaves it raw).
+/// escaped as `\u007f` (serde_json leaves it raw); and, since a JSON line also ends up in a
+/// terminal (`tail -f`, `jq -c`), the C1 controls and the invisible or reordering format
+/// characters as `\uXXXX` too ([`crate::untrusted`]'s set). The values decode unchanged.
 struct LineFormatter;
 
 impl Formatter for LineFormatter {
@@ -414,13 +416,18 @@ impl Formatter for LineFormatter {
         w: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
-        let mut rest = fragment;
-        while let Some(i) = rest.find('\u{7f}') {
-            w.write_all(&rest.as_bytes()[..i])?;
-            w.write_all(b"\\u007f")?;
-            rest = &rest[i + 1..];
+        if fragment.bytes().all(|b| b < 0x7f) {
+            return w.write_all(fragment.as_bytes());
         }
-        w.write_all(rest.as_bytes())
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if c == '\u{7f}' || crate::untrusted::needs_unicode_escape(c) {
+                w.write_all(&fragment.as_bytes()[start..i])?;
+                write!(w, "\\u{:04x}", c as u32)?;
+                start = i + c.len_utf8();
+            }
+        }
+        w.write_all(&fragment.as_bytes()[start..])
     }
 
     fn write_char_escape<W: ?Sized + io::Write>(
@@ -440,6 +447,17 @@ impl Formatter for LineFormatter {
 mod tests {
     use super::*;
     use crate::output::fixtures;
+
+    #[test]
+    fn terminal_controls_are_escaped_and_the_value_decodes_unchanged() {
+        let text = "a\u{7f}b\u{9b}2J\u{202e}c\u{2028}d é\u{1b}";
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, LineFormatter);
+        text.serialize(&mut ser).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(line, r#""a\u007fb\u009b2J\u202ec\u2028d é\u001b""#);
+        assert_eq!(serde_json::from_str::<String>(&line).unwrap(), text);
+    }
 
     /// What the hand-written JSON wrote for the fixtures (checked equal to it, byte for byte,
     /// before it was replaced by serde).

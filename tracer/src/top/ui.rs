@@ -249,7 +249,7 @@ fn cell(r: &Row, c: Column) -> String {
             None => format!("{:>w$}", "?"),
         },
         Column::Comm => match r.owner {
-            Some(_) => r.comm.to_string(),
+            Some(_) => fit(r.comm.to_string(), w),
             // Never accepted: no process holds them, a stalled accept loop (docs/close-kinds.md).
             None if r.not_accepted > 0 && r.not_accepted == r.close_wait => {
                 "(never accepted)".to_owned()
@@ -267,6 +267,17 @@ fn cell(r: &Row, c: Column) -> String {
         Column::Rate(k) => format!("{:>w$.1}", r.rates[k]),
         Column::P99CloseWait => format!("{:>w$}", opt_dur(r.p99_close_wait_ns)),
     }
+}
+
+/// `text` cut to `w` characters, the cut shown (`…`): an escaped name can be longer than its
+/// column.
+fn fit(text: String, w: usize) -> String {
+    if text.chars().count() <= w {
+        return text;
+    }
+    let mut cut: String = text.chars().take(w.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 fn opt_dur(ns: Option<u64>) -> String {

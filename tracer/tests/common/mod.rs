@@ -353,7 +353,8 @@ impl Traced {
 
 /// The Python interpreter's own path (not a version manager's shim, so a fixture's pid is the
 /// interpreter's).
-fn python() -> &'static str {
+/// The Python interpreter of the fixtures.
+pub fn python() -> &'static str {
     static PY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PY.get_or_init(|| {
         let out = Command::new("python3")
