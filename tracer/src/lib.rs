@@ -32,6 +32,7 @@ pub mod server;
 pub mod sockdiag;
 pub mod timewait;
 pub mod top;
+pub mod webconfig;
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main_with(cli: &cli::Cli) -> i32 {
