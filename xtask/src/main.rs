@@ -272,6 +272,9 @@ fn setup(level: SetupLevel) -> Result<Tools> {
         ensure_pip_tool(&tools, "kubernetes-validate", KUBERNETES_VALIDATE)?;
         // tests/top.rs runs `tracer top` in a real terminal.
         ensure_debian_tool("tmux", "tmux")?;
+        // tests/web_config.rs makes its CA and certificates with openssl and checks the
+        // refusals with curl.
+        ensure_debian_tools(&[("openssl", "openssl"), ("curl", "curl")])?;
     }
     Ok(tools)
 }
