@@ -42,11 +42,10 @@ pub fn parse_tier(source: &str) -> Result<Tier, String> {
         }
         found = Some(tier);
     }
-    found
-        .ok_or_else(|| {
-            "no `//! Tier: offline`, `//! Tier: root` or `//! Tier: host` line in its `//!` header"
-                .into()
-        })
+    found.ok_or_else(|| {
+        "no `//! Tier: offline`, `//! Tier: root` or `//! Tier: host` line in its `//!` header"
+            .into()
+    })
 }
 
 /// The tier of every test binary in `tests_dir` (by target name, the file name without
