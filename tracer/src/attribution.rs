@@ -271,7 +271,7 @@ impl ProcFs {
 }
 
 /// `a\0b\0c\0` → `a b c`, lossy UTF-8, capped at [`CMDLINE_MAX`] bytes plus `…`.
-fn format_cmdline(raw: &[u8]) -> Option<String> {
+pub(crate) fn format_cmdline(raw: &[u8]) -> Option<String> {
     let trimmed = match raw.iter().rposition(|&b| b != 0 && b != b' ') {
         Some(last) => &raw[..=last],
         None => return None,

@@ -473,7 +473,7 @@ fn kernel_thread(pid: u32) -> Option<String> {
 
 /// The comm and the flags (field 9) of a /proc/PID/stat line. The comm is in parentheses and may
 /// itself hold spaces and parentheses: the fields resume after the last `)`.
-fn stat_comm_flags(stat: &str) -> Option<(&str, u64)> {
+pub(crate) fn stat_comm_flags(stat: &str) -> Option<(&str, u64)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?;

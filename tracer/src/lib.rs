@@ -20,6 +20,8 @@ pub mod container;
 pub mod driver;
 pub mod engine;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod live;
 pub mod logs;
 pub mod metrics;
