@@ -108,7 +108,11 @@ fn daemonset_serves_metrics_with_tls_and_auth_from_a_secret() {
         text.contains("- --web-config-file\n            - /etc/tracer/web/web.yml"),
         "the DaemonSet passes --web-config-file"
     );
-    assert_eq!(text.matches("scheme: HTTPS").count(), 2, "both probes over HTTPS");
+    assert_eq!(
+        text.matches("scheme: HTTPS").count(),
+        2,
+        "both probes over HTTPS"
+    );
     assert!(text.contains("secretName: tracer-web-config"));
     assert!(text.contains("secretName: tracer-tls"));
     // The web.yml of the Secret, as the file tracer will read.
