@@ -655,3 +655,59 @@ fn bad_web_config_fails_at_start_with_one_line() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("give --metrics-addr too"), "{stderr}");
 }
+
+/// The subject of the certificate the server at `addr` presents (openssl s_client).
+fn served_subject(addr: SocketAddr, ca: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), "-CAfile", ca])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): run `cargo xtask setup`"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("subject="))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no subject in the s_client output:\n{text}"))
+}
+
+/// A certificate renewed in place (as a Kubernetes Secret or cert-manager does) is served from
+/// the next handshake on, without a restart; a renewal that does not load (a key that does not
+/// fit) keeps the previous pair.
+#[test]
+fn rotated_certificate_is_served_without_restart() {
+    let dir = TempDir::new("webcfg-rotate");
+    let pki = Pki::ca(&dir, "ca");
+    pki.issue("ca", "server", true);
+    let web = dir.write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    );
+    let (t, addr) = daemon(Some(&web));
+    let ca = dir.path("ca.crt").display().to_string();
+    assert!(served_subject(addr, &ca).contains("CN = server"), "before");
+
+    // Renewed: another certificate and key under the same names, moved in place at once.
+    pki.issue("ca", "renewed", true);
+    std::fs::rename(dir.path("renewed.key"), dir.path("server.key")).unwrap();
+    std::fs::rename(dir.path("renewed.crt"), dir.path("server.crt")).unwrap();
+    assert!(
+        served_subject(addr, &ca).contains("CN = renewed"),
+        "after renewal; tracer:\n{}",
+        t.stderr()
+    );
+    let r = curl(&["--cacert", &ca], &format!("https://{addr}/metrics"));
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A broken renewal: a certificate whose key is not the one on disk. The last good pair
+    // stays in use, with a warning.
+    pki.issue("ca", "broken", true);
+    std::fs::rename(dir.path("broken.crt"), dir.path("server.crt")).unwrap();
+    assert!(served_subject(addr, &ca).contains("CN = renewed"), "kept");
+    assert!(
+        t.wait_stderr(Duration::from_secs(10), |e| e.contains("does not load")),
+        "a warning names the failed reload:\n{}",
+        t.stderr()
+    );
+    let (code, _, stderr) = t.terminate();
+    assert_eq!(code, 0, "{stderr}");
+}
