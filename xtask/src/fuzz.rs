@@ -109,6 +109,16 @@ fn files_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The libFuzzer dictionary of `target`, if it has one (tracer/fuzz/NAME.dict).
+fn dictionary(root: &Path, target: &str) -> Option<std::path::PathBuf> {
+    let name = match target {
+        "replay_line" | "replay_recording" => "replay",
+        other => other,
+    };
+    let p = root.join("tracer/fuzz").join(format!("{name}.dict"));
+    p.is_file().then_some(p)
+}
+
 pub fn run(tools: &Tools, args: &FuzzArgs) -> Result<()> {
     for t in &args.targets {
         if !TARGETS.contains(&t.as_str()) {
@@ -148,10 +158,12 @@ pub fn run(tools: &Tools, args: &FuzzArgs) -> Result<()> {
             .with_context(|| format!("creating {}", log_path.display()))?;
         eprintln!("xtask: fuzzing {target} for {} s", args.seconds);
         let t0 = Instant::now();
-        let status = cargo_fuzz(tools, "run", Some(target))
-            .arg(&work)
-            .arg(&seeds)
-            .arg("--")
+        let mut cmd = cargo_fuzz(tools, "run", Some(target));
+        cmd.arg(&work).arg(&seeds).arg("--");
+        if let Some(dict) = dictionary(&root, target) {
+            cmd.arg(format!("-dict={}", dict.display()));
+        }
+        let status = cmd
             .arg(format!("-max_total_time={}", args.seconds))
             .arg(format!("-artifact_prefix={}/", artifacts.display()))
             .arg("-print_final_stats=1")
