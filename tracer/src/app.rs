@@ -59,8 +59,25 @@ impl<W: Write> Sink for LiveSink<W> {
 pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
     cfg.kernel.pid = crate::live::resolve_pid(cfg.kernel.pid)?;
     // Bind the metrics port before anything is loaded, so a busy port is reported first.
+    // The web configuration first of all: a bad file is one line at start.
+    let web = match &cfg.web_config_file {
+        Some(path) => {
+            let web = crate::webconfig::load(path)?;
+            for note in &web.notes {
+                tracing::warn!("--web-config-file {}: {note}", path.display());
+            }
+            Some(Arc::new(web))
+        }
+        None => None,
+    };
     let bound = match cfg.metrics_addr {
-        Some(addr) => Some(crate::server::bind(addr).await?),
+        Some(addr) => {
+            let b = crate::server::bind(addr).await?;
+            Some(match web {
+                Some(w) => b.with_web_config(w),
+                None => b,
+            })
+        }
         None => None,
     };
     let daemon = cfg.metrics_addr.is_some();
@@ -101,7 +118,8 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
             }
         };
         let registry = Arc::new(metrics::registry(Arc::new(source), cfg.max_process_series));
-        eprintln!("tracer: serving metrics on http://{addr}/metrics");
+        let scheme = if b.tls() { "https" } else { "http" };
+        eprintln!("tracer: serving metrics on {scheme}://{addr}/metrics");
         tokio::spawn(b.serve(registry, ready.clone(), async {
             let _ = stop_rx.await;
         }))

@@ -130,6 +130,12 @@ pub struct LiveArgs {
     #[arg(long, value_name = "ADDR:PORT", display_order = 6)]
     pub metrics_addr: Option<String>,
 
+    /// TLS and basic authentication for --metrics-addr, in the Prometheus exporter-toolkit web
+    /// configuration format (node_exporter's --web.config.file): tls_server_config,
+    /// basic_auth_users with bcrypt hashes, http_server_config.headers, rate_limit.
+    #[arg(long, value_name = "FILE", display_order = 6)]
+    pub web_config_file: Option<PathBuf>,
+
     /// Most per-process series in the CLOSE_WAIT metrics; the rest are summed under
     /// pid="other".
     #[arg(long, value_name = "N", default_value_t = 100, display_order = 7)]
@@ -347,6 +353,8 @@ pub struct LiveConfig {
     pub kernel: KernelConfig,
     pub duration: Option<Duration>,
     pub metrics_addr: Option<SocketAddr>,
+    /// `--web-config-file` (read when the server starts).
+    pub web_config_file: Option<PathBuf>,
     pub max_process_series: usize,
     /// `--bpf-stats`.
     pub bpf_stats: bool,
@@ -424,12 +432,18 @@ impl LiveArgs {
         if self.duration.is_some_and(|d| d.is_zero()) {
             return Err(UsageError("--duration must be more than 0".into()));
         }
+        if self.web_config_file.is_some() && metrics_addr.is_none() {
+            return Err(UsageError(
+                "--web-config-file configures the metrics server: give --metrics-addr too".into(),
+            ));
+        }
         Ok(LiveConfig {
             format,
             show,
             kernel,
             duration: self.duration,
             metrics_addr,
+            web_config_file: self.web_config_file.clone(),
             max_process_series: self.max_process_series,
             bpf_stats: self.bpf_stats,
             time_wait: self.time_wait.config(self.max_remote_series),
@@ -468,7 +482,7 @@ fn kernel_thread(pid: u32) -> Option<String> {
 
 /// The comm and the flags (field 9) of a /proc/PID/stat line. The comm is in parentheses and may
 /// itself hold spaces and parentheses: the fields resume after the last `)`.
-fn stat_comm_flags(stat: &str) -> Option<(&str, u64)> {
+pub(crate) fn stat_comm_flags(stat: &str) -> Option<(&str, u64)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?;

@@ -90,8 +90,11 @@ impl fmt::Display for TcpState {
 pub struct Comm(pub [u8; 16]);
 
 impl Comm {
-    /// Builds a comm from text, truncated to 15 bytes (as the kernel does).
+    /// Builds a comm from text, truncated to 15 bytes (as the kernel does), and at a NUL: the
+    /// kernel's comm is a C string, and what is kept must be what [`Comm::as_str`] shows (a
+    /// replayed `"a\u0000b"` was kept whole and shown as `a`; found by the replay_line fuzzer).
     pub fn new(s: &str) -> Self {
+        let s = s.split('\0').next().unwrap_or_default();
         let mut b = [0u8; 16];
         let mut n = s.len().min(15);
         while !s.is_char_boundary(n) {
@@ -401,5 +404,14 @@ mod tests {
             "a-very-long-pro"
         );
         assert_eq!(Comm::new("ééééééééé").as_str(), "ééééééé");
+    }
+
+    /// Regression (fuzzing, replay_line): a comm with a NUL kept the bytes after it, so a
+    /// replayed transition differed from the one it printed.
+    #[test]
+    fn comm_ends_at_a_nul() {
+        assert_eq!(Comm::new("a\0b"), Comm::new("a"));
+        assert_eq!(Comm::new("a\0b").as_str(), "a");
+        assert_eq!(Comm::new("\0x"), Comm::default());
     }
 }

@@ -1,14 +1,14 @@
 //! tracer: follows every TCP connection of a host through its close sequence.
 //!
-//! Layers, kernel to user: `bpf` (the only module that touches aya: load, attach, the ring
-//! buffers as [`bpf::Ring`]s, kernel counters) → `event` (bytes → [`event::Transition`]) →
-//! `engine` (pure state machine: transitions and ticks in, [`record::Record`]s out) → `output`
-//! (text, JSON Lines) and `metrics`/`server` (Prometheus). `attribution` names the process that
-//! holds a socket, `netns` reaches each network namespace's sock_diag, `container` names the
-//! owner's cgroup and container. `pipeline` is the per-event path (decode → owners → engine →
-//! records → attribution) that every front-end drives. `live` reads and merges the rings;
-//! `driver` is the one live driver (kernel, path, drains, `--pid`'s exit, loss reports) that
-//! the live front-ends share; `app` (stream, daemon) and `top` are its loops and sinks, and
+//! Layers, kernel to user: `bpf` (the only module that touches aya: load, attach, the ring buffers
+//! as [`bpf::Ring`]s, kernel counters) → `event` (bytes → [`event::Transition`]) → `engine` (pure
+//! state machine: transitions and ticks in, [`record::Record`]s out) → `output` (text, JSON Lines)
+//! and `metrics`/`server` (Prometheus; `webconfig`: its TLS and authentication). `attribution`
+//! names the process that holds a socket, `netns` reaches each network namespace's sock_diag,
+//! `container` names the owner's cgroup and container. `pipeline` is the per-event path (decode →
+//! owners → engine → records → attribution) that every front-end drives. `live` reads and merges
+//! the rings; `driver` is the one live driver (kernel, path, drains, `--pid`'s exit, loss reports)
+//! that the live front-ends share; `app` (stream, daemon) and `top` are its loops and sinks, and
 //! `replay` the offline loop around the path.
 #![warn(unused_crate_dependencies)]
 
@@ -20,6 +20,8 @@ pub mod container;
 pub mod driver;
 pub mod engine;
 pub mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod live;
 pub mod logs;
 pub mod metrics;
@@ -33,6 +35,7 @@ pub mod sockdiag;
 pub mod timewait;
 pub mod top;
 pub mod untrusted;
+pub mod webconfig;
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main_with(cli: &cli::Cli) -> i32 {

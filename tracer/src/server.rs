@@ -56,11 +56,14 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::{self, Format};
+use crate::webconfig::{self, AuthCheck, WebConfig};
 
 /// Smallest request-head buffer hyper accepts.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -165,6 +168,7 @@ pub struct Bound {
     listener: TcpListener,
     local_addr: SocketAddr,
     config: ServerConfig,
+    web: Option<Arc<WebConfig>>,
 }
 
 /// Binds `addr` with the default [`ServerConfig`].
@@ -185,6 +189,7 @@ pub async fn bind_with(config: ServerConfig) -> Result<Bound, ServerError> {
         listener,
         local_addr,
         config,
+        web: None,
     })
 }
 
@@ -192,6 +197,8 @@ pub async fn bind_with(config: ServerConfig) -> Result<Bound, ServerError> {
 struct Shared {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
+    /// `--web-config-file`: basic auth, extra headers, rate limit (TLS is in the acceptor).
+    web: Option<Arc<WebConfig>>,
 }
 
 /// File descriptors kept for everything else the process opens (BPF objects, sock_diag,
@@ -392,6 +399,18 @@ impl Bound {
         self.local_addr
     }
 
+    /// Serves with `--web-config-file`'s TLS, basic authentication, headers and rate limit.
+    #[must_use]
+    pub fn with_web_config(mut self, web: Arc<WebConfig>) -> Self {
+        self.web = Some(web);
+        self
+    }
+
+    /// Whether connections are TLS.
+    pub fn tls(&self) -> bool {
+        self.web.as_ref().is_some_and(|w| w.tls.is_some())
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight responses finish
     /// for [`ServerConfig::shutdown_grace`], and drops what is left.
     ///
@@ -406,8 +425,17 @@ impl Bound {
             listener,
             local_addr,
             config,
+            web,
         } = self;
-        let shared = Arc::new(Shared { registry, ready });
+        let tls = web
+            .as_ref()
+            .and_then(|w| w.tls.clone())
+            .map(TlsAcceptor::from);
+        let shared = Arc::new(Shared {
+            registry,
+            ready,
+            web,
+        });
         // One builder per deadline step: connection n gets step n mod DEADLINE_STEPS.
         let builders: Vec<Arc<http1::Builder>> = (0..DEADLINE_STEPS)
             .map(|step| {
@@ -475,6 +503,7 @@ impl Bound {
                 stop_rx.clone(),
                 slot,
                 config.clone(),
+                tls.clone(),
             ));
         }
 
@@ -502,7 +531,43 @@ impl Bound {
     }
 }
 
-/// Serves one connection until it closes, errs, ages out, is evicted or the server stops.
+/// Go's answer to plain HTTP on a TLS port.
+const HTTP_TO_HTTPS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+
+/// The TLS handshake of a new connection, bounded by the header deadline. A connection whose
+/// first byte is a letter, not a TLS record, is plain HTTP: it gets a `400` saying so.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1) if first[0].is_ascii_alphabetic() => {
+            tracing::debug!(%peer, "plain HTTP request on the TLS port refused");
+            let _ = stream.write_all(HTTP_TO_HTTPS).await;
+            let _ = stream.shutdown().await;
+            return None;
+        }
+        Ok(1) => {}
+        _ => return None,
+    }
+    match acceptor.accept(stream).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Serves one connection until it closes, errs, ages out, is evicted or the server stops; a
+/// TLS connection first completes its handshake (evictable meanwhile, and within the header
+/// deadline).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one connection's whole context, passed once"
+)]
 async fn connection(
     builder: Arc<http1::Builder>,
     stream: TcpStream,
@@ -511,7 +576,38 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
     slot: Slot,
     config: ServerConfig,
+    tls: Option<TlsAcceptor>,
 ) {
+    let Some(acceptor) = tls else {
+        return serve_io(builder, stream, peer, shared, stop, slot, config).await;
+    };
+    let evict = Arc::clone(&slot.evict);
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(config.header_read_timeout, handshake(&acceptor, stream, peer)) => match r {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = evict.notified() => return,
+        _ = stop.wait_for(|stopped| *stopped) => return,
+    };
+    serve_io(builder, accepted, peer, shared, stop, slot, config).await;
+}
+
+async fn serve_io<I>(
+    builder: Arc<http1::Builder>,
+    io: I,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    slot: Slot,
+    config: ServerConfig,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let slot = Arc::new(slot);
     let evict = Arc::clone(&slot.evict);
     let service = {
@@ -521,7 +617,7 @@ async fn connection(
             let slot = Arc::clone(&slot);
             async move {
                 slot.busy();
-                let resp = handle(&shared, &req).await;
+                let resp = respond(&shared, &req).await;
                 // Waiting again once the response is written (when hyper drops the body).
                 Ok::<_, Infallible>(resp.map(|body| SlotBody {
                     inner: body,
@@ -530,7 +626,7 @@ async fn connection(
             }
         })
     };
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -576,6 +672,65 @@ fn route(method: &Method, path: &str) -> Route {
     } else {
         Route::MethodNotAllowed
     }
+}
+
+/// The web configuration's gate (rate limit, basic auth), then the route, then its headers.
+async fn respond<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
+    let Some(web) = &shared.web else {
+        return handle(shared, req).await;
+    };
+    let mut resp = match gate(web, req).await {
+        Some(refused) => refused,
+        None => handle(shared, req).await,
+    };
+    for (name, value) in &web.headers {
+        resp.headers_mut().insert(name.clone(), value.clone());
+    }
+    resp
+}
+
+/// `Some(response)` when the request is refused: over the rate limit (`429`), or without the
+/// right basic-auth credentials (`401`). `/live` and `/ready` need no credentials (module
+/// docs of [`webconfig`]).
+async fn gate<B>(web: &Arc<WebConfig>, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    if let Some(bucket) = &web.rate_limit {
+        let allowed = bucket
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow(std::time::Instant::now());
+        if !allowed {
+            return Some(text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests\n".to_owned(),
+            ));
+        }
+    }
+    if !web.auth.enabled() || matches!(req.uri().path(), "/live" | "/ready") {
+        return None;
+    }
+    let creds = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| webconfig::basic_credentials(v.as_bytes()));
+    let allowed = match web.auth.check(creds.as_ref()) {
+        AuthCheck::Allowed => true,
+        AuthCheck::Denied => false,
+        AuthCheck::Verify => {
+            let web = Arc::clone(web);
+            let creds = creds.unwrap_or_default();
+            // bcrypt takes tens of milliseconds: off the runtime's threads.
+            tokio::task::spawn_blocking(move || web.auth.verify(&creds))
+                .await
+                .unwrap_or(false)
+        }
+    };
+    if allowed {
+        return None;
+    }
+    let mut resp = text(StatusCode::UNAUTHORIZED, "Unauthorized\n".to_owned());
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+    Some(resp)
 }
 
 async fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
@@ -660,6 +815,7 @@ mod tests {
         Shared {
             registry: Arc::new(metrics::registry(source, 10)),
             ready: Arc::new(AtomicBool::new(ready)),
+            web: None,
         }
     }
 

@@ -383,7 +383,7 @@ impl DiagSocket {
 
 /// What one reply datagram told us.
 #[derive(Debug, PartialEq, Eq)]
-enum Walk {
+pub(crate) enum Walk {
     /// More datagrams follow.
     More,
     /// NLMSG_DONE seen (or, for an exact lookup, the single answer).
@@ -393,7 +393,7 @@ enum Walk {
 /// Walks the netlink messages of one datagram that answer request `seq`. Socket records go
 /// to `out`; messages of other requests (left over from an interrupted exchange) are skipped;
 /// messages that frame correctly but do not parse are counted in `skipped`.
-fn walk_datagram(
+pub(crate) fn walk_datagram(
     buf: &[u8],
     seq: u32,
     op: &'static str,
@@ -467,8 +467,8 @@ fn idiag_expires(msg: &[u8]) -> Option<u32> {
     Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-const OP_DUMP: &str = "dump";
-const OP_LOOKUP: &str = "lookup";
+pub(crate) const OP_DUMP: &str = "dump";
+pub(crate) const OP_LOOKUP: &str = "lookup";
 
 /// A `NETLINK_SOCK_DIAG` socket. Blocking; one request at a time.
 pub struct SockDiag {

@@ -40,6 +40,10 @@ fn daemonset_manifest_validates() {
                 "{kind} not validated (kubernetes {version}):\n{out}"
             );
         }
+        assert!(
+            out.contains("passed for resource secret/tracer-web-config"),
+            "the web config Secret not validated (kubernetes {version}):\n{out}"
+        );
     }
 }
 
@@ -93,4 +97,38 @@ fn daemonset_grants_what_the_tracer_needs_and_no_more() {
         text.contains("drop:\n                - ALL"),
         "drops everything else"
     );
+}
+
+/// /metrics is served with TLS and basic auth from a Secret (--web-config-file), and the
+/// kubelet's probes speak HTTPS; the shipped web config is one tracer accepts.
+#[test]
+fn daemonset_serves_metrics_with_tls_and_auth_from_a_secret() {
+    let text = std::fs::read_to_string(MANIFEST).unwrap();
+    assert!(
+        text.contains("- --web-config-file\n            - /etc/tracer/web/web.yml"),
+        "the DaemonSet passes --web-config-file"
+    );
+    assert_eq!(
+        text.matches("scheme: HTTPS").count(),
+        2,
+        "both probes over HTTPS"
+    );
+    assert!(text.contains("secretName: tracer-web-config"));
+    assert!(text.contains("secretName: tracer-tls"));
+    // The web.yml of the Secret, as the file tracer will read.
+    let web: String = text
+        .lines()
+        .skip_while(|l| l.trim() != "web.yml: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    let parsed = tracer::webconfig::parse(&web, std::path::Path::new("/etc/tracer/web"))
+        .unwrap_or_else(|e| panic!("the shipped web config does not parse: {e}\n{web}"));
+    let tls = parsed.tls.expect("TLS is on");
+    assert_eq!(
+        tls.cert,
+        tracer::webconfig::Pem::File("/etc/tracer/tls/tls.crt".into())
+    );
+    assert_eq!(parsed.users.len(), 1, "{web}");
 }

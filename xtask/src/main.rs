@@ -1,8 +1,9 @@
-//! Developer tasks: `cargo xtask setup | run | test | lint | bench | vmtest`.
+//! Developer tasks: `cargo xtask setup | run | test | lint | bench | vmtest | fuzz`.
 //!
 //! `setup` makes a fresh machine able to build and test: rust-src for the nightly toolchain
 //! that builds the eBPF crate, bpf-linker built against that toolchain's own libLLVM (rebuilt
-//! when it changes), and the Debian tools the tests drive (promtool, tmux). It is idempotent and
+//! when it changes), the Debian tools the tests drive (promtool, tmux, openssl, curl), and
+//! cargo-fuzz for `fuzz`. It is idempotent and
 //! takes well under a second when everything is in place. `run` and `test` call it first.
 #![warn(unused_crate_dependencies)]
 
@@ -17,6 +18,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 mod loadgen;
 mod tiers;
 mod vmtest;
@@ -74,6 +76,8 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Every root test inside VMs booting Debian's 5.10, 6.1 and 6.12 kernels (or on the host).
     Vmtest(vmtest::VmtestArgs),
+    /// Run each fuzz target of tracer/fuzz (cargo-fuzz, libFuzzer) from its seed corpus.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() {
@@ -142,6 +146,10 @@ fn real_main() -> Result<()> {
         Cmd::Vmtest(args) => {
             let tools = setup(SetupLevel::Test)?;
             vmtest::run(&tools, &args)
+        }
+        Cmd::Fuzz(args) => {
+            let tools = setup(SetupLevel::Build)?;
+            fuzz::run(&tools, &args)
         }
     }
 }
@@ -272,6 +280,11 @@ fn setup(level: SetupLevel) -> Result<Tools> {
         ensure_pip_tool(&tools, "kubernetes-validate", KUBERNETES_VALIDATE)?;
         // tests/top.rs runs `tracer top` in a real terminal.
         ensure_debian_tool("tmux", "tmux")?;
+        // tests/web_config.rs makes its CA and certificates with openssl and checks the
+        // refusals with curl.
+        ensure_debian_tools(&[("openssl", "openssl"), ("curl", "curl")])?;
+        // `cargo xtask fuzz` (CI runs it after the tests).
+        fuzz::ensure_cargo_fuzz()?;
     }
     Ok(tools)
 }
