@@ -342,7 +342,10 @@ pub fn redact_cmdline(raw: &[u8], policy: CmdlinePolicy) -> Option<Vec<u8>> {
             out.extend_from_slice(HIDDEN.as_bytes());
             continue;
         }
-        if text.len() >= 14 && text[..14].eq_ignore_ascii_case("authorization:") {
+        if text
+            .get(..14)
+            .is_some_and(|p| p.eq_ignore_ascii_case("authorization:"))
+        {
             out.extend_from_slice(b"Authorization: ");
             out.extend_from_slice(HIDDEN.as_bytes());
             continue;
@@ -488,6 +491,13 @@ mod tests {
             redact(&["curl", "-H", "Authorization: Bearer abc", "u"]),
             "curl -H Authorization: *** u"
         );
+    }
+
+    #[test]
+    fn a_multibyte_character_where_a_header_name_would_end_is_no_panic() {
+        // Found by the fuzzer (fuzzing::tests::ring_record_corpus): byte 14 inside "é".
+        assert_eq!(redact(&["x", "Authorizationé: y"]), "x Authorizationé: y");
+        assert_eq!(redact(&["x", "aaaaaaaaaaaaaé"]), "x aaaaaaaaaaaaaé");
     }
 
     #[test]
