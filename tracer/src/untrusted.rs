@@ -60,7 +60,7 @@ impl fmt::Display for Escaped<'_> {
         }
         // Padding needs the escaped length first: format on the stack (a comm's worst case,
         // 15 bytes as `\xNN`, is 60 bytes); what does not fit is written unpadded.
-        let mut b = Stack::default();
+        let mut b = crate::output::StackStr::new();
         if escape_into(&mut b, self.bytes, self.max, self.more).is_ok() {
             f.pad(b.as_str())
         } else {
@@ -153,40 +153,6 @@ pub(crate) fn needs_unicode_escape(c: char) -> bool {
         | '\u{feff}'              // BOM / zero-width no-break space
         | '\u{fff9}'..='\u{fffb}' // interlinear annotations
     )
-}
-
-/// A fixed buffer for padding escaped text without allocating.
-struct Stack {
-    buf: [u8; 96],
-    len: usize,
-}
-
-impl Default for Stack {
-    fn default() -> Self {
-        Self {
-            buf: [0; 96],
-            len: 0,
-        }
-    }
-}
-
-impl Stack {
-    fn as_str(&self) -> &str {
-        // Only whole `&str`s are copied in.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl fmt::Write for Stack {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        if end > self.buf.len() {
-            return Err(fmt::Error);
-        }
-        self.buf[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
 }
 
 /// What a record carries of an owner's command line (`--cmdline`).

@@ -14,12 +14,11 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::prometheus::Prometheus;
 use common::promtool::check_metrics;
 use common::{Fixture, HttpReply, Traced, WAIT, connect_clients, http_request, run_tracer};
 
@@ -202,128 +201,6 @@ fn leaking_server(comm: &str, n: usize) -> Fixture {
 // ---------------------------------------------------------------------------------------------
 // External tools
 
-fn prometheus() -> String {
-    common::promtool::tool("PROMETHEUS", "prometheus")
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "tracer-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A free loopback address for a server that binds it later (Prometheus, seconds after it
-/// starts). Not from `bind(":0")`: that port is in the ephemeral range, where any connect() of
-/// the tests running alongside may take it before the server binds it (seen under emulation:
-/// "bind: address already in use"). A port below the range is only ever taken by an explicit
-/// bind.
-fn port_outside_ephemeral_range() -> SocketAddr {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
-    // Each call starts elsewhere: two servers of this process must not be handed one port.
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let span = u32::from(low.saturating_sub(10_000).max(1));
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let start = (std::process::id().wrapping_mul(7919) + call * 97) % span;
-    (0..span)
-        .map(|i| 10_000 + ((start + i) % span) as u16)
-        .find_map(|port| {
-            TcpListener::bind(("127.0.0.1", port))
-                .ok()
-                .map(|l| l.local_addr().unwrap())
-        })
-        .expect("a free loopback port below the ephemeral range")
-}
-
-/// A Prometheus server on loopback, killed (and reaped) on drop.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-    _dir: TempDir,
-}
-
-impl Prometheus {
-    /// Starts Prometheus scraping `target` every second.
-    fn start(target: SocketAddr) -> Prometheus {
-        let dir = TempDir::new("prometheus");
-        let config = dir.0.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: tracer\n    static_configs:\n      - targets: [\"{target}\"]\n"
-            ),
-        )
-        .unwrap();
-        let addr = port_outside_ephemeral_range();
-        let log = dir.0.join("prometheus.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(prometheus())
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run prometheus ({e}): run `cargo xtask setup`"));
-        Prometheus {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `GET /api/v1/PATH` as JSON, or why not.
-    fn api(&self, path_and_query: &str) -> Result<Value, String> {
-        let r = http_request(
-            self.addr,
-            "GET",
-            &format!("/api/v1/{path_and_query}"),
-            &[],
-            Duration::from_secs(30),
-        )
-        .map_err(|e| e.to_string())?;
-        if r.status != 200 {
-            return Err(format!("HTTP {}: {}", r.status, r.body));
-        }
-        serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests
 
@@ -410,7 +287,7 @@ fn live_exposition_passes_promtool() {
 #[test]
 fn prometheus_scrapes_the_leak() {
     let (t, addr) = daemon(&["--close-wait-threshold", "1s"]);
-    let prom = Prometheus::start(addr);
+    let prom = Prometheus::scraping(addr);
     let server = leaking_server("leaky-prom2", 3);
     let pid = server.pid.to_string();
     // Prometheus starts, scrapes every second and answers queries: bounded only against a hang

@@ -12,47 +12,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use common::{Traced, WAIT, http_request, run_tracer};
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "tracer-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::prometheus::{Prometheus, TempDir};
+use common::{Traced, WAIT, run_tracer};
 
 fn run(cmd: &mut Command) -> std::process::Output {
     let out = cmd
@@ -222,122 +188,6 @@ fn curl(args: &[&str], url: &str) -> Curl {
     }
 }
 
-/// A free loopback address for a server that binds it later, below the ephemeral range (so
-/// no connect() of a test running alongside takes it meanwhile).
-fn free_port_below_ephemeral() -> SocketAddr {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
-    let span = u32::from(low.saturating_sub(10_000).max(1));
-    let start = (std::process::id().wrapping_mul(104_729)) % span;
-    (0..span)
-        .map(|i| 10_000 + ((start + i) % span) as u16)
-        .find_map(|port| {
-            TcpListener::bind(("127.0.0.1", port))
-                .ok()
-                .map(|l| l.local_addr().unwrap())
-        })
-        .expect("a free loopback port below the ephemeral range")
-}
-
-/// A Prometheus server on loopback with `scrape_configs` (YAML, indented as a list), killed
-/// on drop.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Prometheus {
-    fn start(dir: &TempDir, scrape_configs: &str) -> Prometheus {
-        let config = dir.write(
-            "prometheus.yml",
-            &format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n{scrape_configs}"
-            ),
-        );
-        let addr = free_port_below_ephemeral();
-        let log = dir.path("prometheus.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let prometheus = common::promtool::tool("PROMETHEUS", "prometheus");
-        let child = Command::new(prometheus)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run prometheus ({e}): run `cargo xtask setup`"));
-        Prometheus { child, addr, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn api(&self, path_and_query: &str) -> Result<Value, String> {
-        let r = http_request(
-            self.addr,
-            "GET",
-            &format!("/api/v1/{path_and_query}"),
-            &[],
-            Duration::from_secs(30),
-        )
-        .map_err(|e| e.to_string())?;
-        if r.status != 200 {
-            return Err(format!("HTTP {}: {}", r.status, r.body));
-        }
-        serde_json::from_str(&r.body).map_err(|e| format!("{e}: {}", r.body))
-    }
-
-    /// The active targets by job: (health, lastError, lastScrapeDuration).
-    fn targets(&self) -> Vec<(String, String, String, f64)> {
-        let Ok(v) = self.api("targets?state=active") else {
-            return Vec::new();
-        };
-        v["data"]["activeTargets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| {
-                (
-                    t["labels"]["job"].as_str().unwrap_or_default().to_owned(),
-                    t["health"].as_str().unwrap_or_default().to_owned(),
-                    t["lastError"].as_str().unwrap_or_default().to_owned(),
-                    t["lastScrapeDuration"].as_f64().unwrap_or(f64::NAN),
-                )
-            })
-            .collect()
-    }
-
-    /// An instant query's single value.
-    fn value(&self, query: &str) -> Option<f64> {
-        let q: String = query
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let v = self.api(&format!("query?query={q}")).ok()?;
-        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -384,7 +234,7 @@ fn prometheus_scrapes_over_tls_with_basic_auth() {
         tls_job("tls", password),
         tls_job("wrong_password", "hunter2"),
     );
-    let prom = Prometheus::start(&dir, &scrape_configs);
+    let prom = Prometheus::start(&scrape_configs);
 
     // Direct checks meanwhile.
     let url = format!("https://{tls_addr}/metrics");

@@ -319,20 +319,20 @@ impl std::fmt::Display for Dur {
 }
 
 /// A small string on the stack, for formatting a column before padding it (no allocation).
-struct StackStr {
+pub(crate) struct StackStr {
     buf: [u8; 80],
     len: usize,
 }
 
 impl StackStr {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             buf: [0; 80],
             len: 0,
         }
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Only whole `&str`s are ever copied in (see `write_str`), so this is valid UTF-8.
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }

@@ -11,6 +11,7 @@
 )]
 
 pub mod alloc;
+pub mod prometheus;
 pub mod promtool;
 pub mod recordings;
 pub mod sockets;
