@@ -9,7 +9,7 @@
 
 /// One TCP state transition, as seen by the tracepoint `sock:inet_sock_set_state`.
 ///
-/// Layout: 88 bytes, 8-byte aligned, no implicit padding. It carries no dwell time: the
+/// Layout: 104 bytes, 8-byte aligned, no implicit padding. It carries no dwell time: the
 /// kernel keeps no per-socket state (so no per-socket capacity limit); userspace sees every
 /// transition of a socket and takes the time in a state from the difference of its events'
 /// timestamps.
@@ -52,15 +52,56 @@ pub struct TcpEvent {
     /// what `readlink /proc/PID/ns/net` shows as `net:[N]`); 0 when the program could not read
     /// it (classic tracepoint on a kernel without BTF).
     pub netns: u32,
+    /// The kernel's tick counter (`jiffies_64`, `bpf_jiffies64`) at a transition to CLOSE, for
+    /// [`TcpEvent::rcv_tstamp`] and [`TcpEvent::lsndtime`]; 0 on other transitions and when
+    /// the socket offsets are unknown.
+    pub jiffies: u64,
+    /// `tcp_sock.rcv_tstamp` at a transition to CLOSE: the tick (low 32 bits of jiffies) of
+    /// the last segment received that carried an ACK (a RST does not move it). 0 when not read.
+    pub rcv_tstamp: u32,
+    /// `tcp_sock.lsndtime` at a transition to CLOSE: the tick of the last data segment sent.
+    pub lsndtime: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TcpEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<TcpEvent>() == 104);
 const _: () = assert!(core::mem::align_of::<TcpEvent>() == 8);
 
 #[cfg(feature = "user")]
 // SAFETY: `TcpEvent` is `repr(C)`, `Copy`, made only of integers and byte arrays, and has no
 // implicit padding (asserted above), so every bit pattern is a valid value.
 unsafe impl aya::Pod for TcpEvent {}
+
+/// A reset this host sent, as the tracepoint `tcp:tcp_send_reset` recorded it: the record's
+/// bytes after the 8-byte common header, copied as they are. Their layout differs between
+/// kernels (separate address and port fields before 6.10; `struct sockaddr_in6`-sized
+/// address buffers and `enum sk_rst_reason reason` since), so userspace decodes them with the
+/// offsets of the tracepoint's format file. A different size from [`TcpEvent`] tells the two
+/// apart in the ring.
+///
+/// Layout: 112 bytes, 8-byte aligned, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetEvent {
+    /// Kernel monotonic time (`bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    /// Network namespace of the sending socket (full or timewait: both start with `struct
+    /// sock_common`); 0 without a socket or when unknown.
+    pub netns: u32,
+    /// Bytes of `raw` that hold the record (the format's size minus the common header).
+    pub raw_len: u32,
+    /// The tracepoint record from byte 8 on.
+    pub raw: [u8; RESET_RAW_BYTES],
+}
+
+/// Most bytes of a `tcp_send_reset` record a [`ResetEvent`] carries (80 on 6.18).
+pub const RESET_RAW_BYTES: usize = 96;
+
+const _: () = assert!(core::mem::size_of::<ResetEvent>() == 112);
+const _: () = assert!(core::mem::align_of::<ResetEvent>() == 8);
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)`, integers and a byte array only, no implicit padding (asserted above).
+unsafe impl aya::Pod for ResetEvent {}
 
 /// `AF_INET` from the kernel's socket.h.
 pub const AF_INET: u16 = 2;
@@ -114,7 +155,7 @@ pub const CONFIG_GLOBAL: &str = "CONFIG";
 /// tracepoint record and reads the kernel structs itself: they are byte offsets found in the
 /// running kernel's BTF by the loader (zero for the classic tracepoint program).
 ///
-/// Layout: 72 bytes, `u32`s only, no padding.
+/// Layout: 96 bytes, `u32`s only, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -159,9 +200,23 @@ pub struct Config {
     /// zero: it calls `bpf_get_current_pid_tgid` and `bpf_get_current_comm` (5.10). The
     /// branch not taken is pruned by the verifier, so 5.10 never sees the newer helper.
     pub task_btf: u32,
+    /// Non-zero when the two offsets below are valid: the programs then read the idle
+    /// stamps at a transition to CLOSE.
+    pub sk_has_idle: u32,
+    /// `struct tcp_sock` → `rcv_tstamp` (u32).
+    pub sk_rcv_tstamp: u32,
+    /// `struct tcp_sock` → `lsndtime` (u32).
+    pub sk_lsndtime: u32,
+    /// Bytes of the `tcp_send_reset` record after its common header (at most
+    /// [`RESET_RAW_BYTES`]), from its format file.
+    pub rst_len: u32,
+    /// Offset of `skaddr` in the `tcp_send_reset` record, for the sender's namespace.
+    pub rst_skaddr: u32,
+    /// Explicit padding; zero.
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<Config>() == 96);
 
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)`, only `u32`s, no padding (size asserted above).
@@ -183,7 +238,9 @@ pub enum Counter {
     /// Transitions the kernel skipped the main `tp_btf` program for (it was mid-run on the
     /// CPU) and the nested-event program handled instead.
     Recovered = 5,
+    /// Resets the `tcp_send_reset` program saw (each one submitted or counted as ring-full).
+    ResetsSeen = 6,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTERS: u32 = 6;
+pub const COUNTERS: u32 = 7;

@@ -4,15 +4,21 @@
 //! object file gets its own copy of the maps.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     btf_maps::{ArrayOfMaps, RingBuf},
-    helpers::{bpf_get_smp_processor_id, bpf_ringbuf_query},
-    macros::{btf_map, map},
+    helpers::{
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf, bpf_ringbuf_query, generated::bpf_jiffies64,
+    },
+    macros::{btf_map, map, tracepoint},
     maps::{HashMap, PerCpuArray, ring_buf::RingBufEntry},
+    programs::TracePointContext,
 };
 use tracer_common::{
     COUNTERS, Config, Counter, EVENTS_CPUS, EVENTS_RING_BYTES, FILTER_PIDS_ENTRIES,
-    FILTER_PORTS_ENTRIES, FILTER_SOCKS_ENTRIES, TCP_CLOSE, TcpEvent, filter_port_key,
+    FILTER_PORTS_ENTRIES, FILTER_SOCKS_ENTRIES, RESET_RAW_BYTES, ResetEvent, TCP_CLOSE, TcpEvent,
+    filter_port_key,
 };
 
 #[unsafe(no_mangle)]
@@ -35,6 +41,12 @@ pub static CONFIG: Config = Config {
     net_inum: 0,
     sk_err: 0,
     task_btf: 1,
+    sk_has_idle: 0,
+    sk_rcv_tstamp: 0,
+    sk_lsndtime: 0,
+    rst_len: 0,
+    rst_skaddr: 0,
+    _pad: 0,
 };
 
 /// Reads one field of the loader-set [`Config`]. One load per field, not a copy of the
@@ -139,16 +151,127 @@ impl Slot {
     #[inline(always)]
     pub fn submit(self) {
         let submitted = count(Counter::Submitted);
-        let wake = if submitted.is_multiple_of(WAKE_CHECK_EVERY)
-            // SAFETY: `ring` is the inner map the lookup returned; the helper only reads it.
-            && unsafe { bpf_ringbuf_query(self.ring, BPF_RB_AVAIL_DATA.into()) }
-                >= u64::from(config!(wakeup_bytes))
-        {
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
+        self.entry.submit(wake_flag(submitted, self.ring).into());
+    }
+}
+
+/// The idle stamps of a socket reaching CLOSE: `(jiffies, rcv_tstamp, lsndtime)`, read with
+/// `read(offset)` (a direct BTF load in tp_btf, a probe read in the classic program); zeros
+/// on other transitions or without the offsets. One helper call and two loads, at one
+/// transition per connection.
+#[inline(always)]
+pub fn idle_stamps(newstate: u8, read: impl Fn(u32) -> u32) -> (u64, u32, u32) {
+    if newstate != TCP_CLOSE || config!(sk_has_idle) == 0 {
+        return (0, 0, 0);
+    }
+    // SAFETY: helper without arguments (5.5+; allowed in tracing programs).
+    let now = unsafe { bpf_jiffies64() };
+    (now, read(config!(sk_rcv_tstamp)), read(config!(sk_lsndtime)))
+}
+
+/// Network namespace inode of the socket (full or timewait: both begin with `struct
+/// sock_common`) at kernel address `sk`, through probe reads at the loader's offsets; 0 when
+/// unknown.
+#[inline(always)]
+pub fn probe_netns(sk: u64) -> u32 {
+    if sk == 0 || config!(sk_has_net) == 0 {
+        return 0;
+    }
+    let (sk_net, net_inum) = (u64::from(config!(sk_net)), u64::from(config!(net_inum)));
+    // SAFETY: probe reads of kernel memory; a bad address makes the helper fail, not fault.
+    unsafe {
+        let Ok(net) = bpf_probe_read_kernel((sk + sk_net) as *const u64) else {
+            return 0;
         };
-        self.entry.submit(wake.into());
+        if net == 0 {
+            return 0;
+        }
+        bpf_probe_read_kernel((net + net_inum) as *const u32).unwrap_or(0)
+    }
+}
+
+/// Hook: tracepoint `tcp:tcp_send_reset`. Runs only when this host sends a RST (from a full
+/// socket, a timewait socket or no socket at all): copies the record as it is (userspace
+/// decodes it with the format file's offsets, which differ between kernels) with the
+/// sender's namespace into this CPU's ring. Not filtered by `--pid`: a reset without a socket
+/// belongs to no process, and userspace attributes the others.
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    count(Counter::ResetsSeen);
+    let len = config!(rst_len) as usize;
+    if len == 0 || len > RESET_RAW_BYTES {
+        return 0;
+    }
+    let Some(mut slot) = reserve_reset() else {
+        return 0;
+    };
+    let base = ctx.as_ptr() as u64;
+    let skaddr_at = base + u64::from(config!(rst_skaddr));
+    let entry = slot.entry.as_mut_ptr();
+    // SAFETY: `entry` is this reservation's memory, `raw` within it; the source is the
+    // tracepoint record (probe reads fail rather than fault).
+    unsafe {
+        (*entry).ts_ns = bpf_ktime_get_ns();
+        (*entry).raw_len = len as u32;
+        let raw = &mut (*entry).raw;
+        if bpf_probe_read_kernel_buf((base + 8) as *const u8, &mut raw[..len]).is_err() {
+            (*entry).raw_len = 0;
+        }
+        let sk = bpf_probe_read_kernel(skaddr_at as *const u64).unwrap_or(0);
+        (*entry).netns = probe_netns(sk);
+    }
+    slot.submit();
+    0
+}
+
+/// A [`ResetEvent`] reserved in this CPU's ring (see [`Slot`]).
+pub struct ResetSlot {
+    entry: RingBufEntry<ResetEvent>,
+    ring: *mut core::ffi::c_void,
+}
+
+#[inline(always)]
+fn reserve_reset() -> Option<ResetSlot> {
+    // SAFETY: helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(ring) = EVENTS.get(cpu) else {
+        count(Counter::RingFull);
+        return None;
+    };
+    let Some(entry) = ring.reserve_untyped::<ResetEvent>(0) else {
+        count(Counter::RingFull);
+        return None;
+    };
+    Some(ResetSlot {
+        entry,
+        ring: core::ptr::from_ref(ring).cast_mut().cast(),
+    })
+}
+
+impl ResetSlot {
+    #[inline(always)]
+    fn submit(self) {
+        let submitted = count(Counter::Submitted);
+        self.entry.submit(wake_flag(submitted, self.ring).into());
+    }
+}
+
+/// `BPF_RB_FORCE_WAKEUP` past the wakeup threshold (checked every `WAKE_CHECK_EVERY`-th
+/// event), else `BPF_RB_NO_WAKEUP`.
+#[inline(always)]
+fn wake_flag(submitted: u64, ring: *mut core::ffi::c_void) -> u32 {
+    if submitted.is_multiple_of(WAKE_CHECK_EVERY)
+        // SAFETY: `ring` is the inner map the lookup returned; the helper only reads it.
+        && unsafe { bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA.into()) }
+            >= u64::from(config!(wakeup_bytes))
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
     }
 }
 

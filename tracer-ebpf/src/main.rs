@@ -25,7 +25,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use common::{config, count, passes_filter, reserve};
+use common::{config, count, idle_stamps, passes_filter, probe_netns, reserve};
 use tracer_common::{AF_INET, Counter, IPPROTO_TCP, TcpEvent};
 
 /// Tracepoint arguments, as in /sys/kernel/tracing/events/sock/inet_sock_set_state/format
@@ -79,7 +79,7 @@ fn handle(args: *const InetSockSetState) {
     let sport = ctx_read!(args, sport);
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let netns = netns_of(sk);
+    let netns = probe_netns(sk);
 
     if config!(filter) != 0 && !passes_filter(sk, tgid, netns, sport, newstate) {
         count(Counter::Filtered);
@@ -105,6 +105,7 @@ fn handle(args: *const InetSockSetState) {
             [ctx_read!(args, daddr_v6[0]), ctx_read!(args, daddr_v6[1])],
         )
     };
+    let (jiffies, rcv_tstamp, lsndtime) = idle_stamps(newstate, |off| probe_u32(sk, off));
     entry.write(TcpEvent {
         ts_ns: now,
         skaddr: sk,
@@ -122,32 +123,14 @@ fn handle(args: *const InetSockSetState) {
         sk_err: sk_err_of(sk) as u16,
         _pad: 0,
         netns,
+        jiffies,
+        rcv_tstamp,
+        lsndtime,
     });
     entry.submit();
 }
 
-/// The record has no namespace: read `sk->__sk_common.skc_net.net->ns.inum` from the socket
-/// address with `bpf_probe_read_kernel`, at offsets the loader found in the kernel's BTF.
-/// 0 when it has none (`sk_has_net` unset) or a read fails.
-#[inline(always)]
-fn netns_of(sk: u64) -> u32 {
-    if config!(sk_has_net) == 0 {
-        return 0;
-    }
-    let (sk_net, net_inum) = (u64::from(config!(sk_net)), u64::from(config!(net_inum)));
-    // SAFETY: probe reads of kernel memory; a bad address makes the helper fail, not fault.
-    unsafe {
-        let Ok(net) = bpf_probe_read_kernel((sk + sk_net) as *const u64) else {
-            return 0;
-        };
-        if net == 0 {
-            return 0;
-        }
-        bpf_probe_read_kernel((net + net_inum) as *const u32).unwrap_or(0)
-    }
-}
-
-/// `sk->sk_err`, read like [`netns_of`]; 0 when unknown.
+/// `sk->sk_err`, read like the namespace ([`probe_netns`]); 0 when unknown.
 #[inline(always)]
 fn sk_err_of(sk: u64) -> i32 {
     if config!(sk_has_net) == 0 {
@@ -156,6 +139,13 @@ fn sk_err_of(sk: u64) -> i32 {
     let off = u64::from(config!(sk_err));
     // SAFETY: as in `netns_of`.
     unsafe { bpf_probe_read_kernel((sk + off) as *const i32) }.unwrap_or(0)
+}
+
+/// Reads one `u32` at byte `off` of the socket at kernel address `sk` (0 on failure).
+#[inline(always)]
+fn probe_u32(sk: u64, off: u32) -> u32 {
+    // SAFETY: a probe read; a bad address makes the helper fail, not fault.
+    unsafe { bpf_probe_read_kernel((sk + u64::from(off)) as *const u32) }.unwrap_or(0)
 }
 
 #[inline(always)]

@@ -33,7 +33,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::BtfTracePointContext,
 };
-use common::{config, count, passes_filter, reserve};
+use common::{config, count, idle_stamps, passes_filter, reserve};
 use tracer_common::{AF_INET, Counter, TcpEvent};
 
 /// Loads a `T` at byte offset `off` of a BTF-typed kernel pointer. The verifier checks the
@@ -249,6 +249,7 @@ fn handle(skaddr: u64, tp: *const u8, oldstate: u8, newstate: u8) {
     } else {
         0
     };
+    let (jiffies, rcv_tstamp, lsndtime) = idle_stamps(newstate, |off| load::<u32>(tp, off));
     entry.write(TcpEvent {
         ts_ns: now,
         skaddr,
@@ -265,6 +266,9 @@ fn handle(skaddr: u64, tp: *const u8, oldstate: u8, newstate: u8) {
         sk_err: sk_err as u16,
         _pad: 0,
         netns,
+        jiffies,
+        rcv_tstamp,
+        lsndtime,
     });
     entry.submit();
 }

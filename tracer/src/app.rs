@@ -38,6 +38,10 @@ impl<W: Write> Sink for LiveSink<W> {
         self.out.close(c, cx)
     }
 
+    fn reset(&mut self, r: &crate::rst::ResetSent) -> io::Result<()> {
+        self.out.reset(r)
+    }
+
     fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()> {
         if self.daemon {
             tracing::warn!(
@@ -101,7 +105,7 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         daemon,
     };
     // The run's settings first, so that a replay of the recording uses them.
-    sink.out.meta(&cfg.meta(driver.attach_kind()))?;
+    sink.out.meta(&cfg.meta(driver.attach_kind(), driver.resets_traced()))?;
     // Attached first, then the baseline: a socket that changes state in between is seen by
     // both, and the traced state wins.
     driver.baseline()?;
@@ -243,6 +247,7 @@ pub fn bench_engine(connections: u64, sockets: u64) -> anyhow::Result<()> {
             task_pid: 1,
             task_tid: 1,
             task_comm: comm,
+            idle: crate::event::Idle::NONE,
         };
         big.on_transition(&t, &mut recs);
         recs.clear();

@@ -40,6 +40,8 @@ const TRACEPOINT: &str = "inet_sock_set_state";
 const PROGRAM: &str = "inet_sock_set_state";
 /// The `tp_btf` object's second program: handles the events the kernel skips the first for.
 const PROGRAM_NESTED: &str = "inet_sock_set_state_nested";
+/// The program on `tcp:tcp_send_reset` (in both objects).
+const PROGRAM_RESET: &str = "tcp_send_reset";
 const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Why tracing could not start. Each message names what is missing and what to do.
@@ -174,6 +176,10 @@ pub struct Tracer {
     kind: &'static str,
     /// The program reads each socket's network namespace (else events carry 0).
     netns: bool,
+    /// Close events carry the idle stamps.
+    idle: bool,
+    /// The reset program is attached, and how to decode its records.
+    resets: Option<ResetDecoder>,
     _stats: Option<OwnedFd>,
 }
 
@@ -197,6 +203,8 @@ pub struct KernelCounters {
     /// Transitions the kernel skipped the main program for that the nested-event program
     /// handled instead (`tp_btf` only): not lost.
     pub recovered: u64,
+    /// Resets the `tcp_send_reset` program saw.
+    pub resets_seen: u64,
 }
 
 impl KernelCounters {
@@ -249,23 +257,27 @@ impl Tracer {
         check_layout()?;
         // The record has no namespace or error field: with the kernel's BTF the program reads
         // them from the socket; without it they are reported as 0 (unknown).
-        let net = match btf::Btf::from_sys() {
+        let (net, resets) = match btf::Btf::from_sys() {
             Ok(b) => {
                 let c = net_config(&b);
+                let r = reset_decoder(Some(&b));
                 drop(b);
                 release_parse_memory();
-                c
+                (c, r)
             }
             Err(e) => {
                 tracing::warn!(
                     "no kernel BTF ({e}): network namespaces and socket errors will not be reported"
                 );
-                Config::default()
+                (Config::default(), reset_decoder(None))
             }
         };
+        let (rst_len, rst_skaddr) = reset_config(resets.as_ref());
         let config = Config {
             filter: u32::from(opts.filter),
             wakeup_bytes: opts.wakeup_bytes,
+            rst_len,
+            rst_skaddr,
             ..net
         };
         let mut loader = EbpfLoader::new();
@@ -281,9 +293,10 @@ impl Tracer {
         program
             .attach(CATEGORY, TRACEPOINT)
             .map_err(|source| BpfError::Attach { source })?;
+        let resets = attach_resets(&mut ebpf, resets);
         // The loader holds aya's parse of the kernel's BTF: free it before trimming.
         drop(loader);
-        Self::finish(ebpf, rings, KIND_TRACEPOINT, config.sk_has_net != 0)
+        Self::finish(ebpf, rings, KIND_TRACEPOINT, &config, resets)
     }
 
     /// The BTF tracepoint: offsets from the kernel's BTF, no tracefs.
@@ -306,10 +319,12 @@ impl Tracer {
             detail: e.to_string(),
         })?;
         let mut config = btf_config(&ours)?;
+        let resets = reset_decoder(Some(&ours));
         drop(ours);
         release_parse_memory();
         config.filter = u32::from(opts.filter);
         config.wakeup_bytes = opts.wakeup_bytes;
+        (config.rst_len, config.rst_skaddr) = reset_config(resets.as_ref());
         configure(&mut loader, &config);
         let mut ebpf = loader.load(OBJECT_BTF).map_err(classify_load_error)?;
         let rings = make_rings(&mut ebpf, opts.ring_bytes)?;
@@ -329,15 +344,17 @@ impl Tracer {
                 .map_err(|source| BpfError::Attach { source })?;
         }
         drop(kernel_btf);
+        let resets = attach_resets(&mut ebpf, resets);
         drop(loader);
-        Self::finish(ebpf, rings, KIND_BTF, config.sk_has_net != 0)
+        Self::finish(ebpf, rings, KIND_BTF, &config, resets)
     }
 
     fn finish(
         mut ebpf: Ebpf,
         rings: Rings,
         kind: &'static str,
-        netns: bool,
+        config: &Config,
+        resets: Option<ResetDecoder>,
     ) -> Result<Self, BpfError> {
         release_parse_memory();
         let counters = ebpf
@@ -351,8 +368,29 @@ impl Tracer {
             rings: Some(map_rings(rings.rings)?),
             counters,
             kind,
-            netns,
+            netns: config.sk_has_net != 0,
+            idle: config.sk_has_idle != 0,
+            resets,
             _stats: None,
+        })
+    }
+
+    /// How to decode the resets in the rings; `None` when resets sent are not traced.
+    pub fn reset_decoder(&self) -> Option<&ResetDecoder> {
+        self.resets.as_ref()
+    }
+
+    /// Whether close events carry the idle stamps.
+    pub fn reports_idle(&self) -> bool {
+        self.idle
+    }
+
+    /// The reset program's cost: `(run time, runs)`, when the kernel's accounting is on.
+    pub fn reset_program_stats(&self) -> Option<ProgramStats> {
+        let info = self.ebpf.program(PROGRAM_RESET)?.info().ok()?;
+        (info.run_count() > 0).then(|| ProgramStats {
+            run_time: info.run_time(),
+            run_count: info.run_count(),
         })
     }
 
@@ -394,6 +432,7 @@ impl Tracer {
                 .unwrap_or(0)
                 .saturating_sub(sum(Counter::Recovered)),
             recovered: sum(Counter::Recovered),
+            resets_seen: sum(Counter::ResetsSeen),
         }
     }
 
@@ -703,6 +742,12 @@ const SK_DADDR_V6: Field = field(
 const SK_NET: Field = field("sock", "__sk_common.skc_net.net", 8, 8);
 const NET_INUM: Field = field("net", "ns.inum", 4, 4);
 const SK_ERR: Field = field("sock", "sk_err", 4, 4);
+/// The idle stamps read at a transition to CLOSE (jiffies, low 32 bits): the last segment
+/// received with an ACK, and the last data sent.
+const SK_RCV_TSTAMP: Field = field("tcp_sock", "rcv_tstamp", 4, 4);
+const SK_LSNDTIME: Field = field("tcp_sock", "lsndtime", 4, 4);
+/// The enum whose names say why the kernel sent a reset (6.10+).
+const RST_REASON_ENUM: &str = "sk_rst_reason";
 /// The helper `tp_btf` uses to read the current task (5.11+); older kernels lack it, and the
 /// program then uses `bpf_get_current_pid_tgid` and `bpf_get_current_comm`.
 const TASK_BTF_HELPER: &str = "BPF_FUNC_get_current_task_btf";
@@ -745,7 +790,7 @@ fn net_config(btf: &btf::Btf) -> Config {
             sk_net,
             net_inum,
             sk_err,
-            ..Config::default()
+            ..idle_config(btf)
         },
         (a, b, c) => {
             let why = [a.err(), b.err(), c.err()]
@@ -756,6 +801,95 @@ fn net_config(btf: &btf::Btf) -> Config {
                 .join("; ");
             tracing::warn!("network namespaces and socket errors will not be reported: {why}");
             Config::default()
+        }
+    }
+}
+
+/// The offsets of the idle stamps (`sk_has_idle`), or none: close records then carry no idle
+/// time.
+fn idle_config(btf: &btf::Btf) -> Config {
+    match (find_field(btf, &SK_RCV_TSTAMP), find_field(btf, &SK_LSNDTIME)) {
+        (Ok(sk_rcv_tstamp), Ok(sk_lsndtime)) => Config {
+            sk_has_idle: 1,
+            sk_rcv_tstamp,
+            sk_lsndtime,
+            ..Config::default()
+        },
+        (a, b) => {
+            let why = [a.err(), b.err()]
+                .into_iter()
+                .flatten()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!("idle time before close will not be reported: {why}");
+            Config::default()
+        }
+    }
+}
+
+pub use crate::rst::ResetDecoder;
+
+/// Reads the `tcp_send_reset` format file (mounting tracefs if needed) and, where the record
+/// has a reason, the enum's names from `btf`. `None` (logged) when resets cannot be traced.
+fn reset_decoder(btf: Option<&btf::Btf>) -> Option<ResetDecoder> {
+    let text = match tracefs_root().map(|root| {
+        std::fs::read_to_string(Path::new(root).join("events/tcp/tcp_send_reset/format"))
+    }) {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                "resets sent will not be reported: no tracepoint tcp:tcp_send_reset ({e})"
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("resets sent will not be reported: {e}");
+            return None;
+        }
+    };
+    let layout = match crate::rst::RecordLayout::from_format(&text) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("resets sent will not be reported: tcp:tcp_send_reset: {e}");
+            return None;
+        }
+    };
+    let names = match (layout.has_reason(), btf) {
+        (true, Some(b)) => match b.enumerators(RST_REASON_ENUM) {
+            Ok(e) => crate::rst::ReasonNames::new(e),
+            Err(e) => {
+                tracing::warn!("reset reasons will be reported as unknown: {e}");
+                crate::rst::ReasonNames::default()
+            }
+        },
+        _ => crate::rst::ReasonNames::default(),
+    };
+    Some(ResetDecoder { layout, names })
+}
+
+/// The reset program's part of the config.
+fn reset_config(d: Option<&ResetDecoder>) -> (u32, u32) {
+    d.map_or((0, 0), |d| {
+        (d.layout.len as u32, d.layout.skaddr_in_record as u32)
+    })
+}
+
+/// Attaches the reset program, if there is a decoder for its records; a failure is logged and
+/// leaves resets unreported (the rest works without them).
+fn attach_resets(ebpf: &mut Ebpf, decoder: Option<ResetDecoder>) -> Option<ResetDecoder> {
+    let d = decoder?;
+    let result = program_mut::<TracePoint>(ebpf, PROGRAM_RESET).and_then(|p| {
+        p.load().map_err(classify_load_error)?;
+        p.attach("tcp", "tcp_send_reset")
+            .map(drop)
+            .map_err(|source| BpfError::Attach { source })
+    });
+    match result {
+        Ok(()) => Some(d),
+        Err(e) => {
+            tracing::warn!("resets sent will not be reported: tcp:tcp_send_reset: {e}");
+            None
         }
     }
 }
@@ -832,16 +966,7 @@ fn raise_memlock() {
 /// Finds the tracepoint's format file, mounting tracefs if it is not mounted (root only), and
 /// checks that the fields the program reads sit where it expects them.
 fn check_layout() -> Result<(), BpfError> {
-    let roots = [TRACEFS, "/sys/kernel/debug/tracing"];
-    let mounted = |root: &str| Path::new(root).join("events").is_dir();
-    if !roots.iter().any(|r| mounted(r)) {
-        mount_tracefs()?;
-    }
-    let Some(root) = roots.into_iter().find(|r| mounted(r)) else {
-        return Err(BpfError::NoTracefs {
-            source: std::io::Error::other("no events directory after mounting"),
-        });
-    };
+    let root = tracefs_root()?;
     let format = Path::new(root).join("events/sock/inet_sock_set_state/format");
     let text = match std::fs::read_to_string(&format) {
         Ok(t) => t,
@@ -858,6 +983,21 @@ fn check_layout() -> Result<(), BpfError> {
         }
     };
     verify_format(&text).map_err(|detail| BpfError::Layout { detail })
+}
+
+/// Where tracefs is, mounting it if it is not mounted (root only).
+fn tracefs_root() -> Result<&'static str, BpfError> {
+    let roots = [TRACEFS, "/sys/kernel/debug/tracing"];
+    let mounted = |root: &str| Path::new(root).join("events").is_dir();
+    if !roots.iter().any(|r| mounted(r)) {
+        mount_tracefs()?;
+    }
+    roots
+        .into_iter()
+        .find(|r| mounted(r))
+        .ok_or_else(|| BpfError::NoTracefs {
+            source: std::io::Error::other("no events directory after mounting"),
+        })
 }
 
 /// The (field, offset, size) the eBPF program's `InetSockSetState` assumes.

@@ -380,6 +380,39 @@ impl Btf {
         })
     }
 
+    /// The enumerators of the enum named `name` (ENUM or ENUM64 with entries), as `(name,
+    /// value)` pairs in declaration order.
+    pub fn enumerators(&self, name: &str) -> Result<Vec<(&str, i64)>, BtfError> {
+        let t = self
+            .types
+            .iter()
+            .skip(1)
+            .find(|t| {
+                matches!(t.kind(), kind::ENUM | kind::ENUM64)
+                    && t.vlen() > 0
+                    && self.name(t.name_off).is_ok_and(|n| n == name)
+            })
+            .ok_or_else(|| BtfError::NoType { name: name.into() })?;
+        let wide = t.kind() == kind::ENUM64;
+        let width = if wide { 12 } else { 8 };
+        (0..usize::from(t.vlen()))
+            .map(|i| {
+                let at = t.extra() + width * i;
+                let n = self.name(u32_at(&self.blob, at, "enum")?)?;
+                let lo = u32_at(&self.blob, at + 4, "enum")?;
+                let v = if wide {
+                    let hi = u32_at(&self.blob, at + 8, "enum")?;
+                    ((u64::from(hi) << 32) | u64::from(lo)) as i64
+                } else if t.kind_flag() {
+                    i64::from(lo as i32)
+                } else {
+                    i64::from(lo)
+                };
+                Ok((n, v))
+            })
+            .collect()
+    }
+
     /// Locates `path` (`member` or `member.member…`) in the struct or union `ty`. Members of
     /// anonymous structs and unions are found as if they were direct members; offsets are from
     /// the start of `ty`.
@@ -663,6 +696,25 @@ mod tests {
         let bf = b.int("unsigned int", 4, 3, 5);
         b.composite(kind::STRUCT, "old", 4, false, &[("flags", bf, 8, 0)]);
         b.blob()
+    }
+
+    #[test]
+    fn reads_enumerators_by_enum_name() {
+        let mut b = Builder::new();
+        let e = b.push("sk_rst_reason", kind::ENUM, false, 2, 4);
+        let (x, y) = (b.s("SK_RST_REASON_NO_SOCKET"), b.s("SK_RST_REASON_TCP_STATE"));
+        b.words(&[x, 1, y, 14]);
+        let _ = e;
+        b.push("wide", kind::ENUM64, true, 1, 8);
+        let z = b.s("MINUS");
+        b.words(&[z, u32::MAX, u32::MAX]);
+        let btf = Btf::parse(&b.blob()).unwrap();
+        assert_eq!(
+            btf.enumerators("sk_rst_reason").unwrap(),
+            vec![("SK_RST_REASON_NO_SOCKET", 1), ("SK_RST_REASON_TCP_STATE", 14)]
+        );
+        assert_eq!(btf.enumerators("wide").unwrap(), vec![("MINUS", -1)]);
+        assert!(btf.enumerators("nope").is_err());
     }
 
     #[test]

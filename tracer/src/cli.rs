@@ -375,7 +375,7 @@ pub struct ReplayConfig {
 
 impl LiveConfig {
     /// The settings a recording starts with (`attach`: the kernel hook in use).
-    pub fn meta(&self, attach: &'static str) -> crate::output::Meta {
+    pub fn meta(&self, attach: &'static str, resets: &'static str) -> crate::output::Meta {
         crate::output::Meta {
             version: env!("CARGO_PKG_VERSION"),
             close_wait_threshold_ns: u64::try_from(self.kernel.close_wait_threshold.as_nanos())
@@ -384,6 +384,7 @@ impl LiveConfig {
             pid: self.kernel.pid,
             attach,
             baseline: self.kernel.baseline,
+            resets,
             realtime_offset_ns: i64::try_from(crate::output::realtime_offset_ns()).unwrap_or(0),
         }
     }

@@ -166,6 +166,12 @@ impl Driver {
         self.kernel.attach_kind()
     }
 
+    /// What the run traces of resets sent: `"reason"` (the kernel names why, 6.10+),
+    /// `"unnamed"` (counted, no reason), `"none"` (not traced).
+    pub fn resets_traced(&self) -> &'static str {
+        self.kernel.resets_traced()
+    }
+
     /// The state the metrics endpoint reads.
     pub fn shared(&self) -> Arc<Mutex<Shared>> {
         self.shared.clone()

@@ -198,6 +198,85 @@ pub struct Transition {
     pub task_tid: u32,
     /// `comm` of the task on CPU.
     pub task_comm: Comm,
+    /// At a transition to CLOSE: how long the socket had been quiet (see [`Idle`]).
+    pub idle: Idle,
+}
+
+/// How long before a transition to CLOSE the socket last heard from its peer and last sent
+/// data, from the kernel's stamps (`tcp_sock.rcv_tstamp`, `lsndtime`: jiffies, so to a tick:
+/// 4 ms at 250 Hz). `None` where not known: other transitions, kernels without the offsets, a
+/// tick rate not learnt yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Idle {
+    /// Since the last segment received that carried an ACK (a RST does not count).
+    pub rx_ns: Option<u64>,
+    /// Since the last data segment sent.
+    pub tx_ns: Option<u64>,
+}
+
+impl Idle {
+    pub const NONE: Idle = Idle {
+        rx_ns: None,
+        tx_ns: None,
+    };
+}
+
+/// The raw idle stamps of a kernel event: `(jiffies, rcv_tstamp, lsndtime)`; `jiffies == 0`
+/// when the program read none.
+pub fn idle_stamps(ev: &TcpEvent) -> (u64, u32, u32) {
+    (ev.jiffies, ev.rcv_tstamp, ev.lsndtime)
+}
+
+/// What goes down the path in time order: a transition, or a reset this host sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Transition(Transition),
+    Reset(crate::rst::ResetSent),
+}
+
+impl Event {
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Transition(t) => t.ts_ns,
+            Event::Reset(r) => r.ts_ns,
+        }
+    }
+
+    /// The socket's kernel address (0 for a reset without a socket).
+    pub fn sk(&self) -> u64 {
+        match self {
+            Event::Transition(t) => t.sk,
+            Event::Reset(r) => r.sk,
+        }
+    }
+}
+
+/// What a ring record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingRecord {
+    Transition(TcpEvent),
+    Reset(tracer_common::ResetEvent),
+}
+
+/// Tells the two kinds of ring record apart by size, and copies one out.
+pub fn classify(bytes: &[u8]) -> Result<RingRecord, DecodeError> {
+    use tracer_common::ResetEvent;
+    if bytes.len() == size_of::<ResetEvent>() {
+        // SAFETY: length checked; `ResetEvent` is plain old data; unaligned read.
+        let ev: ResetEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        return Ok(RingRecord::Reset(ev));
+    }
+    let expected = size_of::<TcpEvent>();
+    if bytes.len() < expected {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: length checked above; `TcpEvent` is plain old data (every bit pattern valid) and
+    // `read_unaligned` has no alignment requirement.
+    let ev: TcpEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    Ok(RingRecord::Transition(ev))
 }
 
 impl Transition {
@@ -267,6 +346,7 @@ pub fn from_raw(ev: &TcpEvent) -> Result<Transition, DecodeError> {
         task_pid: ev.tgid,
         task_tid: ev.tid,
         task_comm: Comm(ev.comm),
+        idle: Idle::NONE,
     })
 }
 
@@ -324,6 +404,9 @@ mod tests {
             sk_err: 0,
             _pad: 0,
             netns: 4026531840,
+            jiffies: 0,
+            rcv_tstamp: 0,
+            lsndtime: 0,
         }
     }
 
@@ -365,10 +448,10 @@ mod tests {
     #[test]
     fn rejects_short_and_bad_fields() {
         let b = bytes(&raw());
-        for len in [0, 1, 87] {
+        for len in [0, 1, 103] {
             assert_eq!(
                 decode(&b[..len]),
-                Err(DecodeError::Short { len, expected: 88 })
+                Err(DecodeError::Short { len, expected: 104 })
             );
         }
         let mut ev = raw();

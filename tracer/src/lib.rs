@@ -22,6 +22,7 @@ pub mod engine;
 pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hz;
 pub mod live;
 pub mod logs;
 pub mod metrics;
@@ -30,6 +31,7 @@ pub mod output;
 pub mod pipeline;
 pub mod record;
 pub mod replay;
+pub mod rst;
 pub mod server;
 pub mod sockdiag;
 pub mod timewait;

@@ -29,7 +29,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::attribution;
 use crate::bpf::{self, KernelCounters, LoadOptions, ProgramStats, Ring, Tracer};
-use crate::event::Transition;
+use crate::event::Event;
 use crate::output;
 use crate::pipeline::{BaselineReport, Pipeline, Sink};
 
@@ -89,7 +89,7 @@ pub const DRAIN_BATCH: usize = 16_384;
 /// Events read from the rings, waiting to go down the path in time order (module docs). Pure.
 #[derive(Debug, Default)]
 pub struct Merge {
-    pending: Vec<Transition>,
+    pending: Vec<Event>,
 }
 
 impl Merge {
@@ -102,8 +102,8 @@ impl Merge {
         }
     }
 
-    pub fn push(&mut self, t: Transition) {
-        self.pending.push(t);
+    pub fn push(&mut self, e: Event) {
+        self.pending.push(e);
     }
 
     /// Events waiting.
@@ -121,10 +121,10 @@ impl Merge {
     pub fn release<E>(
         &mut self,
         cut: u64,
-        mut f: impl FnMut(&Transition) -> Result<(), E>,
+        mut f: impl FnMut(&Event) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.pending.sort_unstable_by_key(|t| (t.ts_ns, t.sk));
-        let n = self.pending.partition_point(|t| t.ts_ns < cut);
+        self.pending.sort_unstable_by_key(|e| (e.ts_ns(), e.sk()));
+        let n = self.pending.partition_point(|e| e.ts_ns() < cut);
         let mut result = Ok(());
         for t in &self.pending[..n] {
             result = f(t);
@@ -249,6 +249,7 @@ impl Kernel {
     /// that changes state in between is seen by both, and the traced state wins); with `--pid`,
     /// passes that process's ports to the in-kernel filter.
     pub fn baseline(&mut self, path: &mut Pipeline) -> anyhow::Result<BaselineReport> {
+        path.trace_resets(self.tracer.reset_decoder().cloned());
         let now = output::clock_ns(libc::CLOCK_MONOTONIC);
         let report = path
             .baseline(now)
@@ -301,9 +302,9 @@ impl Kernel {
                     finished = true;
                     break;
                 };
-                if let Some(t) = path.decode(&item) {
-                    last = Some(t.ts_ns);
-                    self.merge.push(t);
+                if let Some(e) = path.decode(&item) {
+                    last = Some(e.ts_ns());
+                    self.merge.push(e);
                 }
             }
             if !finished {
@@ -314,13 +315,14 @@ impl Kernel {
             }
         }
         self.merge
-            .release(cut, |t| path.on_transition(t, None, sink))
+            .release(cut, |e| path.on_event(e, sink))
     }
 
     /// Passes down the path every event read and still waiting for the merge (at the end).
     pub fn flush(&mut self, path: &mut Pipeline, sink: &mut impl Sink) -> io::Result<()> {
         self.merge
-            .release(u64::MAX, |t| path.on_transition(t, None, sink))
+            .release(u64::MAX, |e| path.on_event(e, sink))?;
+        path.finish(sink)
     }
 
     /// The last drain stopped at its batch limit: events are still waiting.
@@ -359,6 +361,20 @@ impl Kernel {
     }
 
     /// The program's run-time statistics (when enabled).
+    /// The reset program's cost, when the kernel's accounting is on.
+    pub fn reset_program_stats(&self) -> Option<ProgramStats> {
+        self.tracer.reset_program_stats()
+    }
+
+    /// What is traced of resets sent ([`crate::driver::Driver::resets_traced`]).
+    pub fn resets_traced(&self) -> &'static str {
+        match self.tracer.reset_decoder() {
+            Some(d) if d.layout.has_reason() => "reason",
+            Some(_) => "unnamed",
+            None => "none",
+        }
+    }
+
     pub fn program_stats(&self) -> Option<ProgramStats> {
         self.tracer.program_stats()
     }
@@ -369,10 +385,10 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::event::{Comm, Family, TcpState};
+    use crate::event::{Comm, Family, TcpState, Transition};
 
-    fn ev(ts_ns: u64, sk: u64) -> Transition {
-        Transition {
+    fn ev(ts_ns: u64, sk: u64) -> Event {
+        Event::Transition(Transition {
             ts_ns,
             sk,
             family: Family::V4,
@@ -388,13 +404,14 @@ mod tests {
             task_pid: 1,
             task_tid: 1,
             task_comm: Comm::new("t"),
-        }
+            idle: crate::event::Idle::NONE,
+        })
     }
 
     fn released(m: &mut Merge, cut: u64) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         m.release(cut, |t| {
-            out.push((t.ts_ns, t.sk));
+            out.push((t.ts_ns(), t.sk()));
             Ok::<(), ()>(())
         })
         .unwrap();

@@ -5,7 +5,8 @@
 
 use std::net::IpAddr;
 
-use crate::event::{Comm, Family, TcpState};
+use crate::event::{Comm, Family, Idle, TcpState};
+use crate::rst::RstReason;
 
 /// How a connection closed. Each kind maps to exact transition patterns, documented in
 /// docs/close-kinds.md.
@@ -257,6 +258,13 @@ pub struct CloseRecord {
     /// leak check or a reconciliation), so it closed while its events were lost. The kind is
     /// then `unknown`, and `ts_ns` is when that was found out.
     pub closed_unseen: bool,
+    /// How long the connection had been quiet when it reached CLOSE: since the last segment
+    /// received (`rx_ns`, what `idle_before_close_ns` reports) and since the last data sent.
+    /// Only for connections that were established (not a failed connect or a listener).
+    pub idle: Idle,
+    /// Why the kernel sent the RST this socket ended with, when this host sent one (kernels
+    /// with the reason: 6.10+). Filled by the path from `tcp:tcp_send_reset`, not the engine.
+    pub rst_reason: Option<RstReason>,
 }
 
 /// Emitted once per socket when its time in CLOSE_WAIT crosses the threshold.

@@ -201,6 +201,11 @@ struct Line<'a> {
     netns: u32,
     #[serde(default)]
     sk_err: u16,
+    /// On transitions to CLOSE of recordings that carry them.
+    #[serde(default)]
+    idle_rx_ns: Option<u64>,
+    #[serde(default)]
+    idle_tx_ns: Option<u64>,
     task_pid: u32,
     task_tid: u32,
     #[serde(borrow)]
@@ -224,6 +229,8 @@ pub struct RecordedMeta {
     pub pid: Option<u32>,
     pub attach: Option<String>,
     pub realtime_offset_ns: Option<i64>,
+    /// `reason`: the recording's kernel named why it sent each reset.
+    pub resets: Option<String>,
 }
 
 /// One parsed input line.
@@ -233,6 +240,8 @@ pub enum Parsed {
     Transition(Transition, Option<Owner>),
     /// The settings of the run that made the recording.
     Meta(RecordedMeta),
+    /// A reset the recorded host sent.
+    Reset(crate::rst::ResetSent),
     /// A record of another type, or a blank line.
     Other,
 }
@@ -253,8 +262,71 @@ pub fn parse_any(line: &[u8]) -> Result<Parsed, LineError> {
         Some("meta") => serde_json::from_slice(line)
             .map(Parsed::Meta)
             .map_err(|e| LineError::json(&e)),
+        Some("reset_sent") => parse_reset(line).map(Parsed::Reset),
         Some(_) => Ok(Parsed::Other),
     }
+}
+
+/// A `reset_sent` line (docs/output.md).
+#[derive(Deserialize)]
+struct ResetLine<'a> {
+    ts_ns: u64,
+    #[serde(borrow)]
+    sk: Cow<'a, str>,
+    #[serde(default)]
+    netns: u32,
+    family: u8,
+    #[serde(borrow)]
+    saddr: Cow<'a, str>,
+    sport: u16,
+    #[serde(borrow)]
+    daddr: Cow<'a, str>,
+    dport: u16,
+    #[serde(borrow, default)]
+    state: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reason: Cow<'a, str>,
+}
+
+fn parse_reset(line: &[u8]) -> Result<crate::rst::ResetSent, LineError> {
+    let l: ResetLine<'_> = serde_json::from_slice(line).map_err(|e| LineError::json(&e))?;
+    let family = match l.family {
+        4 => Family::V4,
+        6 => Family::V6,
+        value => return Err(LineError::Family { value: value.into() }),
+    };
+    let sk = parse_sk(&l.sk).ok_or_else(|| LineError::Sk {
+        value: l.sk.clone().into_owned(),
+    })?;
+    let addr = |field: &'static str, v: &Cow<'_, str>| {
+        v.parse::<IpAddr>().map_err(|_| LineError::Addr {
+            field,
+            value: v.clone().into_owned(),
+        })
+    };
+    let state = match &l.state {
+        None => None,
+        Some(v) => Some(TcpState::from_name(v).ok_or_else(|| LineError::State {
+            field: "state",
+            value: v.clone().into_owned(),
+        })?),
+    };
+    let reason = crate::rst::RstReason::from_name(&l.reason).ok_or_else(|| LineError::State {
+        field: "reason",
+        value: l.reason.clone().into_owned(),
+    })?;
+    Ok(crate::rst::ResetSent {
+        ts_ns: l.ts_ns,
+        sk,
+        netns: l.netns,
+        state,
+        reason,
+        family,
+        saddr: addr("saddr", &l.saddr)?,
+        sport: l.sport,
+        daddr: addr("daddr", &l.daddr)?,
+        dport: l.dport,
+    })
 }
 
 /// Parses one line: `Ok(Some)` for a transition, `Ok(None)` for any other record type (or a
@@ -313,6 +385,10 @@ pub fn parse_line(line: &[u8]) -> Result<Option<(Transition, Option<Owner>)>, Li
         task_pid: l.task_pid,
         task_tid: l.task_tid,
         task_comm: Comm::new(&l.task_comm),
+        idle: crate::event::Idle {
+            rx_ns: l.idle_rx_ns,
+            tx_ns: l.idle_tx_ns,
+        },
     };
     let owner = match l.pid {
         None => None,
@@ -421,6 +497,12 @@ impl<S: Sink> Sink for Shifted<'_, S> {
         l.ts_ns = l.ts_ns.saturating_sub(self.offset);
         self.sink.leak(&l, cx)
     }
+
+    fn reset(&mut self, r: &crate::rst::ResetSent) -> io::Result<()> {
+        let mut r = *r;
+        r.ts_ns = r.ts_ns.saturating_sub(self.offset);
+        self.sink.reset(&r)
+    }
 }
 
 /// Drives the path over the input's transitions.
@@ -478,6 +560,16 @@ impl<'a, S: Sink> Replayer<'a, S> {
             }
             Some(_) => self.feed(t, owner, t.ts_ns),
         }
+    }
+
+    /// A reset line, fed at once in the current part's time.
+    fn reset(&mut self, mut r: crate::rst::ResetSent) -> io::Result<()> {
+        r.ts_ns = r.ts_ns.saturating_add(self.clock.offset);
+        let mut sink = Shifted {
+            sink: &mut *self.sink,
+            offset: self.clock.offset,
+        };
+        self.path.on_reset(&r, &mut sink)
     }
 
     /// A meta line: before any transition, nothing to do (the caller applied it); after
@@ -595,6 +687,9 @@ pub fn replay<R: BufRead, S: Sink>(
     let mut meta: Option<RecordedMeta> = None;
     // Lines before the first transition: meta and others, handled before the path exists.
     let mut first: Option<(Transition, Option<Owner>)> = None;
+    // Resets before the first transition, fed once the path exists (bounded; the rest are
+    // counted as skipped).
+    let mut early: Vec<crate::rst::ResetSent> = Vec::new();
     loop {
         match next_line(&mut input, &mut buf, &mut stats, &mut on_error)
             .map_err(ReplayError::Read)?
@@ -610,6 +705,8 @@ pub fn replay<R: BufRead, S: Sink>(
                     meta = Some(m);
                 }
             }
+            Some(Parsed::Reset(r)) if early.len() < 4096 => early.push(r),
+            Some(Parsed::Reset(_)) => stats.skipped += 1,
             Some(Parsed::Other) => {}
         }
     }
@@ -632,7 +729,12 @@ pub fn replay<R: BufRead, S: Sink>(
         engine,
         ..PipelineConfig::default()
     });
+    let mut path = path;
+    path.set_reset_reasons(meta.as_ref().and_then(|m| m.resets.as_deref()) == Some("reason"));
     let mut r = Replayer::new(path, stats, sink);
+    for e in early {
+        r.reset(e).map_err(ReplayError::Write)?;
+    }
     if let Some((t, o)) = first {
         r.transition(t, o).map_err(ReplayError::Write)?;
         loop {
@@ -642,11 +744,19 @@ pub fn replay<R: BufRead, S: Sink>(
                 None => break,
                 Some(Parsed::Transition(t, o)) => r.transition(t, o).map_err(ReplayError::Write)?,
                 Some(Parsed::Meta(_)) => r.meta(),
+                Some(Parsed::Reset(e)) => r.reset(e).map_err(ReplayError::Write)?,
                 Some(Parsed::Other) => {}
             }
         }
     }
     r.finish().map_err(ReplayError::Write)?;
+    {
+        let mut sink = Shifted {
+            sink: &mut *r.sink,
+            offset: r.clock.offset,
+        };
+        r.path.finish(&mut sink).map_err(ReplayError::Write)?;
+    }
     Ok(Replayed {
         path: r.path,
         stats: r.stats,

@@ -42,9 +42,44 @@ pub const BOUNDS_NS: [u64; 30] = [
 /// Number of buckets: the finite ones plus +Inf.
 pub const BUCKETS: usize = BOUNDS_NS.len() + 1;
 
-/// A histogram of durations (ns).
+/// Upper bounds (ns) for idle time before a close, chosen so that the usual middlebox idle
+/// timeouts — 30 s, 60 s, 300 s, 350 s (cloud load balancers), 900 s — each sit in the middle
+/// of a bucket of their own: (25, 35], (55, 65], (290, 310], (340, 360], (850, 950] s.
+pub const IDLE_BOUNDS_NS: [u64; 25] = {
+    const S: u64 = 1_000_000_000;
+    [
+        S / 10,
+        S / 2,
+        S,
+        2 * S,
+        5 * S,
+        10 * S,
+        20 * S,
+        25 * S,
+        35 * S,
+        50 * S,
+        55 * S,
+        65 * S,
+        90 * S,
+        120 * S,
+        240 * S,
+        290 * S,
+        310 * S,
+        340 * S,
+        360 * S,
+        600 * S,
+        850 * S,
+        950 * S,
+        1_800 * S,
+        3_600 * S,
+        7_200 * S,
+    ]
+};
+
+/// A histogram of durations (ns), over [`BOUNDS_NS`] or another set of at most as many bounds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Histogram {
+    bounds: &'static [u64],
     counts: [u64; BUCKETS],
     count: u64,
     sum_ns: u128,
@@ -60,7 +95,14 @@ impl Default for Histogram {
 
 impl Histogram {
     pub const fn new() -> Self {
+        Self::with_bounds(&BOUNDS_NS)
+    }
+
+    /// A histogram over other bounds (increasing, at most `BOUNDS_NS.len()` of them).
+    pub const fn with_bounds(bounds: &'static [u64]) -> Self {
+        assert!(bounds.len() <= BOUNDS_NS.len());
         Histogram {
+            bounds,
             counts: [0; BUCKETS],
             count: 0,
             sum_ns: 0,
@@ -69,14 +111,14 @@ impl Histogram {
         }
     }
 
-    /// Index of the bucket holding `ns`.
+    /// Index of the bucket holding `ns` (of the default bounds).
     pub fn bucket_index(ns: u64) -> usize {
         BOUNDS_NS.partition_point(|&b| b < ns)
     }
 
     /// Records one duration.
     pub fn record(&mut self, ns: u64) {
-        self.counts[Self::bucket_index(ns)] += 1;
+        self.counts[self.bounds.partition_point(|&b| b < ns)] += 1;
         self.count += 1;
         self.sum_ns += u128::from(ns);
         self.min_ns = self.min_ns.min(ns);
@@ -121,9 +163,10 @@ impl Histogram {
     /// 10 µs up filters on the first element.
     pub fn buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
         let mut cum = 0u64;
-        self.counts.iter().enumerate().map(move |(i, &c)| {
+        let bounds = self.bounds;
+        self.counts[..=bounds.len()].iter().enumerate().map(move |(i, &c)| {
             cum += c;
-            let le = BOUNDS_NS.get(i).map_or(f64::INFINITY, |&b| b as f64 / 1e9);
+            let le = bounds.get(i).map_or(f64::INFINITY, |&b| b as f64 / 1e9);
             (le, cum)
         })
     }
@@ -146,8 +189,8 @@ impl Histogram {
             let prev = cum;
             cum += c;
             if (cum as f64) >= rank {
-                let lower = if i == 0 { 0 } else { BOUNDS_NS[i - 1] };
-                let upper = BOUNDS_NS.get(i).copied().unwrap_or(self.max_ns).max(lower);
+                let lower = if i == 0 { 0 } else { self.bounds[i - 1] };
+                let upper = self.bounds.get(i).copied().unwrap_or(self.max_ns).max(lower);
                 let frac = ((rank - prev as f64) / c as f64).clamp(0.0, 1.0);
                 let est = lower as f64 + (upper - lower) as f64 * frac;
                 // Saturating float → int cast; then clamp into what was actually seen.
@@ -165,7 +208,7 @@ impl Histogram {
     /// bounded by its lowest and highest non-empty buckets (and by what the whole histogram
     /// saw), which is what [`Histogram::quantile`] clamps to.
     pub fn since(&self, earlier: &Histogram) -> Histogram {
-        let mut d = Histogram::new();
+        let mut d = Histogram::with_bounds(self.bounds);
         for (i, (now, then)) in self.counts.iter().zip(earlier.counts.iter()).enumerate() {
             let c = now.saturating_sub(*then);
             if c == 0 {
@@ -173,8 +216,8 @@ impl Histogram {
             }
             d.counts[i] = c;
             d.count += c;
-            let lower = if i == 0 { 0 } else { BOUNDS_NS[i - 1] + 1 };
-            let upper = BOUNDS_NS.get(i).copied().unwrap_or(u64::MAX);
+            let lower = if i == 0 { 0 } else { self.bounds[i - 1] + 1 };
+            let upper = self.bounds.get(i).copied().unwrap_or(u64::MAX);
             d.min_ns = d.min_ns.min(lower.max(self.min_ns));
             d.max_ns = d.max_ns.max(upper.min(self.max_ns));
         }
@@ -194,6 +237,27 @@ mod tests {
         assert_eq!(BOUNDS_NS[0], 1_000);
         assert_eq!(BOUNDS_NS[3], 10_000);
         assert_eq!(*BOUNDS_NS.last().unwrap(), 3_600 * 1_000_000_000);
+    }
+
+    #[test]
+    fn idle_bounds_put_middlebox_timeouts_in_buckets_of_their_own() {
+        let mut h = Histogram::with_bounds(&IDLE_BOUNDS_NS);
+        let s = 1_000_000_000u64;
+        // Each timeout, give or take a few ticks of measurement.
+        let timeouts = [30, 60, 300, 350, 900];
+        let bucket = |ns: u64| IDLE_BOUNDS_NS.partition_point(|&b| b < ns);
+        let idx: Vec<usize> = timeouts.iter().map(|&t| bucket(t * s)).collect();
+        for (&t, &i) in timeouts.iter().zip(&idx) {
+            assert_eq!(bucket(t * s - s / 50), i);
+            assert_eq!(bucket(t * s + s / 50), i);
+            h.record(t * s);
+        }
+        let mut dedup = idx.clone();
+        dedup.dedup();
+        assert_eq!(dedup.len(), timeouts.len(), "{idx:?}");
+        assert_eq!(h.buckets().count(), IDLE_BOUNDS_NS.len() + 1);
+        assert_eq!(h.buckets().last(), Some((f64::INFINITY, 5)));
+        assert!(IDLE_BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -76,7 +76,7 @@ mod tests;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use crate::event::{Comm, TcpState, Transition};
+use crate::event::{Comm, Idle, TcpState, Transition};
 use crate::record::{AgeSource, CloseKind, CloseRecord, LeakRecord, Owner, Record, Role, SocketId};
 
 pub use histogram::Histogram;
@@ -287,6 +287,8 @@ pub struct Engine {
     stats: Stats,
     per_state: [u64; 12],
     dwell_hist: [Histogram; 12],
+    /// Idle time before close (since the last segment received), per close kind.
+    idle_hist: [Histogram; 9],
     /// Time in the old state of the last transition fed, when known.
     last_dwell_ns: Option<u64>,
     /// Leaks wait for [`Engine::decide_leak`] instead of being reported at the threshold.
@@ -313,6 +315,7 @@ impl Engine {
             stats: Stats::default(),
             per_state: [0; 12],
             dwell_hist: std::array::from_fn(|_| Histogram::new()),
+            idle_hist: std::array::from_fn(|_| Histogram::with_bounds(&histogram::IDLE_BOUNDS_NS)),
             last_dwell_ns: None,
             confirm_leaks: false,
             checks: Vec::new(),
@@ -422,6 +425,8 @@ impl Engine {
             leaked: e.has(flag::LEAKED),
             owner: e.owner,
             closed_unseen: true,
+            idle: Idle::NONE,
+            rst_reason: None,
         }));
         let s = &mut self.stats;
         s.closes += 1;
@@ -702,6 +707,12 @@ impl Engine {
         &self.dwell_hist[st.index()]
     }
 
+    /// Idle time before close ([`CloseRecord::idle`]'s `rx_ns`) of the closes of kind `k`,
+    /// over [`histogram::IDLE_BOUNDS_NS`].
+    pub fn idle_histogram(&self, k: CloseKind) -> &Histogram {
+        &self.idle_hist[k as usize]
+    }
+
     /// Tracked sockets owned by `pid` now. O(tracked sockets): for rare questions (the end of
     /// `--pid`'s process), never per event.
     pub fn sockets_owned_by(&self, pid: u32) -> usize {
@@ -889,7 +900,7 @@ impl Engine {
                 e.flags |= flag::LEAKED;
                 self.push_kernel_leak(e.id(), e.owner, t, out);
             }
-            Self::emit_close(&mut self.stats, &e, t, out);
+            Self::emit_close(&mut self.stats, &mut self.idle_hist, &e, t, out);
             return;
         }
         self.make_room();
@@ -997,7 +1008,7 @@ impl Engine {
         if t.new == TcpState::Close {
             let e = self.table.get_mut(i);
             e.set_endpoints(t);
-            Self::emit_close(&mut self.stats, self.table.get(i), t, out);
+            Self::emit_close(&mut self.stats, &mut self.idle_hist, self.table.get(i), t, out);
             self.table.remove(i, Which::Lru);
             return;
         }
@@ -1073,7 +1084,13 @@ impl Engine {
         }));
     }
 
-    fn emit_close(stats: &mut Stats, e: &Entry, t: &Transition, out: &mut Vec<Record>) {
+    fn emit_close(
+        stats: &mut Stats,
+        idle_hist: &mut [Histogram; 9],
+        e: &Entry,
+        t: &Transition,
+        out: &mut Vec<Record>,
+    ) {
         let mut states = e.path;
         states.push(TcpState::Close);
         let sk_err = t.sk_err_known();
@@ -1082,6 +1099,11 @@ impl Engine {
             reset_by,
             time_wait,
         } = classify::verdict(&states, t.old, sk_err);
+        let lifetime_ns = (!e.has(flag::SEEDED)).then(|| t.ts_ns.saturating_sub(e.first_ns));
+        let idle = idle_at_close(kind, t.idle, lifetime_ns);
+        if let Some(ns) = idle.rx_ns {
+            idle_hist[kind as usize].record(ns);
+        }
         let rec = CloseRecord {
             ts_ns: t.ts_ns,
             id: e.id(),
@@ -1089,13 +1111,15 @@ impl Engine {
             kind,
             states,
             dwell_ns: e.dwell_record(),
-            lifetime_ns: (!e.has(flag::SEEDED)).then(|| t.ts_ns.saturating_sub(e.first_ns)),
+            lifetime_ns,
             time_wait,
             reset_by,
             sk_err,
             leaked: e.has(flag::LEAKED),
             owner: e.owner,
             closed_unseen: false,
+            idle,
+            rst_reason: None,
         };
         let s = stats;
         s.closes += 1;
@@ -1366,6 +1390,20 @@ impl Engine {
 
 /// Adds a dwell sample for `st` to the entry and the histogram. CLOSE (before a birth) has no
 /// meaningful dwell and is skipped.
+/// The idle times a close record reports: none for a connection that never got established
+/// (a failed connect, a listener: the kernel's stamps are then from no segment at all), and a
+/// time longer than the connection's traced life is not one (a stamp never set).
+fn idle_at_close(kind: CloseKind, idle: Idle, lifetime_ns: Option<u64>) -> Idle {
+    if matches!(kind, CloseKind::ConnectFailed | CloseKind::Listener) {
+        return Idle::NONE;
+    }
+    let fits = |ns: Option<u64>| ns.filter(|&v| lifetime_ns.is_none_or(|l| v <= l));
+    Idle {
+        rx_ns: fits(idle.rx_ns),
+        tx_ns: fits(idle.tx_ns),
+    }
+}
+
 fn note_dwell(e: &mut Entry, hist: &mut [Histogram; 12], st: TcpState, ns: u64) {
     if st == TcpState::Close {
         return;

@@ -87,6 +87,7 @@ mod tests {
             task_pid: 1,
             task_tid: 1,
             task_comm: Comm::new("t"),
+            idle: crate::event::Idle::NONE,
         }
     }
 

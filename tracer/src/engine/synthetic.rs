@@ -167,6 +167,7 @@ impl Iterator for SyntheticStream {
             task_pid: 4242,
             task_tid: 4242,
             task_comm: Comm(*b"synthetic\0\0\0\0\0\0\0"),
+            idle: crate::event::Idle::NONE,
         })
     }
 

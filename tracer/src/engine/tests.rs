@@ -31,6 +31,7 @@ fn tr(ts: u64, sk: u64, old: TcpState, new: TcpState) -> Transition {
         task_pid: 1,
         task_tid: 1,
         task_comm: Comm::new("test"),
+        idle: crate::event::Idle::NONE,
     }
 }
 

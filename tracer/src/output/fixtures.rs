@@ -95,6 +95,7 @@ pub fn transitions() -> Vec<(Transition, Option<Owner>)> {
                 task_pid: 12_347 + i as u32,
                 task_tid: 12_350 + i as u32,
                 task_comm: Comm::new(NAMES[i % NAMES.len()]),
+                idle: crate::event::Idle::NONE,
             };
             (t, (i % 3 != 2).then(|| owner(i)))
         })
@@ -121,6 +122,19 @@ fn path(states: &[TcpState]) -> StatePath {
     }
     p
 }
+
+/// Idle times the fixture closes cycle through: none, a short pause, a load balancer's 350 s.
+const FIXTURE_IDLE: [crate::event::Idle; 3] = [
+    crate::event::Idle::NONE,
+    crate::event::Idle {
+        rx_ns: Some(3_004_000_000),
+        tx_ns: Some(12_000_000),
+    },
+    crate::event::Idle {
+        rx_ns: Some(350_020_000_000),
+        tx_ns: None,
+    },
+];
 
 pub fn closes() -> Vec<CloseRecord> {
     use TcpState::*;
@@ -157,6 +171,8 @@ pub fn closes() -> Vec<CloseRecord> {
                 sk_err: (i % 4 != 3).then_some(if kind == CloseKind::Reset { 104 } else { 0 }),
                 leaked: kind == CloseKind::Passive,
                 closed_unseen: kind == CloseKind::Unknown,
+                idle: FIXTURE_IDLE[i % FIXTURE_IDLE.len()],
+                rst_reason: (kind == CloseKind::Abort).then(|| crate::rst::RstReason::from_name("TCP_ABORT_ON_CLOSE")).flatten(),
                 owner: (i % 3 != 1).then(|| owner(i)),
             }
         })
@@ -233,10 +249,57 @@ pub fn contexts() -> Vec<RecordContext> {
     ]
 }
 
-/// Every transition, close and leak of the fixtures through a sink.
+/// Resets sent: with a socket and a reason, without a socket (IPv6), and without a reason.
+pub fn resets() -> Vec<crate::rst::ResetSent> {
+    use crate::rst::{ResetSent, RstReason};
+    let reason = |n: &str| RstReason::from_name(n).unwrap_or(RstReason::UNKNOWN);
+    vec![
+        ResetSent {
+            ts_ns: 1_500_000_000,
+            sk: 0xffff_8881_1000_0100,
+            netns: 4_026_532_301,
+            state: Some(TcpState::Close),
+            reason: reason("TCP_ABORT_ON_CLOSE"),
+            family: Family::V4,
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: 8080,
+            daddr: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+            dport: 50004,
+        },
+        ResetSent {
+            ts_ns: 1_500_000_001,
+            sk: 0,
+            netns: 0,
+            state: None,
+            reason: reason("NO_SOCKET"),
+            family: Family::V6,
+            saddr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            sport: 9,
+            daddr: IpAddr::V6("2001:db8::42".parse().unwrap_or(Ipv6Addr::UNSPECIFIED)),
+            dport: 41000,
+        },
+        ResetSent {
+            ts_ns: 1_500_000_002,
+            sk: 0xffff_8881_1000_0200,
+            netns: 4_026_532_301,
+            state: Some(TcpState::TimeWait),
+            reason: RstReason::UNKNOWN,
+            family: Family::V4,
+            saddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sport: 8080,
+            daddr: IpAddr::V4(Ipv4Addr::new(192, 168, 1, 9)),
+            dport: 50006,
+        },
+    ]
+}
+
+/// Every transition, reset, close and leak of the fixtures through a sink.
 pub fn render(sink: &mut impl Sink) {
     for (t, o) in transitions() {
         sink.transition(&t, o.as_ref()).unwrap();
+    }
+    for r in resets() {
+        sink.reset(&r).unwrap();
     }
     let cxs = contexts();
     for (i, c) in closes().iter().enumerate() {
@@ -255,6 +318,7 @@ pub fn meta(pid: Option<u32>) -> Meta {
         pid,
         attach: "tp_btf",
         baseline: pid.is_none(),
+        resets: "reason",
         realtime_offset_ns: 1_764_441_234_567_890_123,
     }
 }

@@ -11,7 +11,8 @@ use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
 
 use super::{Batched, FormatSink, Meta, Show, dwell_pairs};
 use crate::engine::Summary;
-use crate::event::{AddrFmt, Comm, EndpointFmt, Transition};
+use crate::event::{AddrFmt, Comm, EndpointFmt, TcpState, Transition};
+use crate::rst::ResetSent;
 use crate::pipeline::{RecordContext, Sink};
 use crate::record::{CloseRecord, Dwell, LeakRecord, Owner, SocketId, StatePath};
 use crate::untrusted::Cmdline;
@@ -102,6 +103,53 @@ impl<W: Write> Sink for JsonSink<W> {
         }
         self.line(&LeakLine::new(r, cx))
     }
+
+    /// Resets are events like transitions: shown (and recorded, for replay) with them.
+    fn reset(&mut self, r: &ResetSent) -> io::Result<()> {
+        if !self.show.transitions {
+            return Ok(());
+        }
+        self.line(&ResetLine::new(r))
+    }
+}
+
+/// `{"type":"reset_sent",…}`: a RST this host sent.
+#[derive(Serialize)]
+struct ResetLine {
+    #[serde(rename = "type")]
+    line_type: &'static str,
+    ts_ns: u64,
+    #[serde(serialize_with = "hex")]
+    sk: u64,
+    netns: u32,
+    family: u8,
+    #[serde(serialize_with = "display")]
+    saddr: AddrFmt,
+    sport: u16,
+    #[serde(serialize_with = "display")]
+    daddr: AddrFmt,
+    dport: u16,
+    /// The sending socket's state; null without a socket.
+    state: Option<&'static str>,
+    reason: &'static str,
+}
+
+impl ResetLine {
+    fn new(r: &ResetSent) -> Self {
+        Self {
+            line_type: "reset_sent",
+            ts_ns: r.ts_ns,
+            sk: r.sk,
+            netns: r.netns,
+            family: r.family.number(),
+            saddr: AddrFmt(r.saddr),
+            sport: r.sport,
+            daddr: AddrFmt(r.daddr),
+            dport: r.dport,
+            state: r.state.map(TcpState::name),
+            reason: r.reason.name(),
+        }
+    }
 }
 
 /// `{"type":"meta",…}`: the run's settings after the type.
@@ -133,6 +181,11 @@ struct TransitionLine<'a> {
     dwell_ns: Option<u64>,
     netns: u32,
     sk_err: u16,
+    /// Only on transitions to CLOSE whose idle stamps were read (replay reads them back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_rx_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_tx_ns: Option<u64>,
     task_pid: u32,
     task_tid: u32,
     #[serde(serialize_with = "exact_comm")]
@@ -157,6 +210,8 @@ impl<'a> TransitionLine<'a> {
             dwell_ns: t.dwell_ns,
             netns: t.netns,
             sk_err: t.sk_err,
+            idle_rx_ns: t.idle.rx_ns,
+            idle_tx_ns: t.idle.tx_ns,
             task_pid: t.task_pid,
             task_tid: t.task_tid,
             task_comm: &t.task_comm,
@@ -179,7 +234,12 @@ struct CloseLine<'a> {
     lifetime_ns: Option<u64>,
     time_wait: bool,
     reset_by: Option<&'static str>,
+    /// Why the kernel sent the RST this host ended the connection with (6.10+).
+    rst_reason: Option<&'static str>,
     sk_err: Option<u16>,
+    /// Since the last segment received, at the close; and since the last data sent.
+    idle_before_close_ns: Option<u64>,
+    last_send_before_close_ns: Option<u64>,
     leaked: bool,
     /// Only when true: the close was never seen (docs/output.md).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -202,7 +262,10 @@ impl<'a> CloseLine<'a> {
             lifetime_ns: r.lifetime_ns,
             time_wait: r.time_wait,
             reset_by: r.reset_by.map(super::super::record::ResetBy::name),
+            rst_reason: r.rst_reason.map(crate::rst::RstReason::name),
             sk_err: r.sk_err,
+            idle_before_close_ns: r.idle.rx_ns,
+            last_send_before_close_ns: r.idle.tx_ns,
             leaked: r.leaked,
             closed_unseen: r.closed_unseen,
             owner: OwnerFields::new(r.owner.as_ref()),

@@ -87,6 +87,8 @@ pub struct Meta {
     pub attach: &'static str,
     /// Whether the sockets open at startup were read (not `--no-baseline`).
     pub baseline: bool,
+    /// What the run traces of resets sent: `reason`, `unnamed` or `none`.
+    pub resets: &'static str,
     /// Wall-clock minus monotonic time (ns) at startup: turns `ts_ns` into a date.
     pub realtime_offset_ns: i64,
 }
@@ -242,6 +244,11 @@ impl<W: Write> Output<W> {
         self.sink().leak(r, cx)
     }
 
+    /// A reset this host sent.
+    pub fn reset(&mut self, r: &crate::rst::ResetSent) -> io::Result<()> {
+        self.sink().reset(r)
+    }
+
     /// Writes out what is buffered.
     pub fn flush(&mut self) -> io::Result<()> {
         self.sink().flush()
@@ -281,6 +288,10 @@ impl<W: Write> Sink for Output<W> {
 
     fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()> {
         Output::leak(self, l, cx)
+    }
+
+    fn reset(&mut self, r: &crate::rst::ResetSent) -> io::Result<()> {
+        Output::reset(self, r)
     }
 }
 
@@ -402,6 +413,7 @@ mod tests {
             task_pid: 3,
             task_tid: 4,
             task_comm: Comm::new("a\"b\\c\u{1}"),
+            idle: crate::event::Idle::NONE,
         }
     }
 

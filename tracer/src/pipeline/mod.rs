@@ -28,6 +28,7 @@ mod forensics;
 mod holders;
 mod owners;
 mod reconcile;
+pub mod resets;
 mod timewait_sync;
 mod views;
 
@@ -47,7 +48,9 @@ use std::time::{Duration, Instant};
 use crate::attribution::{self, Attributor, AttributorConfig, ProcFs};
 use crate::container::Containers;
 use crate::engine::{BaselineSummary, Engine, EngineConfig, LeakCheck, LeakDecision};
-use crate::event::{self, TcpState, Transition};
+use crate::event::{self, Event, Idle, RingRecord, TcpState, Transition};
+use crate::hz::HzEstimator;
+use crate::rst::{ResetDecoder, ResetSent};
 use crate::netns::{Namespaces, NetnsStats};
 use crate::record::{CloseRecord, LeakRecord, Owner, OwnerSource, Record, SocketId};
 use crate::sockdiag::{FourTuple, SockDiagError};
@@ -100,6 +103,11 @@ pub trait Sink {
     fn close(&mut self, c: &CloseRecord, cx: &RecordContext) -> io::Result<()>;
     /// A socket's CLOSE_WAIT age crossed the threshold.
     fn leak(&mut self, l: &LeakRecord, cx: &RecordContext) -> io::Result<()>;
+    /// A reset this host sent (every one: resets belong to no process filter).
+    fn reset(&mut self, r: &ResetSent) -> io::Result<()> {
+        let _ = r;
+        Ok(())
+    }
 }
 
 /// Counts kept by the path.
@@ -201,6 +209,12 @@ pub struct Pipeline {
     holders: holders::Holders,
     /// `--cmdline`.
     cmdline_policy: CmdlinePolicy,
+    /// The kernel's tick rate, for the idle stamps of close events.
+    hz: HzEstimator,
+    /// How to decode resets from the rings (`None`: not traced).
+    rst: Option<ResetDecoder>,
+    /// Resets sent: per remote, and joined to close records.
+    resets: resets::Resets,
 }
 
 impl Pipeline {
@@ -226,7 +240,31 @@ impl Pipeline {
             reconcile: reconcile::Reconciler::default(),
             holders: holders::Holders::default(),
             cmdline_policy: cfg.cmdline,
+            hz: HzEstimator::default(),
+            rst: None,
+            resets: resets::Resets::new(false),
         }
+    }
+
+    /// Resets come from the rings too, decoded with `d` (the running kernel's layout).
+    pub fn trace_resets(&mut self, d: Option<ResetDecoder>) {
+        self.resets.reasons = d.as_ref().is_some_and(|d| d.layout.has_reason());
+        self.rst = d;
+    }
+
+    /// Whether the input says why each reset was sent (a kernel with the reason, or a
+    /// recording of one): closes this side reset wait for theirs.
+    pub fn set_reset_reasons(&mut self, on: bool) {
+        self.resets.reasons = on;
+    }
+
+    pub fn resets(&self) -> &resets::Resets {
+        &self.resets
+    }
+
+    /// The tick rate learnt from the events, if any yet.
+    pub fn hz(&self) -> Option<u32> {
+        self.hz.hz()
     }
 
     /// A path on the live host: owners are confirmed through sock_diag (in each socket's own
@@ -291,23 +329,86 @@ impl Pipeline {
     /// One raw ring-buffer record. A record that cannot be decoded is counted and logged.
     pub fn on_bytes(&mut self, bytes: &[u8], sink: &mut impl Sink) -> io::Result<()> {
         match self.decode(bytes) {
-            Some(t) => self.on_transition(&t, None, sink),
+            Some(e) => self.on_event(&e, sink),
             None => Ok(()),
         }
     }
 
+    /// One event of either kind.
+    pub fn on_event(&mut self, e: &Event, sink: &mut impl Sink) -> io::Result<()> {
+        match e {
+            Event::Transition(t) => self.on_transition(t, None, sink),
+            Event::Reset(r) => self.on_reset(r, sink),
+        }
+    }
+
     /// Decodes one raw ring-buffer record, for a reader that orders records before they go
-    /// down the path ([`Pipeline::on_transition`]). One that cannot be decoded is counted and
+    /// down the path ([`Pipeline::on_event`]). One that cannot be decoded is counted and
     /// logged.
-    pub fn decode(&mut self, bytes: &[u8]) -> Option<Transition> {
-        match event::decode(bytes) {
-            Ok(t) => Some(t),
+    pub fn decode(&mut self, bytes: &[u8]) -> Option<Event> {
+        let decoded = event::classify(bytes).and_then(|rec| match rec {
+            RingRecord::Transition(ev) => {
+                let mut t = event::from_raw(&ev)?;
+                let (jiffies, rcv, snd) = event::idle_stamps(&ev);
+                if jiffies != 0 {
+                    self.hz.observe(t.ts_ns, jiffies);
+                    let now = jiffies as u32;
+                    let since = |stamp: u32| {
+                        (stamp != 0)
+                            .then(|| self.hz.ticks_ns(now.wrapping_sub(stamp)))
+                            .flatten()
+                    };
+                    t.idle = Idle {
+                        rx_ns: since(rcv),
+                        tx_ns: since(snd),
+                    };
+                }
+                Ok(Some(Event::Transition(t)))
+            }
+            RingRecord::Reset(ev) => Ok(self.rst.as_ref().map(|d| {
+                crate::rst::decode(&d.layout, &d.names, &ev).map(Event::Reset)
+            })
+            .transpose()
+            .map_err(|e| {
+                tracing::warn!("undecodable reset: {e}");
+            })
+            .ok()
+            .flatten()),
+        });
+        match decoded {
+            Ok(Some(e)) => Some(e),
+            Ok(None) => {
+                self.counts.undecodable += 1;
+                None
+            }
             Err(e) => {
                 self.counts.undecodable += 1;
                 tracing::warn!("undecodable event: {e}");
                 None
             }
         }
+    }
+
+    /// A reset this host sent: counted per remote, handed to the sink, and joined to the close
+    /// record of its socket (held, or to come).
+    pub fn on_reset(&mut self, r: &ResetSent, sink: &mut impl Sink) -> io::Result<()> {
+        self.counts.events += 1;
+        let netns = self.ns(r.netns);
+        let open = r.sk != 0 && self.engine.state_of(r.sk).is_some();
+        let done = self.resets.on_reset(r, netns, open);
+        sink.reset(r)?;
+        match done {
+            Some((c, cx)) => sink.close(&c, &cx),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends every close still held for its reset (at the end of the input or the run).
+    pub fn finish(&mut self, sink: &mut impl Sink) -> io::Result<()> {
+        while let Some((c, cx)) = self.resets.expired(u64::MAX) {
+            sink.close(&c, &cx)?;
+        }
+        Ok(())
     }
 
     /// One transition. `hint` is an owner known from elsewhere (a replayed line names one).
@@ -362,7 +463,11 @@ impl Pipeline {
     /// A clock reading (kernel monotonic ns): leaks now due are emitted.
     pub fn tick(&mut self, now_ns: u64, sink: &mut impl Sink) -> io::Result<()> {
         self.engine.tick(now_ns, &mut self.records);
-        self.emit(sink)
+        self.emit(sink)?;
+        while let Some((c, cx)) = self.resets.expired(now_ns) {
+            sink.close(&c, &cx)?;
+        }
+        Ok(())
     }
 
     /// Forgets every tracked socket and the owners the trace taught, emitting nothing (a
@@ -410,7 +515,7 @@ impl Pipeline {
                 continue;
             }
             result = match rec {
-                Record::Close(c) => {
+                Record::Close(mut c) => {
                     if c.time_wait {
                         let id = &c.id;
                         let ns = self.ns(id.netns);
@@ -424,7 +529,17 @@ impl Pipeline {
                         cgroup: self.cgroup(c.owner.as_ref(), now, false),
                         ..RecordContext::default()
                     };
-                    sink.close(&c, &cx)
+                    if c.rst_reason.is_none() {
+                        c.rst_reason = self.resets.take_reason(c.id.sk, c.ts_ns);
+                    }
+                    if self.resets.must_wait(&c) {
+                        match self.resets.hold(c, cx) {
+                            Some((old, ocx)) => sink.close(&old, &ocx),
+                            None => Ok(()),
+                        }
+                    } else {
+                        sink.close(&c, &cx)
+                    }
                 }
                 Record::Leak(l) => {
                     if !self.passes(l.owner.as_ref()) {

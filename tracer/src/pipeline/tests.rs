@@ -43,6 +43,7 @@ fn tr(ts: u64, sk: u64, netns: u32, old: TcpState, new: TcpState, pid: u32) -> T
         task_pid: pid,
         task_tid: pid,
         task_comm: Comm::new(&format!("p{pid}")),
+        idle: crate::event::Idle::NONE,
     }
 }
 

@@ -572,6 +572,8 @@ mod tests {
             sk_err: None,
             leaked: false,
             closed_unseen: false,
+            idle: crate::event::Idle::NONE,
+            rst_reason: None,
             owner,
         }
     }
