@@ -168,6 +168,26 @@ pub(super) static FAMILIES: &[Family] = &[
         },
     },
     Family {
+        name: "tcp_idle_before_close",
+        help: "How long a connection had not heard from its peer when it closed, by how it closed (buckets resolve the usual middlebox idle timeouts: 30, 60, 300, 350, 900 s).",
+        unit: Some(Unit::Seconds),
+        samples: Samples::Series {
+            kind: MetricType::Histogram,
+            present: |s| !s.snapshot.idle_before_close.is_empty(),
+            encode: encode_idle_before_close,
+        },
+    },
+    Family {
+        name: "tcp_resets_sent",
+        help: "RSTs this host sent, by the kernel's reason (unknown before 6.10) and remote address (the first remotes seen; later ones summed under remote=\"other\"); includes resets sent without a socket and by timewait sockets.",
+        unit: None,
+        samples: Samples::Series {
+            kind: MetricType::Counter,
+            present: |s| s.snapshot.resets_traced,
+            encode: encode_resets_sent,
+        },
+    },
+    Family {
         name: "tcp_sockets",
         help: "TCP sockets in each state now.",
         unit: None,
@@ -422,6 +442,28 @@ fn encode_dwell(s: &Scrape, m: &mut MetricEncoder) -> fmt::Result {
             })?
             .encode_histogram::<NoLabelSet>(h.sum_seconds, count, &buckets, None)?;
         }
+    }
+    Ok(())
+}
+
+/// `tracer_tcp_idle_before_close_seconds`: one histogram per kind in the snapshot.
+fn encode_idle_before_close(s: &Scrape, m: &mut MetricEncoder) -> fmt::Result {
+    let mut buckets = Vec::new();
+    for (kind, h) in &s.snapshot.idle_before_close {
+        let count = histogram_buckets(h, &mut buckets);
+        m.encode_family(&KindLabels { kind: kind.name() })?
+            .encode_histogram::<NoLabelSet>(h.sum_seconds, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+/// `tracer_tcp_resets_sent_total`: the snapshot's series, in its order.
+fn encode_resets_sent(s: &Scrape, m: &mut MetricEncoder) -> fmt::Result {
+    for r in &s.snapshot.resets_sent {
+        let mut labels = vec![("reason", r.reason.to_owned())];
+        labels.extend(remote_labels(r.netns, None, &r.remote));
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, u64, u64>(&r.count, None)?;
     }
     Ok(())
 }

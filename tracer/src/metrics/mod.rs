@@ -33,6 +33,7 @@ pub use families::PREFIX;
 pub use format::{EncodeError, Format, encode, openmetrics_to_text};
 pub use series::{DEFAULT_MAX_PROCESS_SERIES, MIN_DWELL_BUCKET_SECONDS};
 pub use snapshot::{
+    ResetSeries,
     HistogramSnapshot, MetricsSnapshot, OwnerCloseWait, PortSeries, RemoteSeries, SnapshotSource,
 };
 

@@ -14,6 +14,12 @@ pub struct MetricsSnapshot {
     pub dwell: Vec<(TcpState, HistogramSnapshot)>,
     /// Closed connections by kind; kinds missing here are exported as 0.
     pub closes: Vec<(CloseKind, u64)>,
+    /// Idle time before close, per kind, for the kinds that had one.
+    pub idle_before_close: Vec<(CloseKind, HistogramSnapshot)>,
+    /// Resets sent are traced (else their family is left out).
+    pub resets_traced: bool,
+    /// Resets sent per reason and remote, already capped.
+    pub resets_sent: Vec<ResetSeries>,
     /// Sockets in each state now, indexed by [`TcpState::index`] (startup baseline included).
     pub sockets: [u64; 12],
     /// Per owning process: sockets in CLOSE_WAIT now, and how many of them are leaking (over
@@ -80,6 +86,18 @@ pub struct RemoteSeries {
     /// `addr:port` (`[v6]:port`), or `other`.
     pub remote: String,
     pub sockets: u64,
+}
+
+/// One series of `tracer_tcp_resets_sent_total`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResetSeries {
+    /// The kernel's reason, or `unknown`.
+    pub reason: &'static str,
+    /// The sender's namespace when it is not the tracer's own and is known.
+    pub netns: Option<u32>,
+    /// The remote address, or `other`.
+    pub remote: String,
+    pub count: u64,
 }
 
 /// One series of `tracer_tcp_ephemeral_ports_used_ratio`.

@@ -95,7 +95,14 @@ pub fn transitions() -> Vec<(Transition, Option<Owner>)> {
                 task_pid: 12_347 + i as u32,
                 task_tid: 12_350 + i as u32,
                 task_comm: Comm::new(NAMES[i % NAMES.len()]),
-                idle: crate::event::Idle::NONE,
+                idle: if new == TcpState::Close && i == 3 {
+                    crate::event::Idle {
+                        rx_ns: Some(30_012_000_000),
+                        tx_ns: Some(4_000_000),
+                    }
+                } else {
+                    crate::event::Idle::NONE
+                },
             };
             (t, (i % 3 != 2).then(|| owner(i)))
         })

@@ -570,6 +570,9 @@ mod tests {
     #[test]
     fn lines_are_the_golden_bytes() {
         let out = rendered();
+        if let Ok(p) = std::env::var("TRACER_DUMP_GOLDEN") {
+            std::fs::write(p, &out).unwrap();
+        }
         let lines: Vec<&str> = out.split_terminator('\n').collect();
         for (got, want) in lines.iter().zip(GOLDEN) {
             assert_eq!(*got, want);

@@ -150,6 +150,35 @@ impl<W: Write> Sink for TextSink<W> {
         self.lines.end_line()
     }
 
+    /// A reset this host sent, among the transitions: `RST → remote  reason (state)`.
+    fn reset(&mut self, r: &crate::rst::ResetSent) -> io::Result<()> {
+        if !self.show.transitions {
+            return Ok(());
+        }
+        self.header();
+        let time = self.time(r.ts_ns);
+        let b = &mut self.lines.buf;
+        let _ = write!(
+            b,
+            "{} {:>7} {:<15} {:<23} {:<23} RST sent: {}",
+            time,
+            "-",
+            "-",
+            Pad(EndpointFmt(r.saddr, r.sport)),
+            Pad(EndpointFmt(r.daddr, r.dport)),
+            r.reason.name(),
+        );
+        match r.state {
+            Some(st) => {
+                let _ = write!(b, " (from {})", st.name());
+            }
+            None => b.push_str(" (no socket)"),
+        }
+        netns_text(b, r.netns, self.own_netns);
+        b.push('\n');
+        self.lines.end_line()
+    }
+
     fn leak(&mut self, r: &LeakRecord, cx: &RecordContext) -> io::Result<()> {
         if !self.show.leaks {
             return Ok(());
@@ -227,11 +256,17 @@ fn close_end_text(b: &mut String, r: &CloseRecord) {
     match r.reset_by {
         Some(by) => {
             let _ = write!(b, "  RST by {}", by.name());
+            if let Some(why) = r.rst_reason {
+                let _ = write!(b, " ({})", why.name());
+            }
         }
         None if r.kind == CloseKind::Reset => {
             b.push_str("  RST by ?");
         }
         None => {}
+    }
+    if let Some(rx) = r.idle.rx_ns {
+        let _ = write!(b, "  idle {}", Dur(rx));
     }
     if r.leaked {
         b.push_str("  LEAKED");

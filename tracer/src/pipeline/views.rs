@@ -122,6 +122,36 @@ impl Pipeline {
                 .into_iter()
                 .map(|k| (k, e.stats().closes_of(k)))
                 .collect(),
+            idle_before_close: CloseKind::ALL
+                .into_iter()
+                .filter(|&k| !e.idle_histogram(k).is_empty())
+                .map(|k| {
+                    let h = e.idle_histogram(k);
+                    (
+                        k,
+                        HistogramSnapshot {
+                            buckets: h.buckets().filter(|(le, _)| le.is_finite()).collect(),
+                            count: h.count(),
+                            sum_seconds: h.sum_seconds(),
+                        },
+                    )
+                })
+                .collect(),
+            resets_traced: self.rst.is_some() || self.resets.stats().sent > 0,
+            resets_sent: self
+                .resets
+                .series()
+                .into_iter()
+                .map(|(k, count)| crate::metrics::ResetSeries {
+                    reason: k.reason.name(),
+                    netns: (k.netns != 0 && k.netns != self.own_netns && k.remote.is_some())
+                        .then_some(k.netns),
+                    remote: k
+                        .remote
+                        .map_or_else(|| "other".to_owned(), |a| crate::event::AddrFmt(a).to_string()),
+                    count,
+                })
+                .collect(),
             sockets,
             close_wait,
             close_wait_oldest_seconds: e.oldest_close_wait_ns(now_ns).map(|ns| ns as f64 / 1e9),
