@@ -166,7 +166,11 @@ pub fn idle_stamps(newstate: u8, read: impl Fn(u32) -> u32) -> (u64, u32, u32) {
     }
     // SAFETY: helper without arguments (5.5+; allowed in tracing programs).
     let now = unsafe { bpf_jiffies64() };
-    (now, read(config!(sk_rcv_tstamp)), read(config!(sk_lsndtime)))
+    (
+        now,
+        read(config!(sk_rcv_tstamp)),
+        read(config!(sk_lsndtime)),
+    )
 }
 
 /// Network namespace inode of the socket (full or timewait: both begin with `struct

@@ -105,7 +105,8 @@ pub async fn live(mut cfg: LiveConfig) -> anyhow::Result<()> {
         daemon,
     };
     // The run's settings first, so that a replay of the recording uses them.
-    sink.out.meta(&cfg.meta(driver.attach_kind(), driver.resets_traced()))?;
+    sink.out
+        .meta(&cfg.meta(driver.attach_kind(), driver.resets_traced()))?;
     // Attached first, then the baseline: a socket that changes state in between is seen by
     // both, and the traced state wins.
     driver.baseline()?;

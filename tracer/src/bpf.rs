@@ -808,7 +808,10 @@ fn net_config(btf: &btf::Btf) -> Config {
 /// The offsets of the idle stamps (`sk_has_idle`), or none: close records then carry no idle
 /// time.
 fn idle_config(btf: &btf::Btf) -> Config {
-    match (find_field(btf, &SK_RCV_TSTAMP), find_field(btf, &SK_LSNDTIME)) {
+    match (
+        find_field(btf, &SK_RCV_TSTAMP),
+        find_field(btf, &SK_LSNDTIME),
+    ) {
         (Ok(sk_rcv_tstamp), Ok(sk_lsndtime)) => Config {
             sk_has_idle: 1,
             sk_rcv_tstamp,

@@ -702,7 +702,10 @@ mod tests {
     fn reads_enumerators_by_enum_name() {
         let mut b = Builder::new();
         let e = b.push("sk_rst_reason", kind::ENUM, false, 2, 4);
-        let (x, y) = (b.s("SK_RST_REASON_NO_SOCKET"), b.s("SK_RST_REASON_TCP_STATE"));
+        let (x, y) = (
+            b.s("SK_RST_REASON_NO_SOCKET"),
+            b.s("SK_RST_REASON_TCP_STATE"),
+        );
         b.words(&[x, 1, y, 14]);
         let _ = e;
         b.push("wide", kind::ENUM64, true, 1, 8);
@@ -711,7 +714,10 @@ mod tests {
         let btf = Btf::parse(&b.blob()).unwrap();
         assert_eq!(
             btf.enumerators("sk_rst_reason").unwrap(),
-            vec![("SK_RST_REASON_NO_SOCKET", 1), ("SK_RST_REASON_TCP_STATE", 14)]
+            vec![
+                ("SK_RST_REASON_NO_SOCKET", 1),
+                ("SK_RST_REASON_TCP_STATE", 14)
+            ]
         );
         assert_eq!(btf.enumerators("wide").unwrap(), vec![("MINUS", -1)]);
         assert!(btf.enumerators("nope").is_err());

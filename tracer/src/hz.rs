@@ -104,7 +104,11 @@ mod tests {
         for hz in COMMON_RATES {
             for secs in [20u64, 1_000, 86_400 * 30] {
                 let j = initial_jiffies(hz) + secs * u64::from(hz) - 3;
-                assert_eq!(from_sample(secs * 1_000_000_000, j), Some(hz), "{hz} Hz at {secs} s");
+                assert_eq!(
+                    from_sample(secs * 1_000_000_000, j),
+                    Some(hz),
+                    "{hz} Hz at {secs} s"
+                );
             }
         }
     }

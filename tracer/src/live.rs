@@ -314,14 +314,12 @@ impl Kernel {
                 }
             }
         }
-        self.merge
-            .release(cut, |e| path.on_event(e, sink))
+        self.merge.release(cut, |e| path.on_event(e, sink))
     }
 
     /// Passes down the path every event read and still waiting for the merge (at the end).
     pub fn flush(&mut self, path: &mut Pipeline, sink: &mut impl Sink) -> io::Result<()> {
-        self.merge
-            .release(u64::MAX, |e| path.on_event(e, sink))?;
+        self.merge.release(u64::MAX, |e| path.on_event(e, sink))?;
         path.finish(sink)
     }
 

@@ -293,7 +293,11 @@ fn parse_reset(line: &[u8]) -> Result<crate::rst::ResetSent, LineError> {
     let family = match l.family {
         4 => Family::V4,
         6 => Family::V6,
-        value => return Err(LineError::Family { value: value.into() }),
+        value => {
+            return Err(LineError::Family {
+                value: value.into(),
+            });
+        }
     };
     let sk = parse_sk(&l.sk).ok_or_else(|| LineError::Sk {
         value: l.sk.clone().into_owned(),

@@ -198,7 +198,9 @@ impl ReasonNames {
 fn intern(s: &str) -> &'static str {
     use std::sync::Mutex;
     static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(n) = names.iter().find(|n| **n == s) {
         return n;
     }
@@ -310,7 +312,9 @@ pub fn decode(
             let port = |o: usize| u16::from_be_bytes([b[o + 2], b[o + 3]]);
             match fam {
                 AF_INET => {
-                    let a = |o: usize| IpAddr::V4(Ipv4Addr::new(b[o + 4], b[o + 5], b[o + 6], b[o + 7]));
+                    let a = |o: usize| {
+                        IpAddr::V4(Ipv4Addr::new(b[o + 4], b[o + 5], b[o + 6], b[o + 7]))
+                    };
                     (Family::V4, a(saddr), port(saddr), a(daddr), port(daddr))
                 }
                 AF_INET6 => (
@@ -507,7 +511,10 @@ format:
 
     #[test]
     fn replayed_names_are_bounded_and_printable() {
-        assert_eq!(RstReason::from_name("NO_SOCKET").unwrap().name(), "NO_SOCKET");
+        assert_eq!(
+            RstReason::from_name("NO_SOCKET").unwrap().name(),
+            "NO_SOCKET"
+        );
         assert_eq!(RstReason::from_name("unknown"), Some(RstReason::UNKNOWN));
         assert_eq!(RstReason::from_name("a b"), None);
         assert_eq!(RstReason::from_name("\u{1b}[31m"), None);

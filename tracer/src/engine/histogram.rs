@@ -164,11 +164,14 @@ impl Histogram {
     pub fn buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
         let mut cum = 0u64;
         let bounds = self.bounds;
-        self.counts[..=bounds.len()].iter().enumerate().map(move |(i, &c)| {
-            cum += c;
-            let le = bounds.get(i).map_or(f64::INFINITY, |&b| b as f64 / 1e9);
-            (le, cum)
-        })
+        self.counts[..=bounds.len()]
+            .iter()
+            .enumerate()
+            .map(move |(i, &c)| {
+                cum += c;
+                let le = bounds.get(i).map_or(f64::INFINITY, |&b| b as f64 / 1e9);
+                (le, cum)
+            })
     }
 
     /// Estimated `q` quantile (0.0..=1.0) in ns: find the bucket where the cumulative count
@@ -190,7 +193,12 @@ impl Histogram {
             cum += c;
             if (cum as f64) >= rank {
                 let lower = if i == 0 { 0 } else { self.bounds[i - 1] };
-                let upper = self.bounds.get(i).copied().unwrap_or(self.max_ns).max(lower);
+                let upper = self
+                    .bounds
+                    .get(i)
+                    .copied()
+                    .unwrap_or(self.max_ns)
+                    .max(lower);
                 let frac = ((rank - prev as f64) / c as f64).clamp(0.0, 1.0);
                 let est = lower as f64 + (upper - lower) as f64 * frac;
                 // Saturating float → int cast; then clamp into what was actually seen.

@@ -1008,7 +1008,13 @@ impl Engine {
         if t.new == TcpState::Close {
             let e = self.table.get_mut(i);
             e.set_endpoints(t);
-            Self::emit_close(&mut self.stats, &mut self.idle_hist, self.table.get(i), t, out);
+            Self::emit_close(
+                &mut self.stats,
+                &mut self.idle_hist,
+                self.table.get(i),
+                t,
+                out,
+            );
             self.table.remove(i, Which::Lru);
             return;
         }

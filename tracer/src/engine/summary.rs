@@ -160,6 +160,37 @@ pub struct Summary {
     /// pipeline). Left out when there is none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub time_wait_top: Vec<RemoteSummary>,
+    /// Idle time before close (since the last segment received) per close kind, for the kinds
+    /// that had one. Left out when none had.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub idle_before_close: Vec<IdleSummary>,
+    /// The (reason, remote) pairs this host sent the most RSTs to (at most 5; filled in by the
+    /// pipeline). Left out when it sent none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resets_top: Vec<ResetSummary>,
+}
+
+/// Idle time before close of one close kind (ns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IdleSummary {
+    pub kind: &'static str,
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+/// RSTs sent for one reason to one remote address (or to `other` ones).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ResetSummary {
+    pub reason: &'static str,
+    /// The address, or `other` (remotes past the per-remote table).
+    pub remote: String,
+    /// The sender's namespace, when it is not the tracer's own and is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    pub resets: u64,
 }
 
 /// The startup baseline: sockets that existed before tracing began, read with sock_diag in
@@ -305,6 +336,21 @@ impl Engine {
             restarts: None,
             restart_forgotten: None,
             time_wait_top: Vec::new(),
+            idle_before_close: CloseKind::ALL
+                .into_iter()
+                .filter_map(|k| {
+                    let h = self.idle_histogram(k);
+                    Some(IdleSummary {
+                        kind: k.name(),
+                        count: h.count(),
+                        p50_ns: h.quantile(0.5)?,
+                        p90_ns: h.quantile(0.9)?,
+                        p99_ns: h.quantile(0.99)?,
+                        max_ns: h.max_ns()?,
+                    })
+                })
+                .collect(),
+            resets_top: Vec::new(),
         }
     }
 }
@@ -317,6 +363,8 @@ impl Summary {
         self.text_dwell(&mut o);
         self.text_now(&mut o);
         self.text_time_wait(&mut o);
+        self.text_idle(&mut o);
+        self.text_resets(&mut o);
         self.text_close_wait(&mut o);
         self.text_bookkeeping(&mut o);
         self.text_kernel_checks(&mut o);
@@ -390,6 +438,43 @@ impl Summary {
             if now.is_empty() { "" } else { ": " },
             now.join(", ")
         );
+    }
+
+    fn text_idle(&self, o: &mut String) {
+        if self.idle_before_close.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "idle/close", "count", "p50", "p90", "p99", "max"
+        );
+        for d in &self.idle_before_close {
+            let _ = writeln!(
+                o,
+                "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                d.kind,
+                d.count,
+                fmt_ns(d.p50_ns),
+                fmt_ns(d.p90_ns),
+                fmt_ns(d.p99_ns),
+                fmt_ns(d.max_ns)
+            );
+        }
+    }
+
+    fn text_resets(&self, o: &mut String) {
+        if self.resets_top.is_empty() {
+            return;
+        }
+        let _ = writeln!(o, "RSTs sent (top {}):", self.resets_top.len());
+        for r in &self.resets_top {
+            let _ = write!(o, "  {:<28} {:>8} {}", r.remote, r.resets, r.reason);
+            if let Some(ns) = r.netns {
+                let _ = write!(o, "  netns {ns}");
+            }
+            o.push('\n');
+        }
     }
 
     fn text_time_wait(&self, o: &mut String) {

@@ -33,8 +33,8 @@ pub use families::PREFIX;
 pub use format::{EncodeError, Format, encode, openmetrics_to_text};
 pub use series::{DEFAULT_MAX_PROCESS_SERIES, MIN_DWELL_BUCKET_SECONDS};
 pub use snapshot::{
-    ResetSeries,
-    HistogramSnapshot, MetricsSnapshot, OwnerCloseWait, PortSeries, RemoteSeries, SnapshotSource,
+    HistogramSnapshot, MetricsSnapshot, OwnerCloseWait, PortSeries, RemoteSeries, ResetSeries,
+    SnapshotSource,
 };
 
 /// Builds the registry: `tracer_build_info` plus a scrape-time collector over `source`.

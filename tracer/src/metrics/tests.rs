@@ -424,6 +424,35 @@ fn golden_snapshot() -> MetricsSnapshot {
         leak_checks_other_state_total: 2,
         reconcile: Some(crate::engine::summary::samples().0),
         holders: Some(crate::engine::summary::samples().1),
+        idle_before_close: vec![(
+            CloseKind::Reset,
+            HistogramSnapshot {
+                buckets: vec![(1.0, 1), (290.0, 2), (340.0, 2), (360.0, 7)],
+                count: 8,
+                sum_seconds: 2460.5,
+            },
+        )],
+        resets_traced: true,
+        resets_sent: vec![
+            crate::metrics::ResetSeries {
+                reason: "NO_SOCKET",
+                netns: None,
+                remote: "10.0.0.7".into(),
+                count: 50,
+            },
+            crate::metrics::ResetSeries {
+                reason: "TCP_ABORT_ON_CLOSE",
+                netns: Some(4026532000),
+                remote: "::1".into(),
+                count: 2,
+            },
+            crate::metrics::ResetSeries {
+                reason: "NO_SOCKET",
+                netns: None,
+                remote: "other".into(),
+                count: 9,
+            },
+        ],
     }
 }
 

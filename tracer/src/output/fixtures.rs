@@ -179,7 +179,9 @@ pub fn closes() -> Vec<CloseRecord> {
                 leaked: kind == CloseKind::Passive,
                 closed_unseen: kind == CloseKind::Unknown,
                 idle: FIXTURE_IDLE[i % FIXTURE_IDLE.len()],
-                rst_reason: (kind == CloseKind::Abort).then(|| crate::rst::RstReason::from_name("TCP_ABORT_ON_CLOSE")).flatten(),
+                rst_reason: (kind == CloseKind::Abort)
+                    .then(|| crate::rst::RstReason::from_name("TCP_ABORT_ON_CLOSE"))
+                    .flatten(),
                 owner: (i % 3 != 1).then(|| owner(i)),
             }
         })
@@ -363,5 +365,27 @@ pub fn summary_full() -> Summary {
         ephemeral_ports_used: 10,
         ephemeral_port_range: 28_232,
     }];
+    s.idle_before_close = vec![crate::engine::summary::IdleSummary {
+        kind: "reset",
+        count: 7,
+        p50_ns: 349_500_000_000,
+        p90_ns: 350_100_000_000,
+        p99_ns: 350_400_000_000,
+        max_ns: 350_450_000_000,
+    }];
+    s.resets_top = vec![
+        crate::engine::summary::ResetSummary {
+            reason: "NO_SOCKET",
+            remote: "10.0.0.7".into(),
+            netns: None,
+            resets: 50,
+        },
+        crate::engine::summary::ResetSummary {
+            reason: "TCP_ABORT_ON_CLOSE",
+            remote: "::1".into(),
+            netns: Some(4_026_532_301),
+            resets: 2,
+        },
+    ];
     s
 }

@@ -200,7 +200,14 @@ fn json_lines_match_docs_output_md() {
     let types: Vec<&str> = schema.keys().map(String::as_str).collect();
     assert_eq!(
         types,
-        ["close", "close_wait_leak", "meta", "reset_sent", "summary", "transition"]
+        [
+            "close",
+            "close_wait_leak",
+            "meta",
+            "reset_sent",
+            "summary",
+            "transition"
+        ]
     );
     let problems = mismatches(&rendered(), &schema);
     assert!(problems.is_empty(), "{}", problems.join("\n"));

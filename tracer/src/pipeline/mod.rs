@@ -50,9 +50,9 @@ use crate::container::Containers;
 use crate::engine::{BaselineSummary, Engine, EngineConfig, LeakCheck, LeakDecision};
 use crate::event::{self, Event, Idle, RingRecord, TcpState, Transition};
 use crate::hz::HzEstimator;
-use crate::rst::{ResetDecoder, ResetSent};
 use crate::netns::{Namespaces, NetnsStats};
 use crate::record::{CloseRecord, LeakRecord, Owner, OwnerSource, Record, SocketId};
+use crate::rst::{ResetDecoder, ResetSent};
 use crate::sockdiag::{FourTuple, SockDiagError};
 use crate::timewait::TimeWait;
 use crate::untrusted::{Cmdline, CmdlinePolicy};
@@ -365,15 +365,16 @@ impl Pipeline {
                 }
                 Ok(Some(Event::Transition(t)))
             }
-            RingRecord::Reset(ev) => Ok(self.rst.as_ref().map(|d| {
-                crate::rst::decode(&d.layout, &d.names, &ev).map(Event::Reset)
-            })
-            .transpose()
-            .map_err(|e| {
-                tracing::warn!("undecodable reset: {e}");
-            })
-            .ok()
-            .flatten()),
+            RingRecord::Reset(ev) => Ok(self
+                .rst
+                .as_ref()
+                .map(|d| crate::rst::decode(&d.layout, &d.names, &ev).map(Event::Reset))
+                .transpose()
+                .map_err(|e| {
+                    tracing::warn!("undecodable reset: {e}");
+                })
+                .ok()
+                .flatten()),
         });
         match decoded {
             Ok(Some(e)) => Some(e),

@@ -153,9 +153,7 @@ impl Resets {
     /// Whether a close must wait for its reset: this side reset it, the kernel names reasons,
     /// and none arrived before it.
     pub fn must_wait(&self, c: &CloseRecord) -> bool {
-        self.reasons
-            && c.rst_reason.is_none()
-            && c.reset_by == Some(crate::record::ResetBy::Local)
+        self.reasons && c.rst_reason.is_none() && c.reset_by == Some(crate::record::ResetBy::Local)
     }
 
     /// Holds a close for its reset; when full, returns the oldest held one to send now.
@@ -192,8 +190,11 @@ impl Resets {
     pub fn series(&self) -> Vec<(ResetKey, u64)> {
         let mut v: Vec<(ResetKey, u64)> = self.series.iter().map(|(k, n)| (*k, *n)).collect();
         v.sort_by(|a, b| {
-            (a.0.remote.is_none(), std::cmp::Reverse(a.1), a.0)
-                .cmp(&(b.0.remote.is_none(), std::cmp::Reverse(b.1), b.0))
+            (a.0.remote.is_none(), std::cmp::Reverse(a.1), a.0).cmp(&(
+                b.0.remote.is_none(),
+                std::cmp::Reverse(b.1),
+                b.0,
+            ))
         });
         v
     }
@@ -228,7 +229,10 @@ mod tests {
         }
         r.on_reset(&reset(0, 0, "NO_SOCKET", 2), 1, false);
         let s = r.series();
-        assert_eq!(s.iter().filter(|(k, _)| k.remote.is_some()).count(), SERIES_MAX);
+        assert_eq!(
+            s.iter().filter(|(k, _)| k.remote.is_some()).count(),
+            SERIES_MAX
+        );
         let other = s.iter().find(|(k, _)| k.remote.is_none()).unwrap();
         assert_eq!(other.1, 10);
         assert_eq!(s[0].1, 2, "the remote seen twice comes first");
@@ -238,7 +242,10 @@ mod tests {
     #[test]
     fn a_reset_before_the_close_is_taken_by_it() {
         let mut r = Resets::new(true);
-        assert!(r.on_reset(&reset(7, 1, "TCP_KEEPALIVE_TIMEOUT", 100), 1, true).is_none());
+        assert!(
+            r.on_reset(&reset(7, 1, "TCP_KEEPALIVE_TIMEOUT", 100), 1, true)
+                .is_none()
+        );
         assert_eq!(r.take_reason(8, 200), None);
         assert_eq!(
             r.take_reason(7, 200).map(RstReason::name),

@@ -28,7 +28,28 @@ impl Pipeline {
             ..self.engine.summary(now_ns)
         };
         s.time_wait_top = self.time_wait_top(now_ns, 5);
+        s.resets_top = self.resets_top(5);
         s
+    }
+
+    /// The `n` (reason, remote) series with the most RSTs sent, most first (`other` ones
+    /// included, by their count).
+    pub fn resets_top(&self, n: usize) -> Vec<crate::engine::summary::ResetSummary> {
+        let mut all = self.resets.series();
+        all.sort_by_key(|(k, count)| (std::cmp::Reverse(*count), *k));
+        all.into_iter()
+            .take(n)
+            .map(|(k, resets)| crate::engine::summary::ResetSummary {
+                reason: k.reason.name(),
+                remote: k.remote.map_or_else(
+                    || "other".to_owned(),
+                    |a| crate::event::AddrFmt(a).to_string(),
+                ),
+                netns: (k.netns != 0 && k.netns != self.own_netns && k.remote.is_some())
+                    .then_some(k.netns),
+                resets,
+            })
+            .collect()
     }
 
     /// The `n` remote endpoints with the most TIME_WAIT sockets now, most first, each with its
@@ -146,9 +167,10 @@ impl Pipeline {
                     reason: k.reason.name(),
                     netns: (k.netns != 0 && k.netns != self.own_netns && k.remote.is_some())
                         .then_some(k.netns),
-                    remote: k
-                        .remote
-                        .map_or_else(|| "other".to_owned(), |a| crate::event::AddrFmt(a).to_string()),
+                    remote: k.remote.map_or_else(
+                        || "other".to_owned(),
+                        |a| crate::event::AddrFmt(a).to_string(),
+                    ),
                     count,
                 })
                 .collect(),
