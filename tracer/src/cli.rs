@@ -312,6 +312,8 @@ impl TopArgs {
 
 /// Remotes named by top's TIME_WAIT panel.
 pub const TOP_TIME_WAIT_ROWS: usize = 10;
+/// (reason, remote) pairs of RSTs sent in `tracer top`'s host strip.
+pub const TOP_RESET_ROWS: usize = 2;
 
 /// Checks shared by every live front-end: `--pid`, `--drain-interval`, `--ring-mib`.
 fn live_limits(

@@ -262,6 +262,11 @@ impl Pipeline {
         &self.resets
     }
 
+    /// Whether resets sent come down the path (traced live, or present in a recording).
+    pub fn traces_resets(&self) -> bool {
+        self.rst.is_some() || self.resets.stats().sent > 0
+    }
+
     /// The tick rate learnt from the events, if any yet.
     pub fn hz(&self) -> Option<u32> {
         self.hz.hz()
@@ -394,6 +399,14 @@ impl Pipeline {
     /// record of its socket (held, or to come).
     pub fn on_reset(&mut self, r: &ResetSent, sink: &mut impl Sink) -> io::Result<()> {
         self.counts.events += 1;
+        // `--pid`: only that process's sockets' resets (the kernel passes every reset).
+        if let Some(pid) = self.pid
+            && !(r.sk != 0
+                && (self.engine.owner(r.sk).is_some_and(|o| o.pid == pid)
+                    || self.resets.holds(r.sk)))
+        {
+            return Ok(());
+        }
         let netns = self.ns(r.netns);
         let open = r.sk != 0 && self.engine.state_of(r.sk).is_some();
         let done = self.resets.on_reset(r, netns, open);

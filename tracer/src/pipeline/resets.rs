@@ -119,7 +119,8 @@ impl Resets {
         if r.sk == 0 {
             return None;
         }
-        if let Some(i) = self.held.iter().position(|(c, _)| c.id.sk == r.sk) {
+        // Its close, if held, is among the last held: the reset follows it at once.
+        if let Some(i) = self.held.iter().rposition(|(c, _)| c.id.sk == r.sk) {
             let (mut c, cx) = self.held.remove(i)?;
             c.rst_reason = Some(r.reason);
             self.stats.joined += 1;
@@ -184,6 +185,11 @@ impl Resets {
 
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Whether a close of socket `sk` is held.
+    pub fn holds(&self, sk: u64) -> bool {
+        sk != 0 && self.held.iter().rev().any(|(c, _)| c.id.sk == sk)
     }
 
     /// Every series with its count, `other` ones last within a reason, largest first.

@@ -158,7 +158,7 @@ impl Pipeline {
                     )
                 })
                 .collect(),
-            resets_traced: self.rst.is_some() || self.resets.stats().sent > 0,
+            resets_traced: self.traces_resets(),
             resets_sent: self
                 .resets
                 .series()

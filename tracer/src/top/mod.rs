@@ -272,6 +272,8 @@ pub fn snapshot(path: &mut Pipeline, lost: u64, now_ns: u64) -> Snapshot {
                 .map_or_else(Histogram::new, |st| e.dwell_histogram(*st).clone())
         }),
         time_wait_by_remote: time_wait_by_remote(path, now_ns),
+        resets_top: path.resets_top(crate::cli::TOP_RESET_ROWS),
+        resets_total: path.traces_resets().then(|| path.resets().stats().sent),
     }
 }
 

@@ -57,6 +57,8 @@ struct Activity {
     window: [u64; CloseKind::ALL.len()],
     /// CLOSE_WAIT dwell of its sockets that left CLOSE_WAIT.
     close_wait_dwell: Histogram,
+    /// Idle time before close of its connections.
+    idle: Histogram,
     /// Update generation of its last close or leak record.
     last_record: u64,
 }
@@ -97,6 +99,7 @@ impl TopSink {
                 comm,
                 window: [0; CloseKind::ALL.len()],
                 close_wait_dwell: Histogram::new(),
+                idle: Histogram::with_bounds(&crate::engine::histogram::IDLE_BOUNDS_NS),
                 last_record: generation,
             }),
         };
@@ -123,6 +126,9 @@ impl Sink for TopSink {
             a.window[c.kind as usize] += 1;
             if let Some(d) = c.dwell_ns[TcpState::CloseWait.index()] {
                 a.close_wait_dwell.record(d);
+            }
+            if let Some(idle) = c.idle.rx_ns {
+                a.idle.record(idle);
             }
         }
         Ok(())
@@ -174,7 +180,14 @@ pub struct Snapshot {
     pub dwell: [Histogram; 12],
     /// Remote endpoints by TIME_WAIT sockets; `None` when there is none.
     pub time_wait_by_remote: Option<TimeWaitPanel>,
+    /// The (reason, remote) pairs this host sent the most RSTs to.
+    pub resets_top: Vec<ResetSummary>,
+    /// RSTs sent since the start; `None` when resets are not traced.
+    pub resets_total: Option<u64>,
 }
+
+/// RSTs sent for one reason to one remote (the summary's `resets_top` rows).
+pub type ResetSummary = crate::engine::summary::ResetSummary;
 
 /// One process row.
 #[derive(Clone, Debug, PartialEq)]
@@ -195,6 +208,8 @@ pub struct Row {
     pub rates: [f64; 5],
     /// p99 of the time its sockets spent in CLOSE_WAIT (those that left it since top started).
     pub p99_close_wait_ns: Option<u64>,
+    /// Median idle time before close of its connections (since top started).
+    pub p50_idle_ns: Option<u64>,
 }
 
 /// The host strip.
@@ -208,6 +223,10 @@ pub struct Host {
     pub undecodable: u64,
     pub tracked: u64,
     pub capacity: u64,
+    /// RSTs sent per second; `None` when resets are not traced.
+    pub resets_per_s: Option<f64>,
+    /// The top (reason, remote) pairs of RSTs sent since the start.
+    pub resets_top: Vec<ResetSummary>,
 }
 
 /// Dwell of one state.
@@ -241,6 +260,7 @@ pub struct Model {
     prev_ns: u64,
     prev_events: u64,
     prev_closes: u64,
+    prev_resets: u64,
     /// Cumulative dwell histograms of the last redraws, oldest first.
     dwell_marks: VecDeque<[Histogram; 12]>,
     /// p99 per redraw interval, per state.
@@ -256,6 +276,7 @@ impl Model {
             prev_ns: now_ns,
             prev_events: events,
             prev_closes: closes,
+            prev_resets: 0,
             dwell_marks,
             spark: std::array::from_fn(|_| VecDeque::with_capacity(SPARK_LEN)),
         }
@@ -308,6 +329,7 @@ impl Model {
                 r.rates[k] = a.window[*kind as usize] as f64 / secs;
             }
             r.p99_close_wait_ns = a.close_wait_dwell.quantile(0.99);
+            r.p50_idle_ns = a.idle.quantile(0.5);
             a.window = [0; CloseKind::ALL.len()];
         }
         for r in rows.iter_mut() {
@@ -324,7 +346,12 @@ impl Model {
             undecodable: snap.undecodable,
             tracked: snap.tracked,
             capacity: snap.capacity,
+            resets_per_s: snap
+                .resets_total
+                .map(|n| n.saturating_sub(self.prev_resets) as f64 / secs),
+            resets_top: snap.resets_top.clone(),
         };
+        self.prev_resets = snap.resets_total.unwrap_or(0);
         let dwell = self.dwell_lines(&snap.dwell);
         self.prev_ns = snap.now_ns;
         self.prev_events = snap.events_total;
@@ -410,6 +437,7 @@ fn empty_row(owner: OwnerId, comm: Comm) -> Row {
         oldest_ns: None,
         rates: [0.0; 5],
         p99_close_wait_ns: None,
+        p50_idle_ns: None,
     }
 }
 
@@ -425,11 +453,13 @@ pub enum Column {
     /// Closes per second of [`RATE_KINDS`]`[k]`.
     Rate(usize),
     P99CloseWait,
+    /// Median idle time before close.
+    P50Idle,
 }
 
 impl Column {
     /// Every column, in display order.
-    pub const ALL: [Column; 12] = [
+    pub const ALL: [Column; 13] = [
         Column::Pid,
         Column::Comm,
         Column::Container,
@@ -442,6 +472,7 @@ impl Column {
         Column::Rate(3),
         Column::Rate(4),
         Column::P99CloseWait,
+        Column::P50Idle,
     ];
 
     pub fn title(self) -> &'static str {
@@ -454,6 +485,7 @@ impl Column {
             Column::Oldest => "OLDEST",
             Column::Rate(k) => RATE_KINDS.get(k).map_or("?", |(_, t)| t),
             Column::P99CloseWait => "P99 CW",
+            Column::P50Idle => "IDLE P50",
         }
     }
 
@@ -493,6 +525,7 @@ pub fn sort_rows(rows: &mut [&Row], by: Column, descending: bool) {
             Column::Oldest => a.oldest_ns.cmp(&b.oldest_ns),
             Column::Rate(k) => a.rates[k].total_cmp(&b.rates[k]),
             Column::P99CloseWait => a.p99_close_wait_ns.cmp(&b.p99_close_wait_ns),
+            Column::P50Idle => a.p50_idle_ns.cmp(&b.p50_idle_ns),
         }
     };
     rows.sort_by(|a, b| {
@@ -605,6 +638,8 @@ mod tests {
             capacity: 100,
             dwell: std::array::from_fn(|_| Histogram::new()),
             time_wait_by_remote: None,
+            resets_top: Vec::new(),
+            resets_total: None,
         }
     }
 
@@ -836,8 +871,9 @@ mod tests {
             vec![Some(200), Some(300), None, Some(100)]
         );
         assert_eq!(Column::CloseWait.step(1), Column::Leaking);
-        assert_eq!(Column::Pid.step(-1), Column::P99CloseWait);
-        assert_eq!(Column::P99CloseWait.step(1), Column::Pid);
+        assert_eq!(Column::Pid.step(-1), Column::P50Idle);
+        assert_eq!(Column::P99CloseWait.step(1), Column::P50Idle);
+        assert_eq!(Column::P50Idle.step(1), Column::Pid);
         assert!(Column::ALL.iter().all(|c| c.title().len() <= 10));
     }
 

@@ -207,6 +207,7 @@ mod tests {
             oldest_ns: None,
             rates: [0.0; 5],
             p99_close_wait_ns: None,
+            p50_idle_ns: None,
         }
     }
 

@@ -184,6 +184,16 @@ fn host_lines(v: &View) -> Vec<Line<'static>> {
         rates.push(Span::from(format!("undecodable {}  ", h.undecodable)).red());
     }
     rates.push(Span::from(format!("tracked {}/{}", h.tracked, h.capacity)));
+    if let Some(rate) = h.resets_per_s {
+        // The RST strip: what this host resets, and to whom (docs/close-kinds.md).
+        rates.push(Span::from(format!("  RST sent {rate:.1}/s")));
+        for r in &h.resets_top {
+            rates.push(Span::from(format!(
+                "  {}→{} {}",
+                r.reason, r.remote, r.resets
+            )));
+        }
+    }
     if v.unfollowed > 0 {
         rates.push(Span::from(format!("  records of unfollowed owners {}", v.unfollowed)).red());
     }
@@ -191,7 +201,7 @@ fn host_lines(v: &View) -> Vec<Line<'static>> {
 }
 
 /// Columns kept first when the width is short.
-const PRIORITY: [Column; 12] = [
+const PRIORITY: [Column; 13] = [
     Column::Pid,
     Column::Comm,
     Column::CloseWait,
@@ -203,6 +213,7 @@ const PRIORITY: [Column; 12] = [
     Column::Rate(2),
     Column::Rate(3),
     Column::Rate(4),
+    Column::P50Idle,
     Column::Container,
 ];
 
@@ -216,6 +227,7 @@ fn width_of(c: Column) -> u16 {
         Column::Oldest => 8,
         Column::Rate(_) => 6,
         Column::P99CloseWait => 8,
+        Column::P50Idle => 8,
     }
 }
 
@@ -266,6 +278,7 @@ fn cell(r: &Row, c: Column) -> String {
         Column::Oldest => format!("{:>w$}", opt_dur(r.oldest_ns)),
         Column::Rate(k) => format!("{:>w$.1}", r.rates[k]),
         Column::P99CloseWait => format!("{:>w$}", opt_dur(r.p99_close_wait_ns)),
+        Column::P50Idle => format!("{:>w$}", opt_dur(r.p50_idle_ns)),
     }
 }
 
@@ -677,6 +690,7 @@ mod tests {
             oldest_ns: Some(42_000_000_000),
             rates: [1.5, 0.0, 0.0, 0.0, 2.0],
             p99_close_wait_ns: None,
+            p50_idle_ns: None,
         }
     }
 
@@ -695,6 +709,13 @@ mod tests {
                 undecodable: 0,
                 tracked: 30,
                 capacity: 1000,
+                resets_per_s: Some(1.5),
+                resets_top: vec![crate::engine::summary::ResetSummary {
+                    reason: "NO_SOCKET",
+                    remote: "10.0.0.7".into(),
+                    netns: None,
+                    resets: 50,
+                }],
             },
             dwell: vec![DwellLine {
                 state: TcpState::CloseWait,
