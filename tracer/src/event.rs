@@ -300,22 +300,18 @@ pub enum DecodeError {
     /// A state number outside 1..=12.
     #[error("unknown TCP state {0}")]
     State(u8),
+    /// The record is a reset sent, not a transition ([`classify`] tells them apart).
+    #[error("a reset record, not a transition")]
+    Reset,
 }
 
 /// Decodes one ring-buffer record. The bytes are copied out with an unaligned read, never
 /// referenced in place.
 pub fn decode(bytes: &[u8]) -> Result<Transition, DecodeError> {
-    let expected = std::mem::size_of::<TcpEvent>();
-    if bytes.len() < expected {
-        return Err(DecodeError::Short {
-            len: bytes.len(),
-            expected,
-        });
+    match classify(bytes)? {
+        RingRecord::Transition(ev) => from_raw(&ev),
+        RingRecord::Reset(_) => Err(DecodeError::Reset),
     }
-    // SAFETY: length checked above; `TcpEvent` is plain old data (every bit pattern valid) and
-    // `read_unaligned` has no alignment requirement.
-    let ev: TcpEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    from_raw(&ev)
 }
 
 /// Converts a raw kernel event into a [`Transition`].

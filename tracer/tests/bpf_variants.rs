@@ -70,7 +70,12 @@ fn collect_where(
     loop {
         for ring in rings.iter_mut() {
             while let Some(item) = ring.read() {
-                let t = decode(&item).expect("decodable event");
+                let t = match decode(&item) {
+                    Ok(t) => t,
+                    // The reset program writes to the same rings.
+                    Err(tracer::event::DecodeError::Reset) => continue,
+                    Err(e) => panic!("undecodable event: {e}"),
+                };
                 if mine(&t) {
                     out.push(t);
                 }

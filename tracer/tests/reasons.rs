@@ -450,6 +450,8 @@ fn idle_before_close_is_the_silence_before_the_reset() {
     c.write_all(b"x").unwrap();
     let mut one = [0u8; 1];
     s.read_exact(&mut one).unwrap();
+    s.write_all(b"y").unwrap();
+    c.read_exact(&mut one).unwrap();
     // The server has the byte (and its ACK went out and came back on loopback at once): the
     // last segment either end received is older than this.
     std::thread::sleep(Duration::from_millis(20));

@@ -1396,14 +1396,26 @@ impl Engine {
 
 /// Adds a dwell sample for `st` to the entry and the histogram. CLOSE (before a birth) has no
 /// meaningful dwell and is skipped.
+/// The stamps count whole ticks (10 ms at the slowest rate, 100 Hz): an idle time may pass
+/// the connection's traced life by this much.
+const IDLE_TICK_SLACK_NS: u64 = 10_000_000;
+
 /// The idle times a close record reports: none for a connection that never got established
-/// (a failed connect, a listener: the kernel's stamps are then from no segment at all), and a
-/// time longer than the connection's traced life is not one (a stamp never set).
+/// (a failed connect, a listener: the kernel's stamps are then from no segment at all); one
+/// longer than the connection's traced life by more than a tick is not one (a stamp never set),
+/// and one longer by less is the life itself (tick rounding).
 fn idle_at_close(kind: CloseKind, idle: Idle, lifetime_ns: Option<u64>) -> Idle {
     if matches!(kind, CloseKind::ConnectFailed | CloseKind::Listener) {
         return Idle::NONE;
     }
-    let fits = |ns: Option<u64>| ns.filter(|&v| lifetime_ns.is_none_or(|l| v <= l));
+    let fits = |ns: Option<u64>| {
+        ns.and_then(|v| match lifetime_ns {
+            None => Some(v),
+            Some(l) if v <= l => Some(v),
+            Some(l) if v <= l + IDLE_TICK_SLACK_NS => Some(l),
+            Some(_) => None,
+        })
+    };
     Idle {
         rx_ns: fits(idle.rx_ns),
         tx_ns: fits(idle.tx_ns),

@@ -1236,3 +1236,50 @@ fn reconciliation_closes_and_corrects_any_socket() {
     assert_eq!(h.e.tracked(), 0);
     h.check_invariants();
 }
+
+/// Idle before close: taken from the closing transition, clamped to the life within a tick,
+/// dropped beyond it and for connections never established; histogrammed per kind.
+#[test]
+fn idle_before_close_is_kept_checked_and_histogrammed() {
+    let s = 1_000_000_000u64;
+    let passive = [Close, SynSent, Established, CloseWait, LastAck, Close];
+    // One transition a second: the life is 4 s.
+    let close_with = |h: &mut H, sk: u64, idle: Idle| -> CloseRecord {
+        let mut recs = Vec::new();
+        for (i, w) in passive.windows(2).enumerate() {
+            let mut t = tr(i as u64 * s, sk, w[0], w[1]);
+            if w[1] == Close {
+                t.idle = idle;
+            }
+            recs = h.ev(t);
+        }
+        only_close(&recs)
+    };
+    let mut h = H::new();
+    let two = Idle {
+        rx_ns: Some(2 * s),
+        tx_ns: Some(s),
+    };
+    assert_eq!(close_with(&mut h, 7, two).idle, two);
+    assert_eq!(h.e.idle_histogram(CloseKind::Passive).count(), 1);
+    assert_eq!(h.e.idle_histogram(CloseKind::Active).count(), 0);
+    // Within a tick past the life: the life. Far past it: not an idle time.
+    let c = close_with(
+        &mut h,
+        9,
+        Idle {
+            rx_ns: Some(4 * s + 4_000_000),
+            tx_ns: Some(90 * s),
+        },
+    );
+    assert_eq!(c.idle.rx_ns, Some(4 * s), "clamped to the 4 s life");
+    assert_eq!(c.idle.tx_ns, None, "a stamp never set");
+    assert_eq!(h.e.idle_histogram(CloseKind::Passive).count(), 2);
+    // A failed connect has none.
+    h.ev(tr(0, 11, Close, SynSent));
+    let mut t = tr(s, 11, SynSent, Close);
+    t.idle = two;
+    let c = only_close(&h.ev(t));
+    assert_eq!(c.kind, CloseKind::ConnectFailed);
+    assert_eq!(c.idle, Idle::NONE);
+}
