@@ -233,7 +233,7 @@ pub enum Counter {
     // 2 was the per-socket dwell table's "full" count; that table is gone. Ids are not reused.
     /// Transitions dropped by the in-kernel filter.
     Filtered = 3,
-    /// Events submitted to the ring buffer.
+    /// Records submitted to the ring buffer: transitions and resets.
     Submitted = 4,
     /// Transitions the kernel skipped the main `tp_btf` program for (it was mid-run on the
     /// CPU) and the nested-event program handled instead.
