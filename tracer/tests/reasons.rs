@@ -11,7 +11,9 @@
 //!   matches what tracefs recorded for each remote (on kernels that trace resets without a
 //!   socket: 6.10+; elsewhere both are 0);
 //! - a connection idle for 3 s, then reset by its peer: `idle_before_close_ns` is the measured
-//!   interval within a few ticks, and the `kind="reset"` histogram has it between 2 and 5 s.
+//!   interval within a few ticks, and the `kind="reset"` histogram has it between 2 and 5 s;
+//! - a live recording (`--json`) replayed gives the same close records: reasons (from its
+//!   `reset_sent` lines) and idle times (from its closing transitions).
 //!
 //! Needs root; fails, never skips, without it.
 //!
@@ -491,4 +493,57 @@ fn idle_before_close_is_the_silence_before_the_reset() {
     drop(s);
     let (code, _, err) = t.stop();
     assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_recording_replays_with_its_reasons_and_idle_times() {
+    let mut t = Traced::start(&["--json"]);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lport = l.local_addr().unwrap().port();
+    let (mut c, s) = pair(&l);
+    let cp = port(&c);
+    c.write_all(b"never read").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+    let live = close_of(&mut t, lport, cp);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, values, err) = t.stop();
+    assert_eq!(code, 0, "{err}");
+    let recording: String = values.iter().map(|v| format!("{v}\n")).collect();
+    assert!(
+        recording.contains("\"type\":\"reset_sent\""),
+        "the recording has no reset_sent line"
+    );
+    let path = std::env::temp_dir().join(format!("tracer-reasons-{}.jsonl", std::process::id()));
+    std::fs::write(&path, &recording).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["replay", "--json"])
+        .arg(&path)
+        .output()
+        .expect("running tracer replay");
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success(), "{out:?}");
+    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let again = replayed
+        .iter()
+        .find(|v| v["type"] == "close" && v["sport"] == lport && v["dport"] == cp)
+        .unwrap_or_else(|| panic!("replay has no close record for {lport}->{cp}"));
+    for field in [
+        "kind",
+        "reset_by",
+        "rst_reason",
+        "idle_before_close_ns",
+        "last_send_before_close_ns",
+        "lifetime_ns",
+    ] {
+        assert_eq!(
+            again[field], live[field],
+            "{field}: live {live}\nreplayed {again}"
+        );
+    }
+    assert!(live["idle_before_close_ns"].as_u64().is_some(), "{live}");
 }
