@@ -362,6 +362,11 @@ fn oci(binary: &Path, dist: &Path) -> Result<String> {
             .args(["push", "--quiet", IMAGE])
             .arg(format!("oci-archive:{}:{IMAGE}", archive.display())),
     )?;
+    // The archive is the artefact: leave nothing in the local image store (a later `dist`
+    // would leave this one untagged).
+    if output(Command::new("buildah").args(["rmi", IMAGE])).is_err() {
+        eprintln!("xtask: {IMAGE} is in use by a container: left in the local image store");
+    }
     Ok(name)
 }
 
