@@ -48,6 +48,8 @@ impl<W: Write> Sink for LiveSink<W> {
                 pid = l.owner.map(|o| o.pid),
                 comm = %l.owner.map(|o| o.comm).unwrap_or_default(),
                 container = cx.cgroup.as_ref().and_then(|c| c.container_id).map(|id| id.short().to_owned()),
+                container_id = cx.cgroup.as_ref().and_then(|c| c.container_id).map(|id| id.as_str().to_owned()),
+                cgroup = cx.cgroup.as_ref().map(|c| crate::untrusted::Escaped::str(&c.path, crate::untrusted::PATH_SHOWN_MAX).to_string()),
                 netns = l.id.netns,
                 local = %event::EndpointFmt(l.id.saddr, l.id.sport),
                 peer = %event::EndpointFmt(l.id.daddr, l.id.dport),

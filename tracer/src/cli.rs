@@ -55,6 +55,13 @@ pub enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         sockets: u64,
     },
+    /// Writes the man page and the bash, zsh and fish completions, generated from these clap
+    /// definitions, into DIR (for `cargo xtask dist`).
+    #[command(hide = true)]
+    DistAssets {
+        /// The directory to write `tracer.1` and `completions/` into (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Output options of the stream, the daemon and replay.

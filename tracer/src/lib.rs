@@ -13,6 +13,7 @@
 #![warn(unused_crate_dependencies)]
 
 pub mod app;
+pub mod assets;
 pub mod attribution;
 pub mod bpf;
 pub mod cli;
@@ -55,6 +56,7 @@ pub fn main_with(cli: &cli::Cli) -> i32 {
             connections,
             sockets,
         }) => app::bench_engine(*connections, *sockets),
+        Some(cli::Command::DistAssets { dir }) => assets::write(dir),
         None => match cli.live.validate() {
             Ok(cfg) => run_live(cfg),
             Err(e) => return usage(&e),

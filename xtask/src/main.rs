@@ -18,6 +18,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod dist;
 mod fuzz;
 mod loadgen;
 mod tiers;
@@ -78,6 +79,9 @@ enum Cmd {
     Vmtest(vmtest::VmtestArgs),
     /// Run each fuzz target of tracer/fuzz (cargo-fuzz, libFuzzer) from its seed corpus.
     Fuzz(fuzz::FuzzArgs),
+    /// The release artefacts in target/dist: a static binary, a tarball (man page, shell
+    /// completions, systemd unit), a .deb, an OCI image archive, SHA256SUMS.
+    Dist,
 }
 
 fn main() {
@@ -105,6 +109,8 @@ fn real_main() -> Result<()> {
             // Every test file declares its tier (docs/vmtest.md); refuse before building.
             tiers::read(&workspace_root().join("tracer/tests"))?;
             let tools = setup(SetupLevel::Test)?;
+            // tests/dist.rs and tests/container.rs test the artefacts.
+            dist::run(&tools)?;
             // The default members: the eBPF crate only builds for the BPF target.
             let mut a = vec!["test", "--all-targets"];
             a.extend(args.iter().map(String::as_str));
@@ -151,6 +157,7 @@ fn real_main() -> Result<()> {
             let tools = setup(SetupLevel::Build)?;
             fuzz::run(&tools, &args)
         }
+        Cmd::Dist => dist::run(&setup(SetupLevel::Build)?).map(drop),
     }
 }
 
@@ -283,6 +290,8 @@ fn setup(level: SetupLevel) -> Result<Tools> {
         // tests/web_config.rs makes its CA and certificates with openssl and checks the
         // refusals with curl.
         ensure_debian_tools(&[("openssl", "openssl"), ("curl", "curl")])?;
+        // `dist` and the tests of its artefacts (tests/dist.rs, tests/container.rs).
+        dist::ensure_test_tools()?;
         // `cargo xtask fuzz` (CI runs it after the tests).
         fuzz::ensure_cargo_fuzz()?;
     }
