@@ -18,7 +18,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::prometheus::TempDir;
@@ -36,8 +35,27 @@ const PODMAN_GLOBAL: [&str; 4] = ["--runtime", "runc", "--cgroup-manager", "cgro
 /// The password the test puts in the web config Secret (as the manifest tells its user to).
 const PASSWORD: &str = "scrape-me";
 
-/// One pod at a time: they all bind the manifest's host port.
-static POD: Mutex<()> = Mutex::new(());
+/// The image of the leaky fixture (one name, replaced by each run: no image piles up).
+const LEAKY_IMAGE: &str = "localhost/tracer-test-leaky:latest";
+
+/// One pod at a time on this host, across test threads, test binaries and checkouts: every pod
+/// binds the manifest's host port, and the image names are podman's, host-wide. An exclusive
+/// `flock` held while the test runs; the images are loaded and built under it.
+struct HostLock(#[expect(dead_code, reason = "held for its lock")] std::fs::File);
+
+fn host_lock() -> HostLock {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/tracer-container-test.lock")
+        .unwrap();
+    // SAFETY: flock on a descriptor this function owns.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    images();
+    HostLock(f)
+}
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd
@@ -711,10 +729,10 @@ impl Drop for Container {
 }
 
 /// The images: the tracer's from the dist archive, and a `FROM scratch` image holding the
-/// static leaky fixture. Built once per test binary.
-fn images() -> &'static str {
-    static LEAKY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    LEAKY.get_or_init(|| {
+/// static leaky fixture, [`LEAKY_IMAGE`]. Made by each test under [`host_lock`], so that the
+/// image it runs is this checkout's.
+fn images() {
+    {
         let archive = Path::new(DIST).join(format!("tracer-{}-oci.tar", env!("CARGO_PKG_VERSION")));
         assert!(
             archive.is_file(),
@@ -745,18 +763,16 @@ fn images() -> &'static str {
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/fixtures/leaky_ctr.c"
             )));
-        // One name, replaced by each run: no image piles up.
-        let name = "localhost/tracer-test-leaky:latest".to_owned();
-        let _ = Command::new("buildah").args(["rmi", &name]).output();
+        let name = LEAKY_IMAGE;
+        let _ = Command::new("buildah").args(["rmi", name]).output();
         let ctr = stdout(&run(Command::new("buildah").args(["from", "scratch"])));
         run(Command::new("buildah")
             .args(["copy", "--chmod", "0755", &ctr])
             .arg(&bin)
             .arg("/leaky-ctr"));
         run(Command::new("buildah").args(["config", "--entrypoint", r#"["/leaky-ctr"]"#, &ctr]));
-        run(Command::new("buildah").args(["commit", "--rm", "--quiet", &ctr, &name]));
-        name
-    })
+        run(Command::new("buildah").args(["commit", "--rm", "--quiet", &ctr, name]));
+    }
 }
 
 /// A container running the leaky fixture as an unprivileged user (nobody) in its own network
@@ -773,7 +789,7 @@ fn leaky_container() -> Container {
     .to_vec();
     let mut args = args;
     args.extend(host_ulimits());
-    args.push(images().to_owned());
+    args.push(LEAKY_IMAGE.to_owned());
     let c = Container::start(&args).expect("the leaky container did not start");
     let deadline = Instant::now() + common::WAIT;
     while !c.logs().contains("leaking ") {
@@ -885,10 +901,7 @@ fn wait_leak(c: &Container, pid: u32, within: Duration) -> Option<String> {
 
 #[test]
 fn the_daemonset_pod_runs_in_podman_and_reports_a_leak_in_another_container() {
-    let _one = POD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    images();
+    let _one = host_lock();
     let pod = Pod::from_manifest();
     port_free(pod.port);
     let tracer = Container::start(&pod.run_args(&pod.caps, None)).expect("the pod did not start");
@@ -1002,8 +1015,8 @@ fn the_daemonset_pod_runs_in_podman_and_reports_a_leak_in_another_container() {
     );
 }
 
-/// What the pod's log said about one leaky container's leak.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the pod's log said about one leaky container's leak, from worst to best.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Leak {
     /// No leak line for its socket.
     NotReported,
@@ -1079,28 +1092,9 @@ impl Leaky {
             } else {
                 Leak::NoContainer
             };
-            seen = seen.max_by_rank(named);
+            seen = seen.max(named);
         }
         seen
-    }
-}
-
-impl Leak {
-    fn rank(self) -> u8 {
-        match self {
-            Leak::NotReported => 0,
-            Leak::NoOwner => 1,
-            Leak::NoContainer => 2,
-            Leak::Named => 3,
-        }
-    }
-
-    fn max_by_rank(self, other: Leak) -> Leak {
-        if other.rank() > self.rank() {
-            other
-        } else {
-            self
-        }
     }
 }
 
@@ -1189,10 +1183,7 @@ const NOT_GRANTABLE: &[(&str, &str)] = &[(
 
 #[test]
 fn each_capability_of_the_manifest_is_needed() {
-    let _one = POD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    images();
+    let _one = host_lock();
     let pod = Pod::from_manifest();
     let all = outcome(&pod, &pod.caps, false);
     assert_eq!(

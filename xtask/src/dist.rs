@@ -321,6 +321,9 @@ fn deb(root: &Path, stage: &Path, dist: &Path, epoch: u64) -> Result<String> {
 /// The OCI archive: buildah `FROM scratch`, the binary at /tracer as the entrypoint. Returns
 /// its file name.
 fn oci(binary: &Path, dist: &Path) -> Result<String> {
+    // The image's name is podman's, host-wide: tests/container.rs loads and runs it under the
+    // same lock, so that this never removes or retags an image another checkout's test runs.
+    let _lock = host_lock()?;
     let ctr = output(Command::new("buildah").args(["from", "scratch"]))?;
     let ctr = ctr.trim().to_owned();
     let built = (|| -> Result<()> {
@@ -380,6 +383,23 @@ fn commit_time(root: &Path) -> Result<u64> {
     out.trim()
         .parse()
         .with_context(|| format!("git log printed {out:?}"))
+}
+
+/// The host-wide lock of tests/container.rs (an exclusive `flock`), held while it lives.
+fn host_lock() -> Result<fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let path = "/tmp/tracer-container-test.lock";
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {path}"))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("flock {path}: {}", std::io::Error::last_os_error());
+    }
+    Ok(f)
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {
