@@ -24,6 +24,13 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{Tools, cargo, ensure_debian_tool, output, workspace_root};
 
+mod scale;
+
+/// `--hold-pairs`: one of `--scale`'s socket holders (runs before any setup).
+pub fn hold(args: &BenchArgs) -> Option<Result<()>> {
+    args.hold_pairs.map(|p| scale::hold(p, args.hold_index))
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// A short version for CI (one round of one-second runs), so the benchmark cannot rot.
@@ -47,6 +54,22 @@ pub struct BenchArgs {
     /// within ±3 % when the scheduler places them; docs/performance.md).
     #[arg(long)]
     pub pin: bool,
+    /// Only the many-sockets measurement: RSS per tracked socket, startup to `/ready` and one
+    /// scrape with `--sockets` established loopback sockets (docs/performance.md).
+    #[arg(long)]
+    pub scale: bool,
+    /// Socket counts for `--scale`, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "200000")]
+    pub sockets: Vec<usize>,
+    /// Measure this tracer binary instead of building one (to compare two builds).
+    #[arg(long)]
+    pub tracer: Option<PathBuf>,
+    /// Internal (`--scale`'s socket holders): hold this many loopback pairs until stdin closes.
+    #[arg(long, hide = true)]
+    pub hold_pairs: Option<usize>,
+    /// Internal: which holder this is (picks its listener's address).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub hold_index: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -110,10 +133,28 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
     } else {
         (args.rounds.max(1), args.seconds)
     };
-    cargo(tools, &["build", "--release", "-p", "tracer"])?;
-    ensure_debian_tool("tcpstates", "libbpf-tools")?;
-    let tracer = workspace_root().join("target/release/tracer");
+    let tracer = match &args.tracer {
+        Some(t) => t.clone(),
+        None => {
+            cargo(tools, &["build", "--release", "-p", "tracer"])?;
+            workspace_root().join("target/release/tracer")
+        }
+    };
     let xtask = std::env::current_exe().context("locating xtask")?;
+    // The many-sockets rows first (every bench shows them; `--scale` only them).
+    let counts: &[usize] = if args.smoke { &[20_000] } else { &args.sockets };
+    let mut scale_rows = Vec::new();
+    for &n in counts {
+        scale_rows.push(
+            scale::measure(&tracer, &xtask, n)
+                .with_context(|| format!("bench --scale with {n} sockets"))?,
+        );
+    }
+    if args.scale {
+        scale::print(&scale_rows);
+        return Ok(());
+    }
+    ensure_debian_tool("tcpstates", "libbpf-tools")?;
     let ctx = RunCtx {
         tracer: &tracer,
         xtask: &xtask,
@@ -140,6 +181,8 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
     ]))
     .context("running tracer bench-engine")?;
 
+    scale::print(&scale_rows);
+    println!();
     print_report(
         &bare,
         &measured,

@@ -609,6 +609,11 @@ impl Engine {
         self.table.find(sk).and_then(|i| self.table.get(i).owner)
     }
 
+    /// The identity and endpoints of a tracked socket.
+    pub fn socket_id(&self, sk: u64) -> Option<SocketId> {
+        self.table.find(sk).map(|i| self.table.get(i).id())
+    }
+
     /// Current state of a tracked socket.
     pub fn state_of(&self, sk: u64) -> Option<TcpState> {
         self.table.find(sk).map(|i| self.table.get(i).state)
@@ -815,6 +820,11 @@ impl Engine {
         size_of::<Entry>()
     }
 
+    /// Bytes the socket table holds (slab and index, allocated capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes()
+    }
+
     /// Bytes per tracked socket now: allocated slab + hash index + CLOSE_WAIT heap, divided by
     /// the sockets tracked (allocated capacity counts, so this includes growth slack).
     pub fn approx_bytes_per_socket(&self) -> usize {
@@ -825,13 +835,13 @@ impl Engine {
     }
 
     /// Bytes per socket of a full table of `capacity` sockets with none in CLOSE_WAIT: entry
-    /// plus the hash index at its bucket count (power of two ≥ capacity·8/7, 16-byte slot + 1
-    /// control byte each). A socket in CLOSE_WAIT adds a 16-byte heap item (32 worst case with
+    /// plus the hash index at its bucket count (power of two ≥ capacity·8/7, a 4-byte slot
+    /// number + 1 control byte each). A socket in CLOSE_WAIT adds a 16-byte heap item (32 worst case with
     /// stale items before compaction).
     pub fn bytes_per_socket_at(capacity: usize) -> usize {
         let capacity = capacity.max(1);
         let buckets = (capacity * 8 / 7).max(1).next_power_of_two();
-        let index = buckets * (size_of::<(u64, u32)>() + 1);
+        let index = buckets * (size_of::<u32>() + 1);
         size_of::<Entry>() + index.div_ceil(capacity)
     }
 

@@ -5,8 +5,7 @@
 //! Consumes and produces nothing by itself: the engine drives it. O(1) per operation; the slab
 //! and index grow up to the engine's capacity and are then reused without allocation.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::event::{Family, TcpState, Transition};
@@ -253,7 +252,16 @@ impl Hasher for SkHasher {
     }
 }
 
-pub(crate) type SkIndex = HashMap<u64, u32, BuildHasherDefault<SkHasher>>;
+/// The hash of a socket address in the index.
+fn sk_hash(sk: u64) -> u64 {
+    let mut h = SkHasher::default();
+    h.write_u64(sk);
+    h.finish()
+}
+
+/// Socket address → slot: a table of slot numbers (4 bytes and a control byte per bucket),
+/// hashed and compared through the slot's own `sk`, so the key is not stored twice.
+pub(crate) type SkIndex = hashbrown::HashTable<u32>;
 
 /// A doubly linked list threaded through the slab.
 #[derive(Clone, Copy, Debug)]
@@ -313,7 +321,29 @@ impl Table {
     }
 
     pub fn find(&self, sk: u64) -> Option<u32> {
-        self.index.get(&sk).copied()
+        let slots = &self.slots;
+        self.index
+            .find(sk_hash(sk), |&i| slots[i as usize].sk == sk)
+            .copied()
+    }
+
+    /// Adds `sk → i` to the index (`slots[i].sk == sk`, and `sk` not indexed yet).
+    fn index_insert(&mut self, sk: u64, i: u32) {
+        let slots = &self.slots;
+        self.index
+            .insert_unique(sk_hash(sk), i, |&j| sk_hash(slots[j as usize].sk));
+    }
+
+    /// Removes `sk` from the index; returns its slot.
+    fn index_remove(&mut self, sk: u64) -> Option<u32> {
+        let slots = &self.slots;
+        match self
+            .index
+            .find_entry(sk_hash(sk), |&i| slots[i as usize].sk == sk)
+        {
+            Ok(e) => Some(e.remove().0),
+            Err(_) => None,
+        }
     }
 
     pub fn get(&self, i: u32) -> &Entry {
@@ -343,21 +373,21 @@ impl Table {
             self.slots.push(e);
             (self.slots.len() - 1) as u32
         };
-        self.index.insert(sk, i);
+        self.index_insert(sk, i);
         self.link_newest(Which::Lru, i);
         i
     }
 
     /// Moves the entry keyed `from` to key `to`, if `from` is tracked and `to` is not.
     pub fn rekey(&mut self, from: u64, to: u64) -> bool {
-        if from == to || self.index.contains_key(&to) {
+        if from == to || self.find(to).is_some() {
             return false;
         }
-        let Some(i) = self.index.remove(&from) else {
+        let Some(i) = self.index_remove(from) else {
             return false;
         };
-        self.index.insert(to, i);
         self.slots[i as usize].sk = to;
+        self.index_insert(to, i);
         true
     }
 
@@ -365,7 +395,7 @@ impl Table {
     pub fn remove(&mut self, i: u32, which: Which) {
         self.unlink(which, i);
         let sk = self.slots[i as usize].sk;
-        self.index.remove(&sk);
+        self.index_remove(sk);
         let e = &mut self.slots[i as usize];
         e.flags = flag::FREE;
         e.owner = None;
@@ -447,15 +477,15 @@ impl Table {
     /// Bytes held by the slab and the index (allocated capacity, not just used).
     pub fn heap_bytes(&self) -> usize {
         let slab = self.slots.capacity() * size_of::<Entry>();
-        // hashbrown: buckets = next power of two ≥ capacity·8/7, each holding a (u64, u32)
-        // slot and one control byte, plus 16 trailing control bytes.
+        // hashbrown: buckets = next power of two ≥ capacity·8/7, each holding a u32 slot
+        // number and one control byte, plus 16 trailing control bytes.
         let cap = self.index.capacity();
         let buckets = if cap == 0 {
             0
         } else {
             (cap * 8 / 7).next_power_of_two()
         };
-        let index = buckets * (size_of::<(u64, u32)>() + 1) + if buckets > 0 { 16 } else { 0 };
+        let index = buckets * (size_of::<u32>() + 1) + if buckets > 0 { 16 } else { 0 };
         slab + index
     }
 }
