@@ -193,3 +193,41 @@ impl Pipeline {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn tuple(saddr: IpAddr, sport: u16) -> FourTuple {
+        FourTuple {
+            family: Family::V4,
+            saddr,
+            sport,
+            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dport: 80,
+        }
+    }
+
+    #[test]
+    fn stand_in_keys_are_below_kernel_addresses_and_apart_from_sequential_ones() {
+        let mut seen = std::collections::HashSet::new();
+        for ns in [0u32, 1, 4_026_531_840] {
+            for port in 0..2_000u16 {
+                let k = stand_in_key(ns, &tuple(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+                assert!((1 << 62..1 << 63).contains(&k), "{k:#x}");
+                assert!(seen.insert(k), "same key for two tuples");
+            }
+        }
+        assert!(STAND_IN_BASE < 1 << 62);
+        // The key is of the normalized tuple: a v4 address and its v4-mapped form agree.
+        let v4 = tuple(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 7);
+        let mapped = tuple(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()), 7);
+        assert_eq!(
+            stand_in_key(5, &v4.normalized()),
+            stand_in_key(5, &mapped.normalized())
+        );
+        let v6 = tuple(IpAddr::V6(Ipv6Addr::LOCALHOST), 7);
+        assert_ne!(stand_in_key(5, &v4), stand_in_key(5, &v6));
+    }
+}
