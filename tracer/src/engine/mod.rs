@@ -85,7 +85,7 @@ pub use summary::{BaselineSummary, HolderSummary, ReconcileSummary, Summary};
 pub use synthetic::{SyntheticStream, synthetic_stream};
 
 use classify::{is_birth, role_of_first, role_of_state};
-use table::{CompactDwell, Entry, NIL, Table, Which, flag};
+use table::{Entry, NIL, Table, Which, flag};
 
 /// Engine limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -409,7 +409,7 @@ impl Engine {
         states.push(TcpState::Close);
         out.push(Record::Close(CloseRecord {
             ts_ns: self.clock_ns,
-            id: e.id(),
+            id: self.table.id(i),
             role: e.role,
             kind: CloseKind::Unknown,
             states,
@@ -529,7 +529,6 @@ impl Engine {
         self.make_room();
         let clocked = self.start_ns.is_some();
         let mut e = Entry::new(s.id.sk, s.state, role_of_state(s.state));
-        e.set_id(&s.id);
         e.owner = s.owner;
         e.path.push(s.state);
         e.flags |= flag::SEEDED | flag::SINCE_UNKNOWN;
@@ -541,6 +540,7 @@ impl Engine {
             e.flags |= flag::AGE_ESTIMATE;
         }
         let i = self.table.insert(e);
+        self.table.set_id(i, &s.id);
         self.per_state[s.state.index()] += 1;
         self.stats.seeded += 1;
         if cw {
@@ -611,7 +611,7 @@ impl Engine {
 
     /// The identity and endpoints of a tracked socket.
     pub fn socket_id(&self, sk: u64) -> Option<SocketId> {
-        self.table.find(sk).map(|i| self.table.get(i).id())
+        self.table.find(sk).map(|i| self.table.id(i))
     }
 
     /// Current state of a tracked socket.
@@ -722,7 +722,8 @@ impl Engine {
     /// sockets.
     pub fn close_wait_ids(&self, out: &mut Vec<(SocketId, u64)>) {
         out.clear();
-        self.for_each_close_wait(|e| out.push((e.id(), e.since_ns)));
+        let v6 = &self.table.v6;
+        self.for_each_close_wait(|e| out.push((e.id(v6), e.since_ns)));
     }
 
     /// CLOSE_WAIT sockets whose holder has not been confirmed during this stay and that
@@ -732,13 +733,14 @@ impl Engine {
     /// microseconds and end before they are ever due.
     pub fn holders_due(&self, entered_by_ns: u64, max: usize, out: &mut Vec<SocketId>) {
         out.clear();
+        let v6 = &self.table.v6;
         self.for_each_close_wait(|e| {
             if out.len() < max
                 && !e.has(flag::HOLDER_CHECKED)
                 && !e.has(flag::CW_UNCLOCKED)
                 && e.since_ns <= entered_by_ns
             {
-                out.push(e.id());
+                out.push(e.id(v6));
             }
         });
     }
@@ -800,7 +802,7 @@ impl Engine {
             .flat_map(|w| self.table.iter_list(w))
             .map(|i| self.table.get(i))
             .find(|e| {
-                let o = e.id();
+                let o = e.id(&self.table.v6);
                 o.netns == netns
                     && o.sport == id.sport
                     && o.dport == id.dport
@@ -889,7 +891,6 @@ impl Engine {
         if t.new == TcpState::Close {
             // First seen by its closing transition: emit at once, track nothing.
             let mut e = Entry::new(t.sk, t.old, role);
-            e.set_endpoints(t);
             e.first_ns = t.ts_ns;
             e.path.push(t.old);
             if let Some(d) = t.dwell_ns {
@@ -897,14 +898,13 @@ impl Engine {
             }
             if t.old == TcpState::CloseWait && t.dwell_ns.is_some_and(|d| d >= thr) {
                 e.flags |= flag::LEAKED;
-                self.push_kernel_leak(e.id(), e.owner, t, out);
+                self.push_kernel_leak(id_of(t), e.owner, t, out);
             }
-            Self::emit_close(&mut self.stats, &e, t, out);
+            Self::emit_close(&mut self.stats, &e, id_of(t), t, out);
             return;
         }
         self.make_room();
         let mut e = Entry::new(t.sk, t.new, role);
-        e.set_endpoints(t);
         e.first_ns = t.ts_ns;
         e.since_ns = t.ts_ns;
         // A birth's old state (CLOSE, or the listener's LISTEN for a child) is not a state
@@ -919,10 +919,11 @@ impl Engine {
             note_dwell(&mut e, &mut self.dwell_hist, t.old, d);
             if t.old == TcpState::CloseWait && d >= thr {
                 e.flags |= flag::LEAKED;
-                self.push_kernel_leak(e.id(), e.owner, t, out);
+                self.push_kernel_leak(id_of(t), e.owner, t, out);
             }
         }
         let i = self.table.insert(e);
+        self.table.set_endpoints(i, t);
         self.per_state[t.new.index()] += 1;
         if t.new == TcpState::CloseWait {
             self.enter_cw(i);
@@ -936,8 +937,9 @@ impl Engine {
             if self.last_dwell_ns.is_none() && !e.has(flag::SINCE_UNKNOWN) && e.state == t.old {
                 self.last_dwell_ns = Some(t.ts_ns.saturating_sub(e.since_ns));
             }
-            e.set_endpoints(t);
-            if !e.has(flag::LEAKING) {
+            let leaking = e.has(flag::LEAKING);
+            self.table.set_endpoints(i, t);
+            if !leaking {
                 self.table.touch(i);
             }
             return;
@@ -984,7 +986,8 @@ impl Engine {
                 note_dwell(e, &mut self.dwell_hist, t.old, d);
                 if t.old == TcpState::CloseWait && d >= thr && !e.has(flag::LEAKED) {
                     e.flags |= flag::LEAKED;
-                    let (id, owner) = (e.id(), e.owner);
+                    let owner = e.owner;
+                    let id = self.table.id(i);
                     self.push_kernel_leak(id, owner, t, out);
                 }
             }
@@ -1005,9 +1008,9 @@ impl Engine {
         }
         self.per_state[cur.index()] -= 1;
         if t.new == TcpState::Close {
-            let e = self.table.get_mut(i);
-            e.set_endpoints(t);
-            Self::emit_close(&mut self.stats, self.table.get(i), t, out);
+            self.table.set_endpoints(i, t);
+            let id = self.table.id(i);
+            Self::emit_close(&mut self.stats, self.table.get(i), id, t, out);
             self.table.remove(i, Which::Lru);
             return;
         }
@@ -1017,7 +1020,7 @@ impl Engine {
         e.since_ns = t.ts_ns;
         e.flags &= !flag::SINCE_UNKNOWN;
         e.path.push(t.new);
-        e.set_endpoints(t);
+        self.table.set_endpoints(i, t);
         self.table.touch(i);
         if t.new == TcpState::CloseWait {
             self.enter_cw(i);
@@ -1050,7 +1053,7 @@ impl Engine {
             }
         } else {
             // First seen mid-life: `t.new` was entered at `t.ts_ns` and left at `first_ns`.
-            if e.dwell[t.new.index()] == CompactDwell::NONE {
+            if !e.has_dwell(t.new) {
                 let d = e.first_ns.saturating_sub(t.ts_ns);
                 note_dwell(e, &mut self.dwell_hist, t.new, d);
             }
@@ -1083,7 +1086,13 @@ impl Engine {
         }));
     }
 
-    fn emit_close(stats: &mut Stats, e: &Entry, t: &Transition, out: &mut Vec<Record>) {
+    fn emit_close(
+        stats: &mut Stats,
+        e: &Entry,
+        id: SocketId,
+        t: &Transition,
+        out: &mut Vec<Record>,
+    ) {
         let mut states = e.path;
         states.push(TcpState::Close);
         let sk_err = t.sk_err_known();
@@ -1094,7 +1103,7 @@ impl Engine {
         } = classify::verdict(&states, t.old, sk_err);
         let rec = CloseRecord {
             ts_ns: t.ts_ns,
-            id: e.id(),
+            id,
             role: e.role,
             kind,
             states,
@@ -1246,11 +1255,12 @@ impl Engine {
     fn ask_check(&mut self, i: u32) {
         self.cw_pending = self.cw_pending.saturating_sub(1);
         let clock = self.clock_ns;
+        let id = self.table.id(i);
         let e = self.table.get_mut(i);
         e.flags &= !flag::CW_PENDING;
         e.flags |= flag::CW_CHECKING;
         self.checks.push(LeakCheck {
-            id: e.id(),
+            id,
             owner: e.owner,
             age_ns: clock.saturating_sub(e.since_ns),
             at_ns: clock,
@@ -1267,13 +1277,14 @@ impl Engine {
 
     /// Reports entry `i` (off the heap) as leaking now.
     fn start_leak_now(&mut self, i: u32, idle_ns: Option<u64>, out: &mut Vec<Record>) {
+        let id = self.table.id(i);
         let e = self.table.get_mut(i);
         e.flags &= !flag::CW_PENDING;
         e.flags |= flag::LEAKING | flag::LEAKED;
         let rec = LeakRecord {
             idle_ns,
             ts_ns: self.clock_ns,
-            id: e.id(),
+            id,
             age_ns: self.clock_ns.saturating_sub(e.since_ns),
             age_source: if e.has(flag::AGE_ESTIMATE) {
                 AgeSource::Estimate
@@ -1374,12 +1385,25 @@ impl Engine {
     }
 }
 
+/// A transition's socket identity and endpoints.
+fn id_of(t: &Transition) -> SocketId {
+    SocketId {
+        sk: t.sk,
+        netns: t.netns,
+        family: t.family,
+        saddr: t.saddr,
+        sport: t.sport,
+        daddr: t.daddr,
+        dport: t.dport,
+    }
+}
+
 /// Adds a dwell sample for `st` to the entry and the histogram. CLOSE (before a birth) has no
 /// meaningful dwell and is skipped.
 fn note_dwell(e: &mut Entry, hist: &mut [Histogram; 12], st: TcpState, ns: u64) {
     if st == TcpState::Close {
         return;
     }
-    e.dwell[st.index()].add(ns);
+    e.add_dwell(st, ns);
     hist[st.index()].record(ns);
 }

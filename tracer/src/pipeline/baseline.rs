@@ -219,7 +219,7 @@ mod tests {
                 assert!(seen.insert(k), "same key for two tuples");
             }
         }
-        assert!(STAND_IN_BASE < 1 << 62);
+        const { assert!(STAND_IN_BASE < 1 << 62) };
         // The key is of the normalized tuple: a v4 address and its v4-mapped form agree.
         let v4 = tuple(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 7);
         let mapped = tuple(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()), 7);
