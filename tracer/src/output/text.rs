@@ -5,7 +5,9 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::{Batched, Dur, FormatSink, Meta, Show, StackStr, dwell_pairs};
+use super::{
+    Batched, Dur, FormatSink, Meta, Show, StackStr, dec_into, dec_zeros_into, dur_into, dwell_pairs,
+};
 use crate::engine::Summary;
 use crate::event::{EndpointFmt, Transition};
 use crate::pipeline::{RecordContext, Sink};
@@ -21,6 +23,8 @@ pub struct TextSink<W: Write> {
     /// The tracer's own network namespace: a socket's namespace is named only when it is
     /// another one.
     own_netns: u32,
+    /// The time of day's `HH:MM:SS.` for the last second printed.
+    clock: Clock,
 }
 
 impl<W: Write> TextSink<W> {
@@ -31,6 +35,7 @@ impl<W: Write> TextSink<W> {
             realtime_offset_ns,
             header_done: false,
             own_netns: 0,
+            clock: Clock::default(),
         }
     }
 
@@ -104,23 +109,48 @@ impl<W: Write> Sink for TextSink<W> {
             return Ok(());
         }
         self.header();
-        let time = self.time(t.ts_ns);
+        // `{time} {pid:>7} {comm:<15} {local:<23} {remote:<23} {old -> new:<27} {dwell:>9}`,
+        // written by hand: this is most of what text mode prints (ten lines per connection).
         let b = &mut self.lines.buf;
-        let _ = write!(
-            b,
-            "{} {:>7} {:<15} {:<23} {:<23} {:<27} {:>9}",
-            time,
-            t.task_pid,
-            t.task_comm,
-            Pad(EndpointFmt(t.saddr, t.sport)),
-            Pad(EndpointFmt(t.daddr, t.dport)),
-            Pad(Arrow(t.old.name(), t.new.name())),
-            Pad(OptDuration(t.dwell_ns)),
-        );
+        self.clock.push(b, t.ts_ns, self.realtime_offset_ns);
+        b.push(' ');
+        let start = b.len();
+        let _ = dec_into(b, u64::from(t.task_pid));
+        pad_right(b, start, 7);
+        b.push(' ');
+        let start = b.len();
+        // Comm's Display is `untrusted::Escaped`.
+        let _ = write!(b, "{}", t.task_comm);
+        pad_left(b, start, 15);
+        b.push(' ');
+        let start = b.len();
+        endpoint_into(b, t.saddr, t.sport);
+        pad_left(b, start, 23);
+        b.push(' ');
+        let start = b.len();
+        endpoint_into(b, t.daddr, t.dport);
+        pad_left(b, start, 23);
+        b.push(' ');
+        let start = b.len();
+        b.push_str(t.old.name());
+        b.push_str(" -> ");
+        b.push_str(t.new.name());
+        pad_left(b, start, 27);
+        b.push(' ');
+        let start = b.len();
+        match t.dwell_ns {
+            Some(d) => {
+                let _ = dur_into(b, d);
+            }
+            None => b.push('-'),
+        }
+        pad_right(b, start, 9);
         if let Some(o) = owner
             && o.pid != t.task_pid
         {
-            let _ = write!(b, "  owner {} {}", o.pid, o.comm);
+            b.push_str("  owner ");
+            let _ = dec_into(b, u64::from(o.pid));
+            let _ = write!(b, " {}", o.comm);
         }
         netns_text(b, t.netns, self.own_netns);
         b.push('\n');
@@ -304,11 +334,80 @@ fn owner_text(b: &mut String, owner: Option<&Owner>) {
     }
 }
 
-struct Arrow<'a>(&'a str, &'a str);
+const SPACES: &str = "                                                                ";
 
-impl std::fmt::Display for Arrow<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} -> {}", self.0, self.1)
+/// Characters written to `b` since `start` (the columns count characters, as `{:<N}` does).
+fn written_chars(b: &str, start: usize) -> usize {
+    let s = &b[start..];
+    if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().count()
+    }
+}
+
+/// Pads what was written since `start` to `width` characters with spaces after it (`{:<N}`).
+fn pad_left(b: &mut String, start: usize, width: usize) {
+    let n = written_chars(b, start);
+    if n < width {
+        b.push_str(&SPACES[..(width - n).min(SPACES.len())]);
+    }
+}
+
+/// Pads what was written since `start` to `width` characters with spaces before it (`{:>N}`).
+fn pad_right(b: &mut String, start: usize, width: usize) {
+    let n = written_chars(b, start);
+    if n < width {
+        b.insert_str(start, &SPACES[..(width - n).min(SPACES.len())]);
+    }
+}
+
+/// `addr:port` (`[addr]:port` for IPv6) as [`EndpointFmt`] writes it, IPv4 by hand.
+fn endpoint_into(b: &mut String, addr: std::net::IpAddr, port: u16) {
+    match addr {
+        std::net::IpAddr::V4(a) => {
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    b.push('.');
+                }
+                let _ = dec_into(b, u64::from(o));
+            }
+            b.push(':');
+            let _ = dec_into(b, u64::from(port));
+        }
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(b, "{}", EndpointFmt(addr, port));
+        }
+    }
+}
+
+/// The time of day of kernel monotonic timestamps, `HH:MM:SS.ffffff` (UTC) as [`WallTime`]
+/// prints it, written by hand: the `HH:MM:SS.` part is kept for the second it was made for.
+#[derive(Default)]
+struct Clock {
+    /// Seconds of the day the prefix is for.
+    sec: Option<u64>,
+    prefix: StackStr,
+}
+
+impl Clock {
+    fn push(&mut self, b: &mut String, ts_ns: u64, offset_ns: i128) {
+        let real = i128::from(ts_ns) + offset_ns;
+        let day_ns = real.rem_euclid(86_400 * 1_000_000_000) as u64;
+        let secs = day_ns / 1_000_000_000;
+        if self.sec != Some(secs) {
+            self.sec = Some(secs);
+            self.prefix = StackStr::new();
+            let p = &mut self.prefix;
+            let _ = dec_zeros_into(p, secs / 3600, 2);
+            let _ = p.write_str(":");
+            let _ = dec_zeros_into(p, secs / 60 % 60, 2);
+            let _ = p.write_str(":");
+            let _ = dec_zeros_into(p, secs % 60, 2);
+            let _ = p.write_str(".");
+        }
+        b.push_str(self.prefix.as_str());
+        let _ = dec_zeros_into(b, day_ns % 1_000_000_000 / 1_000, 6);
     }
 }
 
@@ -322,28 +421,6 @@ impl std::fmt::Display for Pair<'_> {
             EndpointFmt(self.0.saddr, self.0.sport),
             EndpointFmt(self.0.daddr, self.0.dport)
         )
-    }
-}
-
-/// Formats the inner value first, then applies the caller's width and alignment to it.
-struct Pad<T>(T);
-
-impl<T: std::fmt::Display> std::fmt::Display for Pad<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut b = StackStr::new();
-        write!(b, "{}", self.0)?;
-        f.pad(b.as_str())
-    }
-}
-
-struct OptDuration(Option<u64>);
-
-impl std::fmt::Display for OptDuration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(v) => Dur(v).fmt(f),
-            None => f.pad("-"),
-        }
     }
 }
 
