@@ -315,8 +315,10 @@ pub(crate) fn dec_into<W: std::fmt::Write + ?Sized>(out: &mut W, n: u64) -> std:
             break;
         }
     }
-    // Only ASCII digits were written.
-    out.write_str(std::str::from_utf8(&buf[i..]).unwrap_or(""))
+    for &d in &buf[i..] {
+        out.write_char(char::from(d))?;
+    }
+    Ok(())
 }
 
 /// Writes `n` in decimal with at least `width` digits (zeros in front).

@@ -11,7 +11,7 @@ use super::{
 use crate::engine::Summary;
 use crate::event::{EndpointFmt, Transition};
 use crate::pipeline::{RecordContext, Sink};
-use crate::record::{AgeSource, CloseKind, CloseRecord, LeakRecord, Owner, SocketId};
+use crate::record::{AgeSource, CloseKind, CloseRecord, LeakRecord, Owner};
 
 /// Writes the table text.
 pub struct TextSink<W: Write> {
@@ -161,16 +161,22 @@ impl<W: Write> Sink for TextSink<W> {
         if !self.show.closes {
             return Ok(());
         }
-        let time = self.time(r.ts_ns);
+        // `{time} CLOSE {kind:<14} {role:<8} {local} -> {remote} `, by hand.
         let b = &mut self.lines.buf;
-        let _ = write!(
-            b,
-            "{} CLOSE {:<14} {:<8} {} ",
-            time,
-            r.kind.name(),
-            r.role.name(),
-            Pair(&r.id),
-        );
+        self.clock.push(b, r.ts_ns, self.realtime_offset_ns);
+        b.push_str(" CLOSE ");
+        let start = b.len();
+        b.push_str(r.kind.name());
+        pad_left(b, start, 14);
+        b.push(' ');
+        let start = b.len();
+        b.push_str(r.role.name());
+        pad_left(b, start, 8);
+        b.push(' ');
+        endpoint_into(b, r.id.saddr, r.id.sport);
+        b.push_str(" -> ");
+        endpoint_into(b, r.id.daddr, r.id.dport);
+        b.push(' ');
         close_path_text(b, r);
         close_end_text(b, r);
         owner_text(b, r.owner.as_ref());
@@ -242,10 +248,14 @@ fn close_path_text(b: &mut String, r: &CloseRecord) {
         b.push_str(s.name());
     }
     if let Some(l) = r.lifetime_ns {
-        let _ = write!(b, "  life {}", Dur(l));
+        b.push_str("  life ");
+        let _ = dur_into(b, l);
     }
     for (st, d) in dwell_pairs(&r.dwell_ns) {
-        let _ = write!(b, " {}={}", st, Dur(d));
+        b.push(' ');
+        b.push_str(st);
+        b.push('=');
+        let _ = dur_into(b, d);
     }
 }
 
@@ -330,7 +340,10 @@ fn netns_text(b: &mut String, netns: u32, own: u32) {
 
 fn owner_text(b: &mut String, owner: Option<&Owner>) {
     if let Some(o) = owner {
-        let _ = write!(b, "  pid {} ({})", o.pid, o.comm);
+        b.push_str("  pid ");
+        let _ = dec_into(b, u64::from(o.pid));
+        // Comm's Display is `untrusted::Escaped`.
+        let _ = write!(b, " ({})", o.comm);
     }
 }
 
@@ -408,19 +421,6 @@ impl Clock {
         }
         b.push_str(self.prefix.as_str());
         let _ = dec_zeros_into(b, day_ns % 1_000_000_000 / 1_000, 6);
-    }
-}
-
-struct Pair<'a>(&'a SocketId);
-
-impl std::fmt::Display for Pair<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} -> {}",
-            EndpointFmt(self.0.saddr, self.0.sport),
-            EndpointFmt(self.0.daddr, self.0.dport)
-        )
     }
 }
 
