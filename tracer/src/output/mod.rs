@@ -315,10 +315,8 @@ pub(crate) fn dec_into<W: std::fmt::Write + ?Sized>(out: &mut W, n: u64) -> std:
             break;
         }
     }
-    for &d in &buf[i..] {
-        out.write_char(char::from(d))?;
-    }
-    Ok(())
+    // SAFETY: `buf[i..]` holds only ASCII digits, which are valid UTF-8.
+    out.write_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) })
 }
 
 /// Writes `n` in decimal with at least `width` digits (zeros in front).

@@ -114,9 +114,8 @@ impl<W: Write> Sink for TextSink<W> {
         let b = &mut self.lines.buf;
         self.clock.push(b, t.ts_ns, self.realtime_offset_ns);
         b.push(' ');
-        let start = b.len();
+        spaces(b, 7usize.saturating_sub(digits(u64::from(t.task_pid))));
         let _ = dec_into(b, u64::from(t.task_pid));
-        pad_right(b, start, 7);
         b.push(' ');
         let start = b.len();
         // Comm's Display is `untrusted::Escaped`.
@@ -125,26 +124,28 @@ impl<W: Write> Sink for TextSink<W> {
         b.push(' ');
         let start = b.len();
         endpoint_into(b, t.saddr, t.sport);
-        pad_left(b, start, 23);
+        pad_ascii(b, start, 23);
         b.push(' ');
         let start = b.len();
         endpoint_into(b, t.daddr, t.dport);
-        pad_left(b, start, 23);
+        pad_ascii(b, start, 23);
         b.push(' ');
         let start = b.len();
         b.push_str(t.old.name());
         b.push_str(" -> ");
         b.push_str(t.new.name());
-        pad_left(b, start, 27);
+        pad_ascii(b, start, 27);
         b.push(' ');
-        let start = b.len();
         match t.dwell_ns {
             Some(d) => {
-                let _ = dur_into(b, d);
+                let mut s = StackStr::new();
+                let _ = dur_into(&mut s, d);
+                // `µ` is two bytes and one column.
+                spaces(b, 9usize.saturating_sub(s.as_str().chars().count()));
+                b.push_str(s.as_str());
             }
-            None => b.push('-'),
+            None => b.push_str("        -"),
         }
-        pad_right(b, start, 9);
         if let Some(o) = owner
             && o.pid != t.task_pid
         {
@@ -167,11 +168,11 @@ impl<W: Write> Sink for TextSink<W> {
         b.push_str(" CLOSE ");
         let start = b.len();
         b.push_str(r.kind.name());
-        pad_left(b, start, 14);
+        pad_ascii(b, start, 14);
         b.push(' ');
         let start = b.len();
         b.push_str(r.role.name());
-        pad_left(b, start, 8);
+        pad_ascii(b, start, 8);
         b.push(' ');
         endpoint_into(b, r.id.saddr, r.id.sport);
         b.push_str(" -> ");
@@ -367,12 +368,24 @@ fn pad_left(b: &mut String, start: usize, width: usize) {
     }
 }
 
-/// Pads what was written since `start` to `width` characters with spaces before it (`{:>N}`).
-fn pad_right(b: &mut String, start: usize, width: usize) {
-    let n = written_chars(b, start);
-    if n < width {
-        b.insert_str(start, &SPACES[..(width - n).min(SPACES.len())]);
+/// Pads what was written since `start`, ASCII only, to `width` with spaces after it.
+fn pad_ascii(b: &mut String, start: usize, width: usize) {
+    spaces(b, width.saturating_sub(b.len() - start));
+}
+
+/// `n` spaces.
+fn spaces(b: &mut String, n: usize) {
+    b.push_str(&SPACES[..n.min(SPACES.len())]);
+}
+
+/// Decimal digits of `n`.
+fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
     }
+    d
 }
 
 /// `addr:port` (`[addr]:port` for IPv6) as [`EndpointFmt`] writes it, IPv4 by hand.

@@ -6,8 +6,6 @@
 //!
 //! Schedule: per event (a few hash lookups, only on the transitions that use them).
 
-use std::collections::HashMap;
-
 use crate::event::{TcpState, Transition};
 use crate::record::{Owner, OwnerSource};
 use crate::sockdiag::FourTuple;
@@ -16,7 +14,7 @@ use crate::sockdiag::FourTuple;
 #[derive(Default)]
 pub(super) struct Owners {
     /// (netns, local port) → owner of the listener(s) on it.
-    pub(super) listeners: HashMap<(u32, u16), Owner>,
+    pub(super) listeners: crate::timewait::FastMap<(u32, u16), Owner>,
 }
 
 impl Owners {
