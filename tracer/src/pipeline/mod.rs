@@ -373,18 +373,12 @@ impl Pipeline {
             }
         }
         let revealed = hint.or_else(|| self.owners.revealed_by(t, netns));
-        // Read before the step: a socket that reaches CLOSE leaves the engine with it.
-        let known = self.engine.owner(t.sk);
         self.owners.track_listener(t, netns, revealed);
-        if let Some(o) = revealed {
-            self.engine.set_owner(t.sk, o);
-        }
-        self.engine.on_transition(t, &mut self.records);
-        if let Some(o) = revealed {
-            // A socket born by this transition exists in the engine only now.
-            self.engine.set_owner(t.sk, o);
-        }
-        let owner = self.engine.owner(t.sk).or(known).or(revealed);
+        // The owner as known after the step, or before it (a socket that reaches CLOSE leaves
+        // the engine with it), or as revealed now.
+        let owner = self
+            .engine
+            .on_transition_owned(t, revealed, &mut self.records);
         if self.passes(owner.as_ref()) {
             // The kernel measures no dwell: the engine's, from this socket's event times.
             match (t.dwell_ns, self.engine.last_dwell_ns()) {
