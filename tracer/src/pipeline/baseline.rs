@@ -38,7 +38,7 @@ pub struct BaselineReport {
 /// 4-tuple in [2^62, 2^63), so that its first traced event finds it in the engine's own index
 /// with no second table (which cost ~100 bytes per baseline socket); the few whose key is taken
 /// already (a 62-bit hash collision) get a sequential key from here, below 2^62, and are
-/// matched to their kernel address by no event (counted in `stand_in_collisions`).
+/// matched to their kernel address by no event (counted, and logged once after the baseline).
 pub(super) const STAND_IN_BASE: u64 = 0x3000_0000_0000_0000;
 
 /// The stand-in key of a socket with 4-tuple `t` (normalized) in namespace `ns`: splitmix64
