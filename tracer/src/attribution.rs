@@ -40,26 +40,23 @@ pub struct Holder {
     pub fd: u32,
 }
 
-/// The holders of one inode; almost always exactly one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Holders {
-    One(Holder),
-    Many(Vec<Holder>),
+/// One `socket:[INODE]` link of one process: 12 bytes. Socket inode numbers are 32-bit
+/// (`get_next_ino`; sock_diag's `idiag_inode` is a `__u32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Link {
+    inode: u32,
+    pid: u32,
+    fd: u32,
 }
 
-impl Holders {
-    fn as_slice(&self) -> &[Holder] {
-        match self {
-            Holders::One(h) => std::slice::from_ref(h),
-            Holders::Many(v) => v,
-        }
-    }
-}
-
-/// Socket inode → the processes (tgids) whose fd tables hold it, from one `/proc` scan.
+/// Socket inode → the processes (tgids) whose fd tables hold it, from one `/proc` scan: the
+/// links sorted by inode (12 bytes per socket, no hash-table slack; a look-up is a binary
+/// search). Built by [`InodeIndex::insert`] then [`InodeIndex::finish`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InodeIndex {
-    map: HashMap<u64, Holders>,
+    links: Vec<Link>,
+    /// Distinct inodes (after `finish`).
+    inodes: usize,
     /// Processes whose fd table was read whole.
     pub scanned_processes: u32,
     /// Processes that vanished mid-scan or whose fd table could not be read (permission);
@@ -68,47 +65,58 @@ pub struct InodeIndex {
 }
 
 impl InodeIndex {
-    /// Records that `pid` holds `inode` under `fd`. A process is recorded once per inode (the
-    /// first fd seen), whatever the number of fds it holds it under.
+    /// Records that `pid` holds `inode` under `fd` (call [`InodeIndex::finish`] before asking).
+    /// A process is recorded once per inode (its lowest fd), whatever the number of fds it
+    /// holds it under. An inode above 32 bits is not a socket's and is left out.
     pub fn insert(&mut self, inode: u64, pid: u32, fd: u32) {
-        let h = Holder { pid, fd };
-        let Some(slot) = self.map.get_mut(&inode) else {
-            self.map.insert(inode, Holders::One(h));
-            return;
-        };
-        match slot {
-            Holders::One(first) => {
-                let first = *first;
-                if first.pid != pid {
-                    *slot = Holders::Many(vec![first, h]);
-                }
-            }
-            Holders::Many(v) => {
-                if !v.iter().any(|x| x.pid == pid) {
-                    v.push(h);
-                }
-            }
+        if let Ok(inode) = u32::try_from(inode) {
+            self.links.push(Link { inode, pid, fd });
         }
     }
 
+    /// Sorts and de-duplicates what was inserted, and gives back the growth slack.
+    pub fn finish(&mut self) {
+        self.links.sort_unstable();
+        self.links
+            .dedup_by(|b, a| (a.inode, a.pid) == (b.inode, b.pid));
+        self.links.shrink_to_fit();
+        self.inodes = self.links.chunk_by(|a, b| a.inode == b.inode).count();
+    }
+
     /// Every process holding `inode` (empty if none was seen).
-    pub fn holders(&self, inode: u64) -> &[Holder] {
-        self.map.get(&inode).map_or(&[], Holders::as_slice)
+    pub fn holders(&self, inode: u64) -> impl Iterator<Item = Holder> + '_ {
+        let found = match u32::try_from(inode) {
+            Ok(inode) => {
+                let start = self.links.partition_point(|l| l.inode < inode);
+                let len = self.links[start..].partition_point(|l| l.inode == inode);
+                &self.links[start..start + len]
+            }
+            Err(_) => &[],
+        };
+        found.iter().map(|l| Holder {
+            pid: l.pid,
+            fd: l.fd,
+        })
     }
 
     /// The owner's pid and how it was found: the only holder ([`OwnerSource::Inode`]) or the
     /// lowest pid among several ([`OwnerSource::Shared`]).
     pub fn owner_pid(&self, inode: u64) -> Option<(u32, OwnerSource)> {
-        pick(self.holders(inode).iter().copied()).map(|(h, src)| (h.pid, src))
+        pick(self.holders(inode)).map(|(h, src)| (h.pid, src))
     }
 
     /// Number of distinct socket inodes seen.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.inodes
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.inodes == 0
+    }
+
+    /// Bytes held (for docs/performance.md's accounting).
+    pub fn heap_bytes(&self) -> usize {
+        self.links.capacity() * size_of::<Link>()
     }
 }
 
@@ -171,6 +179,7 @@ impl ProcFs {
                 }
             }
         }
+        index.finish();
         index
     }
 
@@ -562,7 +571,6 @@ impl Attributor {
         let mut fds: Vec<u32> = self
             .index
             .holders(inode)
-            .iter()
             .filter(|h| h.pid == pid)
             .map(|h| h.fd)
             .collect();
@@ -584,8 +592,6 @@ impl Attributor {
         let live = self
             .index
             .holders(inode)
-            .iter()
-            .copied()
             .filter(|h| proc.holds(h.pid, h.fd, inode));
         let (holder, source) = pick(live)?;
         let comm = self.proc.comm(holder.pid)?;
@@ -691,15 +697,21 @@ mod tests {
         let mut ix = InodeIndex::default();
         ix.insert(10, 300, 3);
         ix.insert(10, 300, 4); // dup'ed fd in the same process
-        assert_eq!(ix.holders(10), [Holder { pid: 300, fd: 3 }]);
+        ix.finish();
+        assert_eq!(
+            ix.holders(10).collect::<Vec<_>>(),
+            [Holder { pid: 300, fd: 3 }]
+        );
         assert_eq!(ix.owner_pid(10), Some((300, OwnerSource::Inode)));
         ix.insert(10, 200, 7);
         ix.insert(10, 250, 5);
         ix.insert(10, 200, 8);
-        assert_eq!(ix.holders(10).len(), 3);
+        ix.insert(u64::from(u32::MAX) + 1, 1, 1); // not a socket inode
+        ix.finish();
+        assert_eq!(ix.holders(10).count(), 3);
         assert_eq!(ix.owner_pid(10), Some((200, OwnerSource::Shared)));
         assert_eq!(ix.owner_pid(11), None);
-        assert_eq!(ix.holders(11), []);
+        assert_eq!(ix.holders(11).count(), 0);
         assert_eq!(ix.len(), 1);
     }
 

@@ -6,7 +6,6 @@
 //! time, so a busy host's close records cost no `/proc` read each; a leak (rare, and acted on)
 //! always reads afresh.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,7 +120,7 @@ pub struct Containers {
     proc: ProcFs,
     ttl: Duration,
     capacity: usize,
-    cache: HashMap<u32, (Instant, Option<Cgroup>)>,
+    cache: crate::timewait::FastMap<u32, (Instant, Option<Cgroup>)>,
     stats: ContainerStats,
 }
 
@@ -131,7 +130,7 @@ impl Containers {
             proc,
             ttl,
             capacity: capacity.max(1),
-            cache: HashMap::new(),
+            cache: Default::default(),
             stats: ContainerStats::default(),
         }
     }

@@ -310,6 +310,7 @@ impl Driver {
         let lost = sh.kernel.lost();
         sh.path.reconcile(lost);
         sh.path.confirm_holders();
+        sh.path.trim_after_growth(Instant::now());
         if self.opts.program_stats && self.last_program_read.elapsed() >= PROGRAM_STATS_EVERY {
             sh.program = self.kernel.program_stats();
             self.last_program_read = Instant::now();

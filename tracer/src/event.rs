@@ -356,7 +356,28 @@ pub struct AddrFmt(pub IpAddr);
 impl fmt::Display for AddrFmt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            IpAddr::V4(a) => write!(f, "{a}"),
+            // By hand (it is in every line), padded as `Ipv4Addr`'s Display pads.
+            IpAddr::V4(a) => {
+                let mut buf = [0u8; 15];
+                let mut n = 0;
+                for (i, o) in a.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf[n] = b'.';
+                        n += 1;
+                    }
+                    if o >= 100 {
+                        buf[n] = b'0' + o / 100;
+                        n += 1;
+                    }
+                    if o >= 10 {
+                        buf[n] = b'0' + o / 10 % 10;
+                        n += 1;
+                    }
+                    buf[n] = b'0' + o % 10;
+                    n += 1;
+                }
+                f.pad(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
+            }
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
                 Some(v4) => write!(f, "::ffff:{v4}"),
                 None => write!(f, "{a}"),
@@ -380,6 +401,22 @@ impl fmt::Display for EndpointFmt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_by_hand_is_what_ipv4addr_displays() {
+        for a in [
+            [0, 0, 0, 0],
+            [127, 0, 0, 1],
+            [10, 99, 100, 255],
+            [1, 22, 133, 9],
+        ] {
+            let v4 = std::net::Ipv4Addr::from(a);
+            let ours = AddrFmt(IpAddr::V4(v4));
+            assert_eq!(ours.to_string(), v4.to_string());
+            assert_eq!(format!("{ours:<17}|"), format!("{v4:<17}|"));
+            assert_eq!(format!("{ours:>17}|"), format!("{v4:>17}|"));
+        }
+    }
 
     fn raw() -> TcpEvent {
         let mut comm = [0u8; 16];

@@ -27,6 +27,10 @@
 //! (tuples whose sockets have all expired are dropped then). See [`TimeWait::bytes_per_tuple`].
 
 use std::collections::HashMap;
+
+/// A hash map with foldhash's randomly seeded fast hasher (remote endpoints are chosen by
+/// peers, so the seed stays random).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::IpAddr;
 
 use crate::sockdiag::DiagSocket;
@@ -142,10 +146,10 @@ impl PortUse {
 /// Per-tuple TIME_WAIT counts and ephemeral-port use. See the module documentation.
 #[derive(Debug)]
 pub struct TimeWait {
-    tw: HashMap<TupleKey, Slots>,
+    tw: FastMap<TupleKey, Slots>,
     /// Sockets in other states with an ephemeral local port, per tuple, at the last dump.
-    others: HashMap<TupleKey, u32>,
-    ranges: HashMap<u32, (u16, u16)>,
+    others: FastMap<TupleKey, u32>,
+    ranges: FastMap<u32, (u16, u16)>,
     /// Namespaces that handed over a socket before their range was known, not yet asked for
     /// ([`TimeWait::take_unranged`]); and those asked for since the last prune (each is asked
     /// for once between two full re-syncs, even when its range cannot be read).
@@ -173,9 +177,9 @@ impl TimeWait {
 
     pub fn new(capacity: usize) -> Self {
         TimeWait {
-            tw: HashMap::new(),
-            others: HashMap::new(),
-            ranges: HashMap::new(),
+            tw: FastMap::default(),
+            others: FastMap::default(),
+            ranges: FastMap::default(),
             unranged: Vec::new(),
             asked: std::collections::HashSet::new(),
             capacity: capacity.max(1),

@@ -466,7 +466,7 @@ fn attribution_of_shared_socket_is_lowest_pid() {
     assert_eq!(Some(owner.comm), process_comm(expected));
 
     let ix = scan_inodes(None);
-    let holders: HashSet<u32> = ix.holders(fstat_ino(&s)).iter().map(|h| h.pid).collect();
+    let holders: HashSet<u32> = ix.holders(fstat_ino(&s)).map(|h| h.pid).collect();
     assert_eq!(holders, HashSet::from([me, kid.0.id()]));
     // Shared listener too (pre-fork servers).
     let lkid = spawn_holder(&l);

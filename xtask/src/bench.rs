@@ -24,6 +24,13 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{Tools, cargo, ensure_debian_tool, output, workspace_root};
 
+mod scale;
+
+/// `--hold-pairs`: one of `--scale`'s socket holders (runs before any setup).
+pub fn hold(args: &BenchArgs) -> Option<Result<()>> {
+    args.hold_pairs.map(|p| scale::hold(p, args.hold_index))
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// A short version for CI (one round of one-second runs), so the benchmark cannot rot.
@@ -47,6 +54,22 @@ pub struct BenchArgs {
     /// within ±3 % when the scheduler places them; docs/performance.md).
     #[arg(long)]
     pub pin: bool,
+    /// Only the many-sockets measurement: RSS per tracked socket, startup to `/ready` and one
+    /// scrape with `--sockets` established loopback sockets (docs/performance.md).
+    #[arg(long)]
+    pub scale: bool,
+    /// Socket counts for `--scale`, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "200000")]
+    pub sockets: Vec<usize>,
+    /// Measure this tracer binary instead of building one (to compare two builds).
+    #[arg(long)]
+    pub tracer: Option<PathBuf>,
+    /// Internal (`--scale`'s socket holders): hold this many loopback pairs until stdin closes.
+    #[arg(long, hide = true)]
+    pub hold_pairs: Option<usize>,
+    /// Internal: which holder this is (picks its listener's address).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub hold_index: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -54,17 +77,31 @@ enum Setup {
     Bare,
     Daemon,
     PidIdle,
+    /// The default text mode, every transition printed, stdout to a file.
+    Text,
+    /// `--json`, stdout to a file.
+    Json,
     Tcpstates,
 }
 
 impl Setup {
-    const TRACED: [Setup; 3] = [Setup::Daemon, Setup::PidIdle, Setup::Tcpstates];
+    const TRACED: [Setup; 5] = [
+        Setup::Daemon,
+        Setup::PidIdle,
+        Setup::Text,
+        Setup::Json,
+        Setup::Tcpstates,
+    ];
+    /// The setups of the harsher load (no TIME_WAIT, about 600 k events/s).
+    const HARSH: [Setup; 3] = [Setup::Daemon, Setup::Text, Setup::Tcpstates];
 
     fn name(self) -> &'static str {
         match self {
             Setup::Bare => "nothing attached",
             Setup::Daemon => "tracer (daemon, metrics on)",
             Setup::PidIdle => "tracer --pid (idle process)",
+            Setup::Text => "tracer (text mode, to a file)",
+            Setup::Json => "tracer --json (to a file)",
             Setup::Tcpstates => "libbpf-tools tcpstates",
         }
     }
@@ -102,6 +139,9 @@ struct RunCtx<'a> {
     seconds: f64,
     threads: usize,
     pin: bool,
+    /// The load runs with `net.ipv4.tcp_max_tw_buckets=0` in its namespace (no TIME_WAIT
+    /// sockets: about twice the connections per second).
+    harsh: bool,
 }
 
 pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
@@ -110,16 +150,35 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
     } else {
         (args.rounds.max(1), args.seconds)
     };
-    cargo(tools, &["build", "--release", "-p", "tracer"])?;
-    ensure_debian_tool("tcpstates", "libbpf-tools")?;
-    let tracer = workspace_root().join("target/release/tracer");
+    let tracer = match &args.tracer {
+        Some(t) => t.clone(),
+        None => {
+            cargo(tools, &["build", "--release", "-p", "tracer"])?;
+            workspace_root().join("target/release/tracer")
+        }
+    };
     let xtask = std::env::current_exe().context("locating xtask")?;
+    // The many-sockets rows first (every bench shows them; `--scale` only them).
+    let counts: &[usize] = if args.smoke { &[20_000] } else { &args.sockets };
+    let mut scale_rows = Vec::new();
+    for &n in counts {
+        scale_rows.push(
+            scale::measure(&tracer, &xtask, n)
+                .with_context(|| format!("bench --scale with {n} sockets"))?,
+        );
+    }
+    if args.scale {
+        scale::print(&scale_rows);
+        return Ok(());
+    }
+    ensure_debian_tool("tcpstates", "libbpf-tools")?;
     let ctx = RunCtx {
         tracer: &tracer,
         xtask: &xtask,
         seconds,
         threads: args.threads,
         pin: args.pin,
+        harsh: false,
     };
     let load_before = loadavg();
 
@@ -127,9 +186,16 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
         fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
         .context("enabling kernel.bpf_stats_enabled (needs root)")?;
-    let result = measure(&ctx, rounds, args.smoke, args.bare_tolerance / 100.0);
+    let tolerance = args.bare_tolerance / 100.0;
+    let result = measure(&ctx, &Setup::TRACED, rounds, args.smoke, tolerance).and_then(|m| {
+        let harsh = RunCtx { harsh: true, ..ctx };
+        Ok((
+            m,
+            measure(&harsh, &Setup::HARSH, rounds, args.smoke, tolerance)?,
+        ))
+    });
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
-    let (bare, measured) = result?;
+    let ((bare, measured), (harsh_bare, harsh_measured)) = result?;
 
     let engine = output(Command::new(&tracer).args([
         "bench-engine",
@@ -140,6 +206,8 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
     ]))
     .context("running tracer bench-engine")?;
 
+    scale::print(&scale_rows);
+    println!();
     print_report(
         &bare,
         &measured,
@@ -154,6 +222,11 @@ pub fn run(tools: &Tools, args: &BenchArgs) -> Result<()> {
             load_after: loadavg(),
         },
     );
+    println!(
+        "\nThe harsher load: the same, with net.ipv4.tcp_max_tw_buckets=0 in the load's \
+         namespace (no TIME_WAIT sockets; the same transitions).\n"
+    );
+    print_table(&harsh_bare, &harsh_measured);
     Ok(())
 }
 
@@ -162,11 +235,15 @@ type Measurements = (Vec<Run>, Vec<(Setup, Measured)>);
 
 /// Runs the bracketed schedule until every traced setup has `rounds` kept runs (at most
 /// `2 × rounds` rounds; one round and no retries in smoke mode).
-fn measure(ctx: &RunCtx<'_>, rounds: usize, smoke: bool, tolerance: f64) -> Result<Measurements> {
-    let mut measured: Vec<(Setup, Measured)> = Setup::TRACED
-        .iter()
-        .map(|&s| (s, Measured::default()))
-        .collect();
+fn measure(
+    ctx: &RunCtx<'_>,
+    setups: &[Setup],
+    rounds: usize,
+    smoke: bool,
+    tolerance: f64,
+) -> Result<Measurements> {
+    let mut measured: Vec<(Setup, Measured)> =
+        setups.iter().map(|&s| (s, Measured::default())).collect();
     let mut bare = vec![one_run(Setup::Bare, ctx).context("bench run Bare")?];
     let max_rounds = if smoke { 1 } else { 2 * rounds };
     for round in 0..max_rounds {
@@ -174,8 +251,8 @@ fn measure(ctx: &RunCtx<'_>, rounds: usize, smoke: bool, tolerance: f64) -> Resu
             break;
         }
         // Rotate the order so that no setup always follows the same one.
-        for k in 0..Setup::TRACED.len() {
-            let (setup, m) = &mut measured[(k + round) % Setup::TRACED.len()];
+        for k in 0..setups.len() {
+            let (setup, m) = &mut measured[(k + round) % setups.len()];
             if m.ratios.len() >= rounds {
                 continue;
             }
@@ -264,6 +341,12 @@ fn print_report(bare: &[Run], measured: &[(Setup, Measured)], engine: &str, h: &
         "Load average (1, 5, 15 min) before: {}, after: {}.\n",
         h.load_before, h.load_after
     );
+    print_table(bare, measured);
+    println!("\nEngine (one core, synthetic stream): {engine}");
+}
+
+/// The table of one load's setups.
+fn print_table(bare: &[Run], measured: &[(Setup, Measured)]) {
     println!(
         "| setup | connections/s | vs bare | kept/rejected runs | kernel ns/event | CPU s per 1M events | peak RSS MiB | lost events |"
     );
@@ -323,7 +406,6 @@ fn print_report(bare: &[Run], measured: &[(Setup, Measured)], engine: &str, h: &
             lost.map_or("–".into(), |l| l.to_string()),
         );
     }
-    println!("\nEngine (one core, synthetic stream): {engine}");
 }
 
 fn one_run(setup: Setup, ctx: &RunCtx<'_>) -> Result<Run> {
@@ -333,14 +415,35 @@ fn one_run(setup: Setup, ctx: &RunCtx<'_>) -> Result<Run> {
         seconds,
         threads,
         pin,
+        harsh,
     } = *ctx;
     let mut idle: Option<Child> = None;
+    let mut out_file: Option<PathBuf> = None;
     let mut err_buf: Option<Stderr> = None;
     let mut tool: Option<Child> = match setup {
         Setup::Bare => None,
         Setup::Daemon => {
-            let (c, e) =
-                spawn_tracer(tracer, &["--metrics-addr", "127.0.0.1:0", "--show", "none"])?;
+            let (c, e) = spawn_tracer(
+                tracer,
+                &["--metrics-addr", "127.0.0.1:0", "--show", "none"],
+                Stdio::null(),
+            )?;
+            err_buf = Some(e);
+            Some(c)
+        }
+        Setup::Text | Setup::Json => {
+            // Written to a file, as a user's `tracer > trace.txt` (the kernel's copy of the
+            // bytes is part of what the mode costs); deleted after the run.
+            let path =
+                std::env::temp_dir().join(format!("tracer-bench-{}.out", std::process::id()));
+            let file = fs::File::create(&path).context("creating the bench's output file")?;
+            out_file = Some(path);
+            let args: &[&str] = if setup == Setup::Json {
+                &["--json"]
+            } else {
+                &[]
+            };
+            let (c, e) = spawn_tracer(tracer, args, Stdio::from(file))?;
             err_buf = Some(e);
             Some(c)
         }
@@ -351,7 +454,7 @@ fn one_run(setup: Setup, ctx: &RunCtx<'_>) -> Result<Run> {
                 .context("spawning an idle process")?;
             let pid = c.id().to_string();
             idle = Some(c);
-            let (c, e) = spawn_tracer(tracer, &["--pid", &pid, "--show", "none"])?;
+            let (c, e) = spawn_tracer(tracer, &["--pid", &pid, "--show", "none"], Stdio::null())?;
             err_buf = Some(e);
             Some(c)
         }
@@ -367,7 +470,16 @@ fn one_run(setup: Setup, ctx: &RunCtx<'_>) -> Result<Run> {
     };
     let before = tool.as_ref().map(|c| sample(c.id()));
     let mut load = Command::new("unshare");
-    load.arg("-n").arg(xtask).args([
+    load.arg("-n");
+    if harsh {
+        // The sysctl is per network namespace: set in the load's own, before the load.
+        load.args([
+            "sh",
+            "-c",
+            "sysctl -qw net.ipv4.tcp_max_tw_buckets=0 && exec \"$0\" \"$@\"",
+        ]);
+    }
+    load.arg(xtask).args([
         "loadgen",
         "--threads",
         &threads.to_string(),
@@ -407,16 +519,19 @@ fn one_run(setup: Setup, ctx: &RunCtx<'_>) -> Result<Run> {
         let _ = i.kill();
         let _ = i.wait();
     }
+    if let Some(p) = out_file {
+        let _ = fs::remove_file(p);
+    }
     Ok(run)
 }
 
 /// A running tool and, for tracer, its collected stderr.
 type Stderr = std::sync::Arc<std::sync::Mutex<String>>;
 
-fn spawn_tracer(tracer: &Path, args: &[&str]) -> Result<(Child, Stderr)> {
+fn spawn_tracer(tracer: &Path, args: &[&str], stdout: Stdio) -> Result<(Child, Stderr)> {
     let mut c = Command::new(tracer)
         .args(args)
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .context("spawning tracer")?;

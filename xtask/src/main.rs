@@ -146,6 +146,9 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Cmd::Bench(args) => {
+            if let Some(r) = bench::hold(&args) {
+                return r;
+            }
             let tools = setup(SetupLevel::Test)?;
             bench::run(&tools, &args)
         }

@@ -85,7 +85,7 @@ pub use summary::{BaselineSummary, HolderSummary, ReconcileSummary, Summary};
 pub use synthetic::{SyntheticStream, synthetic_stream};
 
 use classify::{is_birth, role_of_first, role_of_state};
-use table::{CompactDwell, Entry, NIL, Table, Which, flag};
+use table::{Entry, NIL, Table, Which, flag};
 
 /// Engine limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -412,7 +412,7 @@ impl Engine {
         states.push(TcpState::Close);
         out.push(Record::Close(CloseRecord {
             ts_ns: self.clock_ns,
-            id: e.id(),
+            id: self.table.id(i),
             role: e.role,
             kind: CloseKind::Unknown,
             states,
@@ -491,6 +491,47 @@ impl Engine {
         self.fire_due(out);
     }
 
+    /// [`Engine::on_transition`] with the owner the transition reveals (`revealed`, recorded
+    /// for the socket before the step and, for a socket the step creates, after it); returns
+    /// the socket's owner: as the engine knows it after the step, else as it knew it before
+    /// (a socket that reached CLOSE), else `revealed`. Two table look-ups for what took five
+    /// calls (owner, set, step, set, owner).
+    pub fn on_transition_owned(
+        &mut self,
+        t: &Transition,
+        revealed: Option<Owner>,
+        out: &mut Vec<Record>,
+    ) -> Option<Owner> {
+        self.stats.transitions += 1;
+        self.last_dwell_ns = t.dwell_ns;
+        self.advance_clock(t.ts_ns);
+        self.fire_due(out);
+        let known = match self.table.find(t.sk) {
+            Some(i) => {
+                let e = self.table.get_mut(i);
+                let known = e.owner;
+                if revealed.is_some() {
+                    e.owner = revealed;
+                }
+                self.on_tracked(i, t, out);
+                known
+            }
+            None => {
+                self.on_untracked(t, out);
+                None
+            }
+        };
+        self.fire_due(out);
+        let after = self.table.find(t.sk).and_then(|i| {
+            let e = self.table.get_mut(i);
+            if revealed.is_some() {
+                e.owner = revealed;
+            }
+            e.owner
+        });
+        after.or(known).or(revealed)
+    }
+
     /// The time the last transition fed spent in its old state: the kernel's measure when the
     /// event carried one, else the difference of this socket's event times; `None` when the
     /// start of the old state was not seen (first sight of a socket, a gap in its events, a
@@ -534,7 +575,6 @@ impl Engine {
         self.make_room();
         let clocked = self.start_ns.is_some();
         let mut e = Entry::new(s.id.sk, s.state, role_of_state(s.state));
-        e.set_id(&s.id);
         e.owner = s.owner;
         e.path.push(s.state);
         e.flags |= flag::SEEDED | flag::SINCE_UNKNOWN;
@@ -546,6 +586,7 @@ impl Engine {
             e.flags |= flag::AGE_ESTIMATE;
         }
         let i = self.table.insert(e);
+        self.table.set_id(i, &s.id);
         self.per_state[s.state.index()] += 1;
         self.stats.seeded += 1;
         if cw {
@@ -612,6 +653,11 @@ impl Engine {
 
     pub fn owner(&self, sk: u64) -> Option<Owner> {
         self.table.find(sk).and_then(|i| self.table.get(i).owner)
+    }
+
+    /// The identity and endpoints of a tracked socket.
+    pub fn socket_id(&self, sk: u64) -> Option<SocketId> {
+        self.table.find(sk).map(|i| self.table.id(i))
     }
 
     /// Current state of a tracked socket.
@@ -728,7 +774,8 @@ impl Engine {
     /// sockets.
     pub fn close_wait_ids(&self, out: &mut Vec<(SocketId, u64)>) {
         out.clear();
-        self.for_each_close_wait(|e| out.push((e.id(), e.since_ns)));
+        let v6 = &self.table.v6;
+        self.for_each_close_wait(|e| out.push((e.id(v6), e.since_ns)));
     }
 
     /// CLOSE_WAIT sockets whose holder has not been confirmed during this stay and that
@@ -738,13 +785,14 @@ impl Engine {
     /// microseconds and end before they are ever due.
     pub fn holders_due(&self, entered_by_ns: u64, max: usize, out: &mut Vec<SocketId>) {
         out.clear();
+        let v6 = &self.table.v6;
         self.for_each_close_wait(|e| {
             if out.len() < max
                 && !e.has(flag::HOLDER_CHECKED)
                 && !e.has(flag::CW_UNCLOCKED)
                 && e.since_ns <= entered_by_ns
             {
-                out.push(e.id());
+                out.push(e.id(v6));
             }
         });
     }
@@ -806,7 +854,7 @@ impl Engine {
             .flat_map(|w| self.table.iter_list(w))
             .map(|i| self.table.get(i))
             .find(|e| {
-                let o = e.id();
+                let o = e.id(&self.table.v6);
                 o.netns == netns
                     && o.sport == id.sport
                     && o.dport == id.dport
@@ -826,6 +874,11 @@ impl Engine {
         size_of::<Entry>()
     }
 
+    /// Bytes the socket table holds (slab and index, allocated capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes()
+    }
+
     /// Bytes per tracked socket now: allocated slab + hash index + CLOSE_WAIT heap, divided by
     /// the sockets tracked (allocated capacity counts, so this includes growth slack).
     pub fn approx_bytes_per_socket(&self) -> usize {
@@ -836,13 +889,13 @@ impl Engine {
     }
 
     /// Bytes per socket of a full table of `capacity` sockets with none in CLOSE_WAIT: entry
-    /// plus the hash index at its bucket count (power of two ≥ capacity·8/7, 16-byte slot + 1
-    /// control byte each). A socket in CLOSE_WAIT adds a 16-byte heap item (32 worst case with
+    /// plus the hash index at its bucket count (power of two ≥ capacity·8/7, a 4-byte slot
+    /// number + 1 control byte each). A socket in CLOSE_WAIT adds a 16-byte heap item (32 worst case with
     /// stale items before compaction).
     pub fn bytes_per_socket_at(capacity: usize) -> usize {
         let capacity = capacity.max(1);
         let buckets = (capacity * 8 / 7).max(1).next_power_of_two();
-        let index = buckets * (size_of::<(u64, u32)>() + 1);
+        let index = buckets * (size_of::<u32>() + 1);
         size_of::<Entry>() + index.div_ceil(capacity)
     }
 
@@ -890,7 +943,6 @@ impl Engine {
         if t.new == TcpState::Close {
             // First seen by its closing transition: emit at once, track nothing.
             let mut e = Entry::new(t.sk, t.old, role);
-            e.set_endpoints(t);
             e.first_ns = t.ts_ns;
             e.path.push(t.old);
             if let Some(d) = t.dwell_ns {
@@ -898,14 +950,13 @@ impl Engine {
             }
             if t.old == TcpState::CloseWait && t.dwell_ns.is_some_and(|d| d >= thr) {
                 e.flags |= flag::LEAKED;
-                self.push_kernel_leak(e.id(), e.owner, t, out);
+                self.push_kernel_leak(id_of(t), e.owner, t, out);
             }
-            Self::emit_close(&mut self.stats, &mut self.idle_hist, &e, t, out);
+            Self::emit_close(&mut self.stats, &mut self.idle_hist, &e, id_of(t), t, out);
             return;
         }
         self.make_room();
         let mut e = Entry::new(t.sk, t.new, role);
-        e.set_endpoints(t);
         e.first_ns = t.ts_ns;
         e.since_ns = t.ts_ns;
         // A birth's old state (CLOSE, or the listener's LISTEN for a child) is not a state
@@ -920,10 +971,11 @@ impl Engine {
             note_dwell(&mut e, &mut self.dwell_hist, t.old, d);
             if t.old == TcpState::CloseWait && d >= thr {
                 e.flags |= flag::LEAKED;
-                self.push_kernel_leak(e.id(), e.owner, t, out);
+                self.push_kernel_leak(id_of(t), e.owner, t, out);
             }
         }
         let i = self.table.insert(e);
+        self.table.set_endpoints(i, t);
         self.per_state[t.new.index()] += 1;
         if t.new == TcpState::CloseWait {
             self.enter_cw(i);
@@ -937,8 +989,9 @@ impl Engine {
             if self.last_dwell_ns.is_none() && !e.has(flag::SINCE_UNKNOWN) && e.state == t.old {
                 self.last_dwell_ns = Some(t.ts_ns.saturating_sub(e.since_ns));
             }
-            e.set_endpoints(t);
-            if !e.has(flag::LEAKING) {
+            let leaking = e.has(flag::LEAKING);
+            self.table.set_endpoints(i, t);
+            if !leaking {
                 self.table.touch(i);
             }
             return;
@@ -985,7 +1038,8 @@ impl Engine {
                 note_dwell(e, &mut self.dwell_hist, t.old, d);
                 if t.old == TcpState::CloseWait && d >= thr && !e.has(flag::LEAKED) {
                     e.flags |= flag::LEAKED;
-                    let (id, owner) = (e.id(), e.owner);
+                    let owner = e.owner;
+                    let id = self.table.id(i);
                     self.push_kernel_leak(id, owner, t, out);
                 }
             }
@@ -1006,12 +1060,13 @@ impl Engine {
         }
         self.per_state[cur.index()] -= 1;
         if t.new == TcpState::Close {
-            let e = self.table.get_mut(i);
-            e.set_endpoints(t);
+            self.table.set_endpoints(i, t);
+            let id = self.table.id(i);
             Self::emit_close(
                 &mut self.stats,
                 &mut self.idle_hist,
                 self.table.get(i),
+                id,
                 t,
                 out,
             );
@@ -1024,7 +1079,7 @@ impl Engine {
         e.since_ns = t.ts_ns;
         e.flags &= !flag::SINCE_UNKNOWN;
         e.path.push(t.new);
-        e.set_endpoints(t);
+        self.table.set_endpoints(i, t);
         self.table.touch(i);
         if t.new == TcpState::CloseWait {
             self.enter_cw(i);
@@ -1057,7 +1112,7 @@ impl Engine {
             }
         } else {
             // First seen mid-life: `t.new` was entered at `t.ts_ns` and left at `first_ns`.
-            if e.dwell[t.new.index()] == CompactDwell::NONE {
+            if !e.has_dwell(t.new) {
                 let d = e.first_ns.saturating_sub(t.ts_ns);
                 note_dwell(e, &mut self.dwell_hist, t.new, d);
             }
@@ -1094,6 +1149,7 @@ impl Engine {
         stats: &mut Stats,
         idle_hist: &mut [Histogram; 9],
         e: &Entry,
+        id: SocketId,
         t: &Transition,
         out: &mut Vec<Record>,
     ) {
@@ -1112,7 +1168,7 @@ impl Engine {
         }
         let rec = CloseRecord {
             ts_ns: t.ts_ns,
-            id: e.id(),
+            id,
             role: e.role,
             kind,
             states,
@@ -1266,11 +1322,12 @@ impl Engine {
     fn ask_check(&mut self, i: u32) {
         self.cw_pending = self.cw_pending.saturating_sub(1);
         let clock = self.clock_ns;
+        let id = self.table.id(i);
         let e = self.table.get_mut(i);
         e.flags &= !flag::CW_PENDING;
         e.flags |= flag::CW_CHECKING;
         self.checks.push(LeakCheck {
-            id: e.id(),
+            id,
             owner: e.owner,
             age_ns: clock.saturating_sub(e.since_ns),
             at_ns: clock,
@@ -1287,13 +1344,14 @@ impl Engine {
 
     /// Reports entry `i` (off the heap) as leaking now.
     fn start_leak_now(&mut self, i: u32, idle_ns: Option<u64>, out: &mut Vec<Record>) {
+        let id = self.table.id(i);
         let e = self.table.get_mut(i);
         e.flags &= !flag::CW_PENDING;
         e.flags |= flag::LEAKING | flag::LEAKED;
         let rec = LeakRecord {
             idle_ns,
             ts_ns: self.clock_ns,
-            id: e.id(),
+            id,
             age_ns: self.clock_ns.saturating_sub(e.since_ns),
             age_source: if e.has(flag::AGE_ESTIMATE) {
                 AgeSource::Estimate
@@ -1394,8 +1452,19 @@ impl Engine {
     }
 }
 
-/// Adds a dwell sample for `st` to the entry and the histogram. CLOSE (before a birth) has no
-/// meaningful dwell and is skipped.
+/// A transition's socket identity and endpoints.
+fn id_of(t: &Transition) -> SocketId {
+    SocketId {
+        sk: t.sk,
+        netns: t.netns,
+        family: t.family,
+        saddr: t.saddr,
+        sport: t.sport,
+        daddr: t.daddr,
+        dport: t.dport,
+    }
+}
+
 /// The stamps count whole ticks (10 ms at the slowest rate, 100 Hz): an idle time may pass
 /// the connection's traced life by this much.
 const IDLE_TICK_SLACK_NS: u64 = 10_000_000;
@@ -1422,10 +1491,12 @@ fn idle_at_close(kind: CloseKind, idle: Idle, lifetime_ns: Option<u64>) -> Idle 
     }
 }
 
+/// Adds a dwell sample for `st` to the entry and the histogram. CLOSE (before a birth) has no
+/// meaningful dwell and is skipped.
 fn note_dwell(e: &mut Entry, hist: &mut [Histogram; 12], st: TcpState, ns: u64) {
     if st == TcpState::Close {
         return;
     }
-    e.dwell[st.index()].add(ns);
+    e.add_dwell(st, ns);
     hist[st.index()].record(ns);
 }

@@ -31,6 +31,7 @@ impl Engine {
     ) -> Vec<CloseWaitSocket> {
         let thr = self.cfg.close_wait_threshold_ns;
         let mut v = Vec::new();
+        let v6 = &self.table.v6;
         self.for_each_close_wait(|e| {
             if !keep(e.owner.as_ref()) {
                 return;
@@ -42,7 +43,7 @@ impl Engine {
                 now_ns.saturating_sub(e.since_ns)
             };
             v.push(CloseWaitSocket {
-                id: e.id(),
+                id: e.id(v6),
                 owner: e.owner,
                 age_ns,
                 leaking: e.has(flag::LEAKING) || (!unclocked && age_ns >= thr),

@@ -5,8 +5,7 @@
 //! Consumes and produces nothing by itself: the engine drives it. O(1) per operation; the slab
 //! and index grow up to the engine's capacity and are then reused without allocation.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::event::{Family, TcpState, Transition};
@@ -52,6 +51,9 @@ pub(crate) mod flag {
     /// In CLOSE_WAIT and never accepted: still in its listener's accept queue (no process has
     /// an fd for it), as of the last holder confirmation.
     pub const NOT_ACCEPTED: u16 = 1 << 14;
+    /// The addresses are not both IPv4 (or v4-mapped): they are in the table's [`V6Pairs`],
+    /// at index `saddr`.
+    pub const V6_SIDE: u16 = 1 << 15;
 }
 
 /// Per-state dwell, compact: 2 unit bits (ns, µs, ms, s) + 30-bit mantissa. Exact to the ns
@@ -96,6 +98,17 @@ impl CompactDwell {
     }
 }
 
+/// Dwell slots kept per socket: one per state a socket can be in between two traced
+/// transitions. CLOSE has none (a socket's time before its birth is not a state it was in),
+/// and the tracepoint never reports TIME_WAIT (a separate timewait socket takes over) or
+/// NEW_SYN_RECV (request sockets): a replayed recording that has them keeps their time in
+/// the dwell histograms, not in the socket's close record.
+pub(crate) const DWELL_SLOTS: usize = 9;
+
+/// Dwell slot of each state (by [`TcpState::index`]); `NO_SLOT` for the three above.
+const DWELL_SLOT: [u8; 12] = [0, 1, 2, 3, 4, NO_SLOT, NO_SLOT, 5, 6, 7, 8, NO_SLOT];
+const NO_SLOT: u8 = u8::MAX;
+
 /// One tracked socket. Kept compact: see [`Engine::approx_bytes_per_socket`](super::Engine).
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
@@ -104,9 +117,12 @@ pub(crate) struct Entry {
     pub first_ns: u64,
     /// When the current state was entered (for CLOSE_WAIT: the leak clock's start).
     pub since_ns: u64,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    pub dwell: [CompactDwell; 12],
+    /// IPv4 source and destination (v4-mapped IPv6 ones too: `SADDR_V6`/`DADDR_V6` say which
+    /// form), or with `V6_SIDE` the index of the pair in the table's [`V6Pairs`].
+    saddr: u32,
+    daddr: u32,
+    /// Time per state, by [`DWELL_SLOT`].
+    dwell: [CompactDwell; DWELL_SLOTS],
     pub owner: Option<Owner>,
     pub path: StatePath,
     /// Linked list neighbours (LRU list, leak list, or free list via `next`).
@@ -142,9 +158,9 @@ impl Entry {
             sk,
             first_ns: 0,
             since_ns: 0,
-            saddr: [0; 16],
-            daddr: [0; 16],
-            dwell: [CompactDwell::NONE; 12],
+            saddr: 0,
+            daddr: 0,
+            dwell: [CompactDwell::NONE; DWELL_SLOTS],
             owner: None,
             path: StatePath::default(),
             prev: NIL,
@@ -164,68 +180,126 @@ impl Entry {
         self.flags & f != 0
     }
 
-    /// Copies the endpoints of `t` (the 4-tuple can change during a life: an unbound client's
-    /// port appears only after CLOSE→SYN_SENT).
-    pub fn set_endpoints(&mut self, t: &Transition) {
-        self.netns = t.netns;
-        self.family = t.family;
-        self.sport = t.sport;
-        self.dport = t.dport;
-        self.flags &= !(flag::SADDR_V6 | flag::DADDR_V6);
-        self.flags |= store_addr(&mut self.saddr, t.saddr, flag::SADDR_V6);
-        self.flags |= store_addr(&mut self.daddr, t.daddr, flag::DADDR_V6);
-    }
-
-    pub fn set_id(&mut self, id: &SocketId) {
-        self.netns = id.netns;
-        self.family = id.family;
-        self.sport = id.sport;
-        self.dport = id.dport;
-        self.flags &= !(flag::SADDR_V6 | flag::DADDR_V6);
-        self.flags |= store_addr(&mut self.saddr, id.saddr, flag::SADDR_V6);
-        self.flags |= store_addr(&mut self.daddr, id.daddr, flag::DADDR_V6);
-    }
-
-    pub fn id(&self) -> SocketId {
+    /// The socket's identity and endpoints (`v6`: its table's IPv6 pairs).
+    pub fn id(&self, v6: &V6Pairs) -> SocketId {
+        let (saddr, daddr) = if self.has(flag::V6_SIDE) {
+            let [s, d] = v6.pairs[self.saddr as usize];
+            (
+                load_v6(s, self.has(flag::SADDR_V6)),
+                load_v6(d, self.has(flag::DADDR_V6)),
+            )
+        } else {
+            (
+                load_v4(self.saddr, self.has(flag::SADDR_V6)),
+                load_v4(self.daddr, self.has(flag::DADDR_V6)),
+            )
+        };
         SocketId {
             sk: self.sk,
             netns: self.netns,
             family: self.family,
-            saddr: load_addr(&self.saddr, self.has(flag::SADDR_V6)),
+            saddr,
             sport: self.sport,
-            daddr: load_addr(&self.daddr, self.has(flag::DADDR_V6)),
+            daddr,
             dport: self.dport,
         }
     }
 
     pub fn dwell_record(&self) -> Dwell {
         let mut d: Dwell = [None; 12];
-        for (o, c) in d.iter_mut().zip(self.dwell) {
-            *o = c.decode();
+        for (o, &slot) in d.iter_mut().zip(&DWELL_SLOT) {
+            if let Some(c) = self.dwell.get(usize::from(slot)) {
+                *o = c.decode();
+            }
         }
         d
     }
-}
 
-fn store_addr(dst: &mut [u8; 16], a: IpAddr, v6_flag: u16) -> u16 {
-    match a {
-        IpAddr::V4(v4) => {
-            *dst = [0; 16];
-            dst[..4].copy_from_slice(&v4.octets());
-            0
-        }
-        IpAddr::V6(v6) => {
-            *dst = v6.octets();
-            v6_flag
+    /// Whether a dwell is known for state `st`.
+    pub fn has_dwell(&self, st: TcpState) -> bool {
+        self.dwell
+            .get(usize::from(DWELL_SLOT[st.index()]))
+            .is_some_and(|c| *c != CompactDwell::NONE)
+    }
+
+    /// Adds `ns` to the time in state `st` (nothing for a state without a slot).
+    pub fn add_dwell(&mut self, st: TcpState, ns: u64) {
+        if let Some(c) = self.dwell.get_mut(usize::from(DWELL_SLOT[st.index()])) {
+            c.add(ns);
         }
     }
 }
 
-fn load_addr(src: &[u8; 16], v6: bool) -> IpAddr {
-    if v6 {
-        IpAddr::V6(Ipv6Addr::from(*src))
+/// An address as IPv4 bits, and whether it was in the v4-mapped IPv6 form; `None` for an
+/// IPv6 address that is not v4-mapped.
+fn as_v4(a: IpAddr) -> Option<(u32, bool)> {
+    match a {
+        IpAddr::V4(v4) => Some((u32::from(v4), false)),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| (u32::from(v4), true)),
+    }
+}
+
+fn load_v4(bits: u32, v6_form: bool) -> IpAddr {
+    let v4 = Ipv4Addr::from(bits);
+    if v6_form {
+        IpAddr::V6(v4.to_ipv6_mapped())
     } else {
-        IpAddr::V4(Ipv4Addr::new(src[0], src[1], src[2], src[3]))
+        IpAddr::V4(v4)
+    }
+}
+
+/// An address as 16 bytes (IPv4 ones v4-mapped).
+fn v6_bytes(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn load_v6(bytes: [u8; 16], v6_form: bool) -> IpAddr {
+    let v6 = Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if !v6_form => IpAddr::V4(v4),
+        _ => IpAddr::V6(v6),
+    }
+}
+
+/// The address pairs of the sockets whose addresses are not both IPv4 (or v4-mapped), out of
+/// the slot so that an IPv4 socket's slot holds 8 bytes of addresses instead of 32: a slab of
+/// 32-byte pairs with a free list. It grows to the most such sockets tracked at once and is
+/// then reused without allocation.
+#[derive(Default)]
+pub(crate) struct V6Pairs {
+    pairs: Vec<[[u8; 16]; 2]>,
+    free: Vec<u32>,
+}
+
+impl V6Pairs {
+    fn alloc(&mut self, pair: [[u8; 16]; 2]) -> u32 {
+        match self.free.pop() {
+            Some(k) => {
+                self.pairs[k as usize] = pair;
+                k
+            }
+            None => {
+                self.pairs.push(pair);
+                (self.pairs.len() - 1) as u32
+            }
+        }
+    }
+
+    fn release(&mut self, k: u32) {
+        self.free.push(k);
+    }
+
+    /// Pairs in use.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.pairs.len() - self.free.len()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.pairs.capacity() * size_of::<[[u8; 16]; 2]>() + self.free.capacity() * 4
     }
 }
 
@@ -253,7 +327,16 @@ impl Hasher for SkHasher {
     }
 }
 
-pub(crate) type SkIndex = HashMap<u64, u32, BuildHasherDefault<SkHasher>>;
+/// The hash of a socket address in the index.
+fn sk_hash(sk: u64) -> u64 {
+    let mut h = SkHasher::default();
+    h.write_u64(sk);
+    h.finish()
+}
+
+/// Socket address → slot: a table of slot numbers (4 bytes and a control byte per bucket),
+/// hashed and compared through the slot's own `sk`, so the key is not stored twice.
+pub(crate) type SkIndex = hashbrown::HashTable<u32>;
 
 /// A doubly linked list threaded through the slab.
 #[derive(Clone, Copy, Debug)]
@@ -276,6 +359,8 @@ impl List {
 /// Slab + index + lists.
 pub(crate) struct Table {
     pub slots: Vec<Entry>,
+    /// Address pairs of the IPv6 sockets.
+    pub v6: V6Pairs,
     free_head: u32,
     index: SkIndex,
     /// Non-leaking live entries, least recently updated first.
@@ -296,6 +381,7 @@ impl Table {
     pub fn new(capacity: usize) -> Self {
         Table {
             slots: Vec::new(),
+            v6: V6Pairs::default(),
             free_head: NIL,
             index: SkIndex::default(),
             lru: List::EMPTY,
@@ -313,7 +399,29 @@ impl Table {
     }
 
     pub fn find(&self, sk: u64) -> Option<u32> {
-        self.index.get(&sk).copied()
+        let slots = &self.slots;
+        self.index
+            .find(sk_hash(sk), |&i| slots[i as usize].sk == sk)
+            .copied()
+    }
+
+    /// Adds `sk → i` to the index (`slots[i].sk == sk`, and `sk` not indexed yet).
+    fn index_insert(&mut self, sk: u64, i: u32) {
+        let slots = &self.slots;
+        self.index
+            .insert_unique(sk_hash(sk), i, |&j| sk_hash(slots[j as usize].sk));
+    }
+
+    /// Removes `sk` from the index; returns its slot.
+    fn index_remove(&mut self, sk: u64) -> Option<u32> {
+        let slots = &self.slots;
+        match self
+            .index
+            .find_entry(sk_hash(sk), |&i| slots[i as usize].sk == sk)
+        {
+            Ok(e) => Some(e.remove().0),
+            Err(_) => None,
+        }
     }
 
     pub fn get(&self, i: u32) -> &Entry {
@@ -322,6 +430,69 @@ impl Table {
 
     pub fn get_mut(&mut self, i: u32) -> &mut Entry {
         &mut self.slots[i as usize]
+    }
+
+    /// The identity and endpoints of entry `i`.
+    pub fn id(&self, i: u32) -> SocketId {
+        self.slots[i as usize].id(&self.v6)
+    }
+
+    /// Copies the endpoints of `t` into entry `i` (the 4-tuple can change during a life: an
+    /// unbound client's port appears only after CLOSE→SYN_SENT).
+    pub fn set_endpoints(&mut self, i: u32, t: &Transition) {
+        let e = &mut self.slots[i as usize];
+        e.netns = t.netns;
+        e.family = t.family;
+        e.sport = t.sport;
+        e.dport = t.dport;
+        self.set_addrs(i, t.saddr, t.daddr);
+    }
+
+    /// Copies `id`'s endpoints (not its key) into entry `i`.
+    pub fn set_id(&mut self, i: u32, id: &SocketId) {
+        let e = &mut self.slots[i as usize];
+        e.netns = id.netns;
+        e.family = id.family;
+        e.sport = id.sport;
+        e.dport = id.dport;
+        self.set_addrs(i, id.saddr, id.daddr);
+    }
+
+    fn set_addrs(&mut self, i: u32, saddr: IpAddr, daddr: IpAddr) {
+        let e = &mut self.slots[i as usize];
+        let side = e.has(flag::V6_SIDE).then_some(e.saddr);
+        e.flags &= !(flag::SADDR_V6 | flag::DADDR_V6 | flag::V6_SIDE);
+        if let (Some((s4, s6)), Some((d4, d6))) = (as_v4(saddr), as_v4(daddr)) {
+            if let Some(k) = side {
+                self.v6.release(k);
+            }
+            e.saddr = s4;
+            e.daddr = d4;
+            if s6 {
+                e.flags |= flag::SADDR_V6;
+            }
+            if d6 {
+                e.flags |= flag::DADDR_V6;
+            }
+            return;
+        }
+        let pair = [v6_bytes(saddr), v6_bytes(daddr)];
+        let k = match side {
+            Some(k) => {
+                self.v6.pairs[k as usize] = pair;
+                k
+            }
+            None => self.v6.alloc(pair),
+        };
+        e.saddr = k;
+        e.daddr = 0;
+        e.flags |= flag::V6_SIDE;
+        if saddr.is_ipv6() {
+            e.flags |= flag::SADDR_V6;
+        }
+        if daddr.is_ipv6() {
+            e.flags |= flag::DADDR_V6;
+        }
     }
 
     /// Stores a new entry (the caller made room: `len() < capacity()`) at the newest end of the
@@ -343,21 +514,21 @@ impl Table {
             self.slots.push(e);
             (self.slots.len() - 1) as u32
         };
-        self.index.insert(sk, i);
+        self.index_insert(sk, i);
         self.link_newest(Which::Lru, i);
         i
     }
 
     /// Moves the entry keyed `from` to key `to`, if `from` is tracked and `to` is not.
     pub fn rekey(&mut self, from: u64, to: u64) -> bool {
-        if from == to || self.index.contains_key(&to) {
+        if from == to || self.find(to).is_some() {
             return false;
         }
-        let Some(i) = self.index.remove(&from) else {
+        let Some(i) = self.index_remove(from) else {
             return false;
         };
-        self.index.insert(to, i);
         self.slots[i as usize].sk = to;
+        self.index_insert(to, i);
         true
     }
 
@@ -365,8 +536,11 @@ impl Table {
     pub fn remove(&mut self, i: u32, which: Which) {
         self.unlink(which, i);
         let sk = self.slots[i as usize].sk;
-        self.index.remove(&sk);
+        self.index_remove(sk);
         let e = &mut self.slots[i as usize];
+        if e.has(flag::V6_SIDE) {
+            self.v6.release(e.saddr);
+        }
         e.flags = flag::FREE;
         e.owner = None;
         e.next = self.free_head;
@@ -446,16 +620,16 @@ impl Table {
 
     /// Bytes held by the slab and the index (allocated capacity, not just used).
     pub fn heap_bytes(&self) -> usize {
-        let slab = self.slots.capacity() * size_of::<Entry>();
-        // hashbrown: buckets = next power of two ≥ capacity·8/7, each holding a (u64, u32)
-        // slot and one control byte, plus 16 trailing control bytes.
+        let slab = self.slots.capacity() * size_of::<Entry>() + self.v6.heap_bytes();
+        // hashbrown: buckets = next power of two ≥ capacity·8/7, each holding a u32 slot
+        // number and one control byte, plus 16 trailing control bytes.
         let cap = self.index.capacity();
         let buckets = if cap == 0 {
             0
         } else {
             (cap * 8 / 7).next_power_of_two()
         };
-        let index = buckets * (size_of::<(u64, u32)>() + 1) + if buckets > 0 { 16 } else { 0 };
+        let index = buckets * (size_of::<u32>() + 1) + if buckets > 0 { 16 } else { 0 };
         slab + index
     }
 }
@@ -489,6 +663,81 @@ mod tests {
         d.add(5);
         d.add(7);
         assert_eq!(d.decode(), Some(12));
+    }
+
+    #[test]
+    fn addresses_round_trip_in_the_slot_and_aside() {
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
+        let mapped = IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped());
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7));
+        let id = |saddr, daddr| SocketId {
+            sk: 1,
+            netns: 9,
+            family: Family::V6,
+            saddr,
+            sport: 1,
+            daddr,
+            dport: 2,
+        };
+        let mut t = Table::new(8);
+        let i = t.insert(Entry::new(1, TcpState::Established, Role::Client));
+        for (s, d, aside) in [
+            (v4, v4, 0),
+            (mapped, mapped, 0),
+            (v4, mapped, 0),
+            (v6, v4, 1),
+            (mapped, v6, 1),
+            (v6, v6, 1),
+            (v4, v4, 0),
+            (v6, mapped, 1),
+        ] {
+            t.set_id(i, &id(s, d));
+            assert_eq!(t.id(i), id(s, d));
+            assert_eq!(t.v6.len(), aside, "{s} {d}");
+        }
+        let j = t.insert(Entry::new(2, TcpState::Established, Role::Client));
+        t.set_id(j, &id(v6, v6));
+        assert_eq!(t.v6.len(), 2);
+        t.remove(i, Which::Lru);
+        assert_eq!(t.v6.len(), 1, "a removed slot gives its pair back");
+        let k = t.insert(Entry::new(3, TcpState::Established, Role::Client));
+        t.set_id(k, &id(v6, v4));
+        assert_eq!(
+            (t.v6.len(), t.v6.pairs.len()),
+            (2, 2),
+            "the freed pair reused"
+        );
+        assert_eq!(
+            t.id(j),
+            SocketId {
+                sk: 2,
+                ..id(v6, v6)
+            }
+        );
+        assert_eq!(
+            t.id(k),
+            SocketId {
+                sk: 3,
+                ..id(v6, v4)
+            }
+        );
+    }
+
+    #[test]
+    fn dwell_slots_map_to_states() {
+        let mut e = Entry::new(1, TcpState::Established, Role::Client);
+        for (k, st) in TcpState::ALL.into_iter().enumerate() {
+            e.add_dwell(st, k as u64 + 1);
+        }
+        let d = e.dwell_record();
+        for (k, st) in TcpState::ALL.into_iter().enumerate() {
+            let kept = !matches!(
+                st,
+                TcpState::Close | TcpState::TimeWait | TcpState::NewSynRecv
+            );
+            assert_eq!(d[k], kept.then_some(k as u64 + 1), "{st:?}");
+            assert_eq!(e.has_dwell(st), kept);
+        }
     }
 
     #[test]

@@ -871,7 +871,7 @@ fn summary_serialises_and_renders() {
 fn entry_is_compact() {
     let entry = Engine::entry_size();
     let at_1m = Engine::bytes_per_socket_at(1_000_000);
-    assert!(entry <= 176, "entry is {entry} bytes");
+    assert!(entry <= 128, "entry is {entry} bytes");
     assert!(at_1m <= 256, "{at_1m} bytes per socket at 1M");
 }
 

@@ -432,7 +432,24 @@ impl Serialize for DwellMap<'_> {
     reason = "serde's `serialize_with` passes the field by reference"
 )]
 fn hex<S: Serializer>(sk: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&format_args!("{sk:#x}"))
+    // `{:#x}`, by hand (it is in every line).
+    let mut buf = [0u8; 18];
+    let mut i = buf.len();
+    let mut n = *sk;
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    i -= 2;
+    buf[i..i + 2].copy_from_slice(b"0x");
+    match std::str::from_utf8(&buf[i..]) {
+        Ok(text) => s.serialize_str(text),
+        Err(_) => s.collect_str(&format_args!("{sk:#x}")),
+    }
 }
 
 /// A value as the JSON string of its `Display`.
@@ -509,6 +526,15 @@ impl Formatter for LineFormatter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_addresses_by_hand_are_hex_as_before() {
+        for sk in [0u64, 1, 0xf, 0x10, 0xffff_8881_04a3_c000, u64::MAX] {
+            let mut out = Vec::new();
+            hex(&sk, &mut serde_json::Serializer::new(&mut out)).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), format!("\"{sk:#x}\""));
+        }
+    }
     use crate::output::fixtures;
 
     #[test]

@@ -5,7 +5,6 @@
 //! front-ends share (durations, clocks). Lines are formatted into one reused buffer and written
 //! in batches: no allocation and no syscall per event.
 
-use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::IpAddr;
 
@@ -308,31 +307,117 @@ pub struct Dur(pub u64);
 
 impl std::fmt::Display for Dur {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ns = self.0;
         let mut b = StackStr::new();
-        let _ = if ns < 1_000 {
-            write!(b, "{ns}ns")
-        } else if ns < 1_000_000 {
-            write!(b, "{:.1}µs", ns as f64 / 1e3)
-        } else if ns < 1_000_000_000 {
-            write!(b, "{:.2}ms", ns as f64 / 1e6)
-        } else if ns < 60_000_000_000 {
-            write!(b, "{:.2}s", ns as f64 / 1e9)
-        } else if ns < 3_600_000_000_000 {
-            let s = ns / 1_000_000_000;
-            write!(b, "{}m{:02}s", s / 60, s % 60)
-        } else {
-            let m = ns / 60_000_000_000;
-            write!(b, "{}h{:02}m", m / 60, m % 60)
-        };
+        let _ = dur_into(&mut b, self.0);
         f.pad(b.as_str())
     }
 }
 
+/// Writes `n` in decimal, by hand (no formatting machinery: this runs for most lines).
+pub(crate) fn dec_into<W: std::fmt::Write + ?Sized>(out: &mut W, n: u64) -> std::fmt::Result {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // SAFETY: `buf[i..]` holds only ASCII digits, which are valid UTF-8.
+    out.write_str(unsafe { std::str::from_utf8_unchecked(&buf[i..]) })
+}
+
+/// Writes `n` in decimal with at least `width` digits (zeros in front).
+pub(crate) fn dec_zeros_into<W: std::fmt::Write + ?Sized>(
+    out: &mut W,
+    n: u64,
+    width: usize,
+) -> std::fmt::Result {
+    let mut digits = 1;
+    let mut m = n;
+    while m >= 10 {
+        m /= 10;
+        digits += 1;
+    }
+    for _ in digits..width {
+        out.write_str("0")?;
+    }
+    dec_into(out, n)
+}
+
+/// `q.ddd` with `decimals` digits after the point, of `ns / 10^decimals / unit` where
+/// `div = unit / 10^decimals`, rounded to nearest; `None` on an exact tie, whose rounding is
+/// the float formatter's (half to even of the binary value) and is left to it.
+fn fixed_into<W: std::fmt::Write + ?Sized>(
+    out: &mut W,
+    ns: u64,
+    div: u64,
+    decimals: u32,
+) -> Option<std::fmt::Result> {
+    let (mut q, r) = (ns / div, ns % div);
+    if r * 2 == div {
+        return None;
+    }
+    if r * 2 > div {
+        q += 1;
+    }
+    let scale = 10u64.pow(decimals);
+    Some(
+        dec_into(out, q / scale)
+            .and_then(|()| out.write_str("."))
+            .and_then(|()| dec_zeros_into(out, q % scale, decimals as usize)),
+    )
+}
+
+/// [`Dur`]'s text, unpadded: integer arithmetic, the same digits as the float formatting it
+/// replaces (`{:.1}µs`, `{:.2}ms`, `{:.2}s`; an exact tie goes to the float formatter, whose
+/// rounding of the binary value decides it: away from a tie the two agree, as the float's
+/// error, below 10^-14 here, is far smaller than the 1 ns steps).
+pub(crate) fn dur_into<W: std::fmt::Write + ?Sized>(out: &mut W, ns: u64) -> std::fmt::Result {
+    if ns < 1_000 {
+        dec_into(out, ns)?;
+        return out.write_str("ns");
+    }
+    let (div, decimals, unit, scale) = if ns < 1_000_000 {
+        (100, 1, "µs", 1e3)
+    } else if ns < 1_000_000_000 {
+        (10_000, 2, "ms", 1e6)
+    } else if ns < 60_000_000_000 {
+        (10_000_000, 2, "s", 1e9)
+    } else if ns < 3_600_000_000_000 {
+        let s = ns / 1_000_000_000;
+        dec_into(out, s / 60)?;
+        out.write_str("m")?;
+        dec_zeros_into(out, s % 60, 2)?;
+        return out.write_str("s");
+    } else {
+        let m = ns / 60_000_000_000;
+        dec_into(out, m / 60)?;
+        out.write_str("h")?;
+        dec_zeros_into(out, m % 60, 2)?;
+        return out.write_str("m");
+    };
+    match fixed_into(out, ns, div, decimals) {
+        Some(r) => r?,
+        None => write!(out, "{:.*}", decimals as usize, ns as f64 / scale)?,
+    }
+    out.write_str(unit)
+}
+
 /// A small string on the stack, for formatting a column before padding it (no allocation).
+#[derive(Clone, Copy)]
 pub(crate) struct StackStr {
     buf: [u8; 80],
     len: usize,
+}
+
+impl Default for StackStr {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl StackStr {
@@ -392,6 +477,66 @@ pub fn is_loopback(a: &IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `Dur` printed before its digits were written by hand.
+    fn dur_by_float(ns: u64) -> String {
+        if ns < 1_000 {
+            format!("{ns}ns")
+        } else if ns < 1_000_000 {
+            format!("{:.1}µs", ns as f64 / 1e3)
+        } else if ns < 1_000_000_000 {
+            format!("{:.2}ms", ns as f64 / 1e6)
+        } else if ns < 60_000_000_000 {
+            format!("{:.2}s", ns as f64 / 1e9)
+        } else if ns < 3_600_000_000_000 {
+            let s = ns / 1_000_000_000;
+            format!("{}m{:02}s", s / 60, s % 60)
+        } else {
+            let m = ns / 60_000_000_000;
+            format!("{}h{:02}m", m / 60, m % 60)
+        }
+    }
+
+    #[test]
+    fn durations_by_hand_match_the_float_formatting() {
+        let mut values: Vec<u64> = vec![0, 1, 999, 1_000, 1_049, 1_050, 1_150, 1_250, 1_350];
+        // Around every unit boundary and rounding edge.
+        for edge in [
+            1_000u64,
+            1_000_000,
+            1_000_000_000,
+            60_000_000_000,
+            3_600_000_000_000,
+        ] {
+            for d in 0..200 {
+                values.extend([edge.saturating_sub(d), edge + d]);
+            }
+        }
+        for div in [100u64, 10_000, 10_000_000] {
+            for q in [1u64, 7, 99, 999, 5_999] {
+                for d in [0u64, 1] {
+                    values.extend([q * div + div / 2 - d, q * div + div / 2 + d]);
+                }
+            }
+        }
+        // And a spread of others (a fixed LCG: the same values every run).
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200_000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            values.push(x >> (x % 40 + 16));
+        }
+        values.push(u64::MAX);
+        for ns in values {
+            let mut got = String::new();
+            dur_into(&mut got, ns).unwrap();
+            assert_eq!(got, dur_by_float(ns), "{ns} ns");
+            assert_eq!(Dur(ns).to_string(), got);
+        }
+        let mut d = String::new();
+        dec_zeros_into(&mut d, 7, 6).unwrap();
+        dec_into(&mut d, u64::MAX).unwrap();
+        assert_eq!(d, "00000718446744073709551615");
+    }
     use crate::event::Family;
     use crate::event::{Comm, TcpState};
     use std::net::Ipv4Addr;

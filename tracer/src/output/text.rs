@@ -5,11 +5,13 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::{Batched, Dur, FormatSink, Meta, Show, StackStr, dwell_pairs};
+use super::{
+    Batched, Dur, FormatSink, Meta, Show, StackStr, dec_into, dec_zeros_into, dur_into, dwell_pairs,
+};
 use crate::engine::Summary;
 use crate::event::{EndpointFmt, Transition};
 use crate::pipeline::{RecordContext, Sink};
-use crate::record::{AgeSource, CloseKind, CloseRecord, LeakRecord, Owner, SocketId};
+use crate::record::{AgeSource, CloseKind, CloseRecord, LeakRecord, Owner};
 
 /// Writes the table text.
 pub struct TextSink<W: Write> {
@@ -21,6 +23,8 @@ pub struct TextSink<W: Write> {
     /// The tracer's own network namespace: a socket's namespace is named only when it is
     /// another one.
     own_netns: u32,
+    /// The time of day's `HH:MM:SS.` for the last second printed.
+    clock: Clock,
 }
 
 impl<W: Write> TextSink<W> {
@@ -31,6 +35,7 @@ impl<W: Write> TextSink<W> {
             realtime_offset_ns,
             header_done: false,
             own_netns: 0,
+            clock: Clock::default(),
         }
     }
 
@@ -104,23 +109,49 @@ impl<W: Write> Sink for TextSink<W> {
             return Ok(());
         }
         self.header();
-        let time = self.time(t.ts_ns);
+        // `{time} {pid:>7} {comm:<15} {local:<23} {remote:<23} {old -> new:<27} {dwell:>9}`,
+        // written by hand: this is most of what text mode prints (ten lines per connection).
         let b = &mut self.lines.buf;
-        let _ = write!(
-            b,
-            "{} {:>7} {:<15} {:<23} {:<23} {:<27} {:>9}",
-            time,
-            t.task_pid,
-            t.task_comm,
-            Pad(EndpointFmt(t.saddr, t.sport)),
-            Pad(EndpointFmt(t.daddr, t.dport)),
-            Pad(Arrow(t.old.name(), t.new.name())),
-            Pad(OptDuration(t.dwell_ns)),
-        );
+        self.clock.push(b, t.ts_ns, self.realtime_offset_ns);
+        b.push(' ');
+        spaces(b, 7usize.saturating_sub(digits(u64::from(t.task_pid))));
+        let _ = dec_into(b, u64::from(t.task_pid));
+        b.push(' ');
+        let start = b.len();
+        // Comm's Display is `untrusted::Escaped`.
+        let _ = write!(b, "{}", t.task_comm);
+        pad_left(b, start, 15);
+        b.push(' ');
+        let start = b.len();
+        endpoint_into(b, t.saddr, t.sport);
+        pad_ascii(b, start, 23);
+        b.push(' ');
+        let start = b.len();
+        endpoint_into(b, t.daddr, t.dport);
+        pad_ascii(b, start, 23);
+        b.push(' ');
+        let start = b.len();
+        b.push_str(t.old.name());
+        b.push_str(" -> ");
+        b.push_str(t.new.name());
+        pad_ascii(b, start, 27);
+        b.push(' ');
+        match t.dwell_ns {
+            Some(d) => {
+                let mut s = StackStr::new();
+                let _ = dur_into(&mut s, d);
+                // `µ` is two bytes and one column.
+                spaces(b, 9usize.saturating_sub(s.as_str().chars().count()));
+                b.push_str(s.as_str());
+            }
+            None => b.push_str("        -"),
+        }
         if let Some(o) = owner
             && o.pid != t.task_pid
         {
-            let _ = write!(b, "  owner {} {}", o.pid, o.comm);
+            b.push_str("  owner ");
+            let _ = dec_into(b, u64::from(o.pid));
+            let _ = write!(b, " {}", o.comm);
         }
         netns_text(b, t.netns, self.own_netns);
         b.push('\n');
@@ -131,16 +162,22 @@ impl<W: Write> Sink for TextSink<W> {
         if !self.show.closes {
             return Ok(());
         }
-        let time = self.time(r.ts_ns);
+        // `{time} CLOSE {kind:<14} {role:<8} {local} -> {remote} `, by hand.
         let b = &mut self.lines.buf;
-        let _ = write!(
-            b,
-            "{} CLOSE {:<14} {:<8} {} ",
-            time,
-            r.kind.name(),
-            r.role.name(),
-            Pair(&r.id),
-        );
+        self.clock.push(b, r.ts_ns, self.realtime_offset_ns);
+        b.push_str(" CLOSE ");
+        let start = b.len();
+        b.push_str(r.kind.name());
+        pad_ascii(b, start, 14);
+        b.push(' ');
+        let start = b.len();
+        b.push_str(r.role.name());
+        pad_ascii(b, start, 8);
+        b.push(' ');
+        endpoint_into(b, r.id.saddr, r.id.sport);
+        b.push_str(" -> ");
+        endpoint_into(b, r.id.daddr, r.id.dport);
+        b.push(' ');
         close_path_text(b, r);
         close_end_text(b, r);
         owner_text(b, r.owner.as_ref());
@@ -156,18 +193,19 @@ impl<W: Write> Sink for TextSink<W> {
             return Ok(());
         }
         self.header();
-        let time = self.time(r.ts_ns);
+        // Laid out like a transition line: `{time}       - -  {local:<23} {remote:<23} RST sent: …`.
         let b = &mut self.lines.buf;
-        let _ = write!(
-            b,
-            "{} {:>7} {:<15} {:<23} {:<23} RST sent: {}",
-            time,
-            "-",
-            "-",
-            Pad(EndpointFmt(r.saddr, r.sport)),
-            Pad(EndpointFmt(r.daddr, r.dport)),
-            r.reason.name(),
-        );
+        self.clock.push(b, r.ts_ns, self.realtime_offset_ns);
+        b.push_str("       - -               ");
+        let start = b.len();
+        endpoint_into(b, r.saddr, r.sport);
+        pad_ascii(b, start, 23);
+        b.push(' ');
+        let start = b.len();
+        endpoint_into(b, r.daddr, r.dport);
+        pad_ascii(b, start, 23);
+        b.push_str(" RST sent: ");
+        b.push_str(r.reason.name());
         match r.state {
             Some(st) => {
                 let _ = write!(b, " (from {})", st.name());
@@ -241,10 +279,14 @@ fn close_path_text(b: &mut String, r: &CloseRecord) {
         b.push_str(s.name());
     }
     if let Some(l) = r.lifetime_ns {
-        let _ = write!(b, "  life {}", Dur(l));
+        b.push_str("  life ");
+        let _ = dur_into(b, l);
     }
     for (st, d) in dwell_pairs(&r.dwell_ns) {
-        let _ = write!(b, " {}={}", st, Dur(d));
+        b.push(' ');
+        b.push_str(st);
+        b.push('=');
+        let _ = dur_into(b, d);
     }
 }
 
@@ -335,50 +377,99 @@ fn netns_text(b: &mut String, netns: u32, own: u32) {
 
 fn owner_text(b: &mut String, owner: Option<&Owner>) {
     if let Some(o) = owner {
-        let _ = write!(b, "  pid {} ({})", o.pid, o.comm);
+        b.push_str("  pid ");
+        let _ = dec_into(b, u64::from(o.pid));
+        // Comm's Display is `untrusted::Escaped`.
+        let _ = write!(b, " ({})", o.comm);
     }
 }
 
-struct Arrow<'a>(&'a str, &'a str);
+const SPACES: &str = "                                                                ";
 
-impl std::fmt::Display for Arrow<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} -> {}", self.0, self.1)
+/// Characters written to `b` since `start` (the columns count characters, as `{:<N}` does).
+fn written_chars(b: &str, start: usize) -> usize {
+    let s = &b[start..];
+    if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().count()
     }
 }
 
-struct Pair<'a>(&'a SocketId);
-
-impl std::fmt::Display for Pair<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} -> {}",
-            EndpointFmt(self.0.saddr, self.0.sport),
-            EndpointFmt(self.0.daddr, self.0.dport)
-        )
+/// Pads what was written since `start` to `width` characters with spaces after it (`{:<N}`).
+fn pad_left(b: &mut String, start: usize, width: usize) {
+    let n = written_chars(b, start);
+    if n < width {
+        b.push_str(&SPACES[..(width - n).min(SPACES.len())]);
     }
 }
 
-/// Formats the inner value first, then applies the caller's width and alignment to it.
-struct Pad<T>(T);
-
-impl<T: std::fmt::Display> std::fmt::Display for Pad<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut b = StackStr::new();
-        write!(b, "{}", self.0)?;
-        f.pad(b.as_str())
-    }
+/// Pads what was written since `start`, ASCII only, to `width` with spaces after it.
+fn pad_ascii(b: &mut String, start: usize, width: usize) {
+    spaces(b, width.saturating_sub(b.len() - start));
 }
 
-struct OptDuration(Option<u64>);
+/// `n` spaces.
+fn spaces(b: &mut String, n: usize) {
+    b.push_str(&SPACES[..n.min(SPACES.len())]);
+}
 
-impl std::fmt::Display for OptDuration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(v) => Dur(v).fmt(f),
-            None => f.pad("-"),
+/// Decimal digits of `n`.
+fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
+/// `addr:port` (`[addr]:port` for IPv6) as [`EndpointFmt`] writes it, IPv4 by hand.
+fn endpoint_into(b: &mut String, addr: std::net::IpAddr, port: u16) {
+    match addr {
+        std::net::IpAddr::V4(a) => {
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    b.push('.');
+                }
+                let _ = dec_into(b, u64::from(o));
+            }
+            b.push(':');
+            let _ = dec_into(b, u64::from(port));
         }
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(b, "{}", EndpointFmt(addr, port));
+        }
+    }
+}
+
+/// The time of day of kernel monotonic timestamps, `HH:MM:SS.ffffff` (UTC) as [`WallTime`]
+/// prints it, written by hand: the `HH:MM:SS.` part is kept for the second it was made for.
+#[derive(Default)]
+struct Clock {
+    /// Seconds of the day the prefix is for.
+    sec: Option<u64>,
+    prefix: StackStr,
+}
+
+impl Clock {
+    fn push(&mut self, b: &mut String, ts_ns: u64, offset_ns: i128) {
+        let real = i128::from(ts_ns) + offset_ns;
+        let day_ns = real.rem_euclid(86_400 * 1_000_000_000) as u64;
+        let secs = day_ns / 1_000_000_000;
+        if self.sec != Some(secs) {
+            self.sec = Some(secs);
+            self.prefix = StackStr::new();
+            let p = &mut self.prefix;
+            let _ = dec_zeros_into(p, secs / 3600, 2);
+            let _ = p.write_str(":");
+            let _ = dec_zeros_into(p, secs / 60 % 60, 2);
+            let _ = p.write_str(":");
+            let _ = dec_zeros_into(p, secs % 60, 2);
+            let _ = p.write_str(".");
+        }
+        b.push_str(self.prefix.as_str());
+        let _ = dec_zeros_into(b, day_ns % 1_000_000_000 / 1_000, 6);
     }
 }
 

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use crate::attribution;
 use crate::engine::{BaselineSummary, Seed};
-use crate::event::TcpState;
+use std::net::IpAddr;
+
+use crate::event::{Family, TcpState};
 use crate::record::{Owner, SocketId};
-use crate::sockdiag::{DiagSocket, SockDiagError, StateMask};
+use crate::sockdiag::{DiagSocket, FourTuple, SockDiagError, StateMask};
 
 use super::Pipeline;
 use super::timewait_sync::read_port_range;
@@ -31,10 +33,38 @@ pub struct BaselineReport {
     pub elapsed: Duration,
 }
 
-/// Stand-in keys for baseline sockets: below 2^63, so never a kernel address (those are in the
-/// upper half), and unique across namespaces (sock_diag cookies are per namespace on older
-/// kernels).
-pub(super) const STAND_IN_BASE: u64 = 0x7000_0000_0000_0000;
+/// Stand-in keys for baseline sockets are below 2^63, so never a kernel address (those are in
+/// the upper half). A socket is seeded under [`stand_in_key`], a hash of its namespace and
+/// 4-tuple in [2^62, 2^63), so that its first traced event finds it in the engine's own index
+/// with no second table (which cost ~100 bytes per baseline socket); the few whose key is taken
+/// already (a 62-bit hash collision) get a sequential key from here, below 2^62, and are
+/// matched to their kernel address by no event (counted, and logged once after the baseline).
+pub(super) const STAND_IN_BASE: u64 = 0x3000_0000_0000_0000;
+
+/// The stand-in key of a socket with 4-tuple `t` (normalized) in namespace `ns`: splitmix64
+/// over its fields, in [2^62, 2^63).
+pub(super) fn stand_in_key(ns: u32, t: &FourTuple) -> u64 {
+    fn mix(h: u64, x: u64) -> u64 {
+        let mut z = h ^ x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let v6 = |a: IpAddr| match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+        IpAddr::V6(v6) => v6.to_bits(),
+    };
+    let (s, d) = (v6(t.saddr), v6(t.daddr));
+    let mut h = mix(
+        0,
+        u64::from(ns) << 32 | u64::from(t.sport) << 16 | u64::from(t.dport),
+    );
+    h = mix(h, u64::from(matches!(t.family, Family::V6)));
+    for w in [s as u64, (s >> 64) as u64, d as u64, (d >> 64) as u64] {
+        h = mix(h, w);
+    }
+    (1 << 62) | (h & ((1 << 62) - 1))
+}
 
 impl Pipeline {
     /// Seeds the engine with the TCP sockets that exist now in every network namespace that
@@ -93,9 +123,24 @@ impl Pipeline {
             self.seed_diag(*ns, s, owner, now_ns);
             report.seeded += 1;
         }
+        if self.stand_in_collisions > 0 {
+            tracing::warn!(
+                "startup baseline: {} sockets share a stand-in key with another (a 62-bit hash \
+                 collision); each is tracked, but its first traced event will not find it",
+                self.stand_in_collisions
+            );
+        }
+        drop((sockets, buf));
         if let Some(live) = self.live.as_mut() {
             live.attributor.adopt_index(index, Instant::now());
         }
+        super::release_freed_memory();
+        let bytes = self.engine.heap_bytes();
+        self.trimmed = super::Trimmed {
+            bytes,
+            at: Some(Instant::now()),
+            seen: bytes,
+        };
         report.elapsed = started.elapsed();
         self.baseline = Some(BaselineSummary {
             sockets: report.seeded as u64,
@@ -113,11 +158,14 @@ impl Pipeline {
     /// reconciliation). The engine keys sockets by kernel address, which sock_diag does not
     /// give: a stand-in key is used until the socket's first traced event.
     pub(super) fn seed_diag(&mut self, ns: u32, s: &DiagSocket, owner: Option<Owner>, now_ns: u64) {
-        let key = self.next_stand_in;
-        self.next_stand_in += 1;
-        self.owners
-            .baseline
-            .insert((ns, s.tuple().normalized()), key);
+        let mut key = stand_in_key(ns, &s.tuple().normalized());
+        if self.engine.state_of(key).is_some() {
+            key = self.next_stand_in;
+            self.next_stand_in += 1;
+            self.stand_in_collisions += 1;
+        } else {
+            self.stand_ins += 1;
+        }
         if s.state == TcpState::Listen
             && let Some(o) = owner
         {
@@ -143,5 +191,43 @@ impl Pipeline {
             },
             &mut self.records,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn tuple(saddr: IpAddr, sport: u16) -> FourTuple {
+        FourTuple {
+            family: Family::V4,
+            saddr,
+            sport,
+            daddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            dport: 80,
+        }
+    }
+
+    #[test]
+    fn stand_in_keys_are_below_kernel_addresses_and_apart_from_sequential_ones() {
+        let mut seen = std::collections::HashSet::new();
+        for ns in [0u32, 1, 4_026_531_840] {
+            for port in 0..2_000u16 {
+                let k = stand_in_key(ns, &tuple(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+                assert!((1 << 62..1 << 63).contains(&k), "{k:#x}");
+                assert!(seen.insert(k), "same key for two tuples");
+            }
+        }
+        const { assert!(STAND_IN_BASE < 1 << 62) };
+        // The key is of the normalized tuple: a v4 address and its v4-mapped form agree.
+        let v4 = tuple(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 7);
+        let mapped = tuple(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()), 7);
+        assert_eq!(
+            stand_in_key(5, &v4.normalized()),
+            stand_in_key(5, &mapped.normalized())
+        );
+        let v6 = tuple(IpAddr::V6(Ipv6Addr::LOCALHOST), 7);
+        assert_ne!(stand_in_key(5, &v4), stand_in_key(5, &v6));
     }
 }

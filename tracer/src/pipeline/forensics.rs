@@ -101,7 +101,7 @@ impl Pipeline {
             if let Some(ix) = &index
                 && s.inode != 0
             {
-                f.fds = ix.holders(s.inode).iter().map(|h| h.fd).collect();
+                f.fds = ix.holders(s.inode).map(|h| h.fd).collect();
                 f.fds.sort_unstable();
             }
         }

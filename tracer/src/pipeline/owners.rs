@@ -1,11 +1,10 @@
 //! Who owns a socket, as the trace and the startup baseline show it: the owner a transition
 //! reveals by running in the owner's context (connect, listen, close, shutdown) or by being
-//! the child of a listener whose owner is known, the listeners by (netns, port), and the
-//! baseline sockets by (netns, 4-tuple) until their first traced event.
+//! the child of a listener whose owner is known, and the listeners by (netns, port). (Baseline
+//! sockets are found by their first traced event through a stand-in key hashed from their
+//! (netns, 4-tuple): `baseline::stand_in_key`.)
 //!
 //! Schedule: per event (a few hash lookups, only on the transitions that use them).
-
-use std::collections::HashMap;
 
 use crate::event::{TcpState, Transition};
 use crate::record::{Owner, OwnerSource};
@@ -15,10 +14,7 @@ use crate::sockdiag::FourTuple;
 #[derive(Default)]
 pub(super) struct Owners {
     /// (netns, local port) → owner of the listener(s) on it.
-    pub(super) listeners: HashMap<(u32, u16), Owner>,
-    /// Baseline sockets by (netns, 4-tuple) → the stand-in key the engine knows them by until
-    /// their first traced event names their kernel address.
-    pub(super) baseline: HashMap<(u32, FourTuple), u64>,
+    pub(super) listeners: crate::timewait::FastMap<(u32, u16), Owner>,
 }
 
 impl Owners {
@@ -65,7 +61,7 @@ impl Owners {
     }
 }
 
-/// A transition's 4-tuple, normalized as the baseline map keys it.
+/// A transition's 4-tuple, normalized as the baseline's stand-in keys hash it.
 pub(super) fn tuple_of(t: &Transition) -> FourTuple {
     FourTuple {
         family: t.family,
