@@ -290,7 +290,10 @@ fn close_path_text(b: &mut String, r: &CloseRecord) {
     }
 }
 
-/// `  →TIME_WAIT`, `  RST by …`, `  LEAKED`: how a close ended.
+/// Shortest idle time before close a text close line shows.
+const TEXT_IDLE_MIN_NS: u64 = 1_000_000_000;
+
+/// `  →TIME_WAIT`, `  RST by …`, `  idle …`, `  LEAKED`: how a close ended.
 fn close_end_text(b: &mut String, r: &CloseRecord) {
     if r.time_wait {
         b.push_str("  →TIME_WAIT");
@@ -307,7 +310,9 @@ fn close_end_text(b: &mut String, r: &CloseRecord) {
         }
         None => {}
     }
-    if let Some(rx) = r.idle.rx_ns {
+    // The silence before the end, when it is long enough to matter (an idle timeout); JSON
+    // carries every value.
+    if let Some(rx) = r.idle.rx_ns.filter(|&ns| ns >= TEXT_IDLE_MIN_NS) {
         let _ = write!(b, "  idle {}", Dur(rx));
     }
     if r.leaked {
