@@ -59,7 +59,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub scale: bool,
     /// Socket counts for `--scale`, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "200000")]
+    #[arg(long, value_delimiter = ',', default_value = "200000,1000000")]
     pub sockets: Vec<usize>,
     /// Measure this tracer binary instead of building one (to compare two builds).
     #[arg(long)]
