@@ -120,6 +120,9 @@ pub enum LineError {
     /// A state field is not a TCP state name.
     #[error("unknown TCP state in {field}: {value:?}")]
     State { field: &'static str, value: String },
+    /// A reset reason that is not a name (empty, too long, or not printable ASCII).
+    #[error("invalid reset reason {value:?}")]
+    Reason { value: String },
     /// `owner_source` is not a known source name.
     #[error("unknown owner_source {value:?}")]
     OwnerSource { value: String },
@@ -315,8 +318,7 @@ fn parse_reset(line: &[u8]) -> Result<crate::rst::ResetSent, LineError> {
             value: v.clone().into_owned(),
         })?),
     };
-    let reason = crate::rst::RstReason::from_name(&l.reason).ok_or_else(|| LineError::State {
-        field: "reason",
+    let reason = crate::rst::RstReason::from_name(&l.reason).ok_or_else(|| LineError::Reason {
         value: l.reason.clone().into_owned(),
     })?;
     Ok(crate::rst::ResetSent {
@@ -1489,5 +1491,24 @@ mod tests {
             prop_assert!(errs.is_empty());
             prop_assert_eq!(st.transitions, evs.len() as u64);
         }
+    }
+
+    #[test]
+    fn reset_lines_parse_and_bad_ones_are_errors() {
+        let ok = br#"{"type":"reset_sent","ts_ns":5,"sk":"0x0","netns":0,"family":4,"saddr":"127.0.0.1","sport":9,"daddr":"10.0.0.2","dport":4000,"state":null,"reason":"NO_SOCKET"}"#;
+        match parse_any(ok) {
+            Ok(Parsed::Reset(r)) => {
+                assert_eq!(r.reason.name(), "NO_SOCKET");
+                assert_eq!((r.sk, r.state, r.dport), (0, None, 4000));
+                assert_eq!(r.daddr.to_string(), "10.0.0.2");
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad_reason = br#"{"type":"reset_sent","ts_ns":5,"sk":"0x0","family":4,"saddr":"127.0.0.1","sport":9,"daddr":"10.0.0.2","dport":4000,"reason":"\u001b[31m"}"#;
+        let e = parse_any(bad_reason).unwrap_err();
+        assert!(matches!(e, LineError::Reason { .. }), "{e}");
+        assert!(!e.to_string().contains('\u{1b}'), "escaped: {e}");
+        let bad_state = br#"{"type":"reset_sent","ts_ns":5,"sk":"0x1","family":4,"saddr":"127.0.0.1","sport":9,"daddr":"10.0.0.2","dport":4000,"state":"NOPE","reason":"TCP_STATE"}"#;
+        assert!(matches!(parse_any(bad_state), Err(LineError::State { .. })));
     }
 }
