@@ -692,17 +692,15 @@ pub fn replay<R: BufRead, S: Sink>(
     let mut stats = ReplayStats::default();
     let mut meta: Option<RecordedMeta> = None;
     // Lines before the first transition: meta and others, handled before the path exists.
-    let mut first: Option<(Transition, Option<Owner>)> = None;
-    // Resets before the first transition, fed once the path exists (bounded; the rest are
-    // counted as skipped).
-    let mut early: Vec<crate::rst::ResetSent> = Vec::new();
+    // The first event line (a transition or a reset), fed once the path exists.
+    let mut first: Option<Parsed> = None;
     loop {
         match next_line(&mut input, &mut buf, &mut stats, &mut on_error)
             .map_err(ReplayError::Read)?
         {
             None => break,
-            Some(Parsed::Transition(t, o)) => {
-                first = Some((t, o));
+            Some(p @ (Parsed::Transition(..) | Parsed::Reset(_))) => {
+                first = Some(p);
                 break;
             }
             Some(Parsed::Meta(m)) => {
@@ -711,8 +709,6 @@ pub fn replay<R: BufRead, S: Sink>(
                     meta = Some(m);
                 }
             }
-            Some(Parsed::Reset(r)) if early.len() < 4096 => early.push(r),
-            Some(Parsed::Reset(_)) => stats.skipped += 1,
             Some(Parsed::Other) => {}
         }
     }
@@ -738,11 +734,12 @@ pub fn replay<R: BufRead, S: Sink>(
     let mut path = path;
     path.set_reset_reasons(meta.as_ref().and_then(|m| m.resets.as_deref()) == Some("reason"));
     let mut r = Replayer::new(path, stats, sink);
-    for e in early {
-        r.reset(e).map_err(ReplayError::Write)?;
-    }
-    if let Some((t, o)) = first {
-        r.transition(t, o).map_err(ReplayError::Write)?;
+    if let Some(p) = first {
+        match p {
+            Parsed::Transition(t, o) => r.transition(t, o).map_err(ReplayError::Write)?,
+            Parsed::Reset(e) => r.reset(e).map_err(ReplayError::Write)?,
+            Parsed::Meta(_) | Parsed::Other => {}
+        }
         loop {
             match next_line(&mut input, &mut buf, &mut r.stats, &mut on_error)
                 .map_err(ReplayError::Read)?
