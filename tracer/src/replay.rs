@@ -278,7 +278,7 @@ struct ResetLine<'a> {
     sk: Cow<'a, str>,
     #[serde(default)]
     netns: u32,
-    family: u8,
+    family: u64,
     #[serde(borrow)]
     saddr: Cow<'a, str>,
     sport: u16,
@@ -293,31 +293,9 @@ struct ResetLine<'a> {
 
 fn parse_reset(line: &[u8]) -> Result<crate::rst::ResetSent, LineError> {
     let l: ResetLine<'_> = serde_json::from_slice(line).map_err(|e| LineError::json(&e))?;
-    let family = match l.family {
-        4 => Family::V4,
-        6 => Family::V6,
-        value => {
-            return Err(LineError::Family {
-                value: value.into(),
-            });
-        }
-    };
-    let sk = parse_sk(&l.sk).ok_or_else(|| LineError::Sk {
-        value: l.sk.clone().into_owned(),
-    })?;
-    let addr = |field: &'static str, v: &Cow<'_, str>| {
-        v.parse::<IpAddr>().map_err(|_| LineError::Addr {
-            field,
-            value: v.clone().into_owned(),
-        })
-    };
-    let state = match &l.state {
-        None => None,
-        Some(v) => Some(TcpState::from_name(v).ok_or_else(|| LineError::State {
-            field: "state",
-            value: v.clone().into_owned(),
-        })?),
-    };
+    let family = family_of(l.family)?;
+    let sk = sk_of(&l.sk)?;
+    let state = l.state.as_ref().map(|v| state_of("state", v)).transpose()?;
     let reason = crate::rst::RstReason::from_name(&l.reason).ok_or_else(|| LineError::Reason {
         value: l.reason.clone().into_owned(),
     })?;
@@ -328,10 +306,42 @@ fn parse_reset(line: &[u8]) -> Result<crate::rst::ResetSent, LineError> {
         state,
         reason,
         family,
-        saddr: addr("saddr", &l.saddr)?,
+        saddr: addr_of("saddr", &l.saddr)?,
         sport: l.sport,
-        daddr: addr("daddr", &l.daddr)?,
+        daddr: addr_of("daddr", &l.daddr)?,
         dport: l.dport,
+    })
+}
+
+/// A line's `family`: 4 or 6.
+fn family_of(value: u64) -> Result<Family, LineError> {
+    match value {
+        4 => Ok(Family::V4),
+        6 => Ok(Family::V6),
+        value => Err(LineError::Family { value }),
+    }
+}
+
+/// A line's `sk`: a 0x-prefixed hex number.
+fn sk_of(v: &str) -> Result<u64, LineError> {
+    parse_sk(v).ok_or_else(|| LineError::Sk {
+        value: v.to_owned(),
+    })
+}
+
+/// An address field.
+fn addr_of(field: &'static str, v: &str) -> Result<IpAddr, LineError> {
+    v.parse::<IpAddr>().map_err(|_| LineError::Addr {
+        field,
+        value: v.to_owned(),
+    })
+}
+
+/// A state field, as [`TcpState::from_name`] reads it.
+fn state_of(field: &'static str, v: &str) -> Result<TcpState, LineError> {
+    TcpState::from_name(v).ok_or_else(|| LineError::State {
+        field,
+        value: v.to_owned(),
     })
 }
 
@@ -355,36 +365,18 @@ pub fn parse_line(line: &[u8]) -> Result<Option<(Transition, Option<Owner>)>, Li
         Some(_) => return Ok(None),
     }
     let l: Line<'_> = serde_json::from_slice(line).map_err(|e| LineError::json(&e))?;
-    let family = match l.family {
-        4 => Family::V4,
-        6 => Family::V6,
-        value => return Err(LineError::Family { value }),
-    };
-    let sk = parse_sk(&l.sk).ok_or_else(|| LineError::Sk {
-        value: l.sk.clone().into_owned(),
-    })?;
-    let addr = |field: &'static str, v: &Cow<'_, str>| {
-        v.parse::<IpAddr>().map_err(|_| LineError::Addr {
-            field,
-            value: v.clone().into_owned(),
-        })
-    };
-    let state = |field: &'static str, v: &Cow<'_, str>| {
-        TcpState::from_name(v).ok_or_else(|| LineError::State {
-            field,
-            value: v.clone().into_owned(),
-        })
-    };
+    let family = family_of(l.family)?;
+    let sk = sk_of(&l.sk)?;
     let t = Transition {
         ts_ns: l.ts_ns,
         sk,
         family,
-        saddr: addr("saddr", &l.saddr)?,
+        saddr: addr_of("saddr", &l.saddr)?,
         sport: l.sport,
-        daddr: addr("daddr", &l.daddr)?,
+        daddr: addr_of("daddr", &l.daddr)?,
         dport: l.dport,
-        old: state("old", &l.old)?,
-        new: state("new", &l.new)?,
+        old: state_of("old", &l.old)?,
+        new: state_of("new", &l.new)?,
         dwell_ns: l.dwell_ns,
         netns: l.netns,
         sk_err: l.sk_err,

@@ -66,6 +66,8 @@ pub struct ResetStats {
 #[derive(Debug, Default)]
 pub struct Resets {
     series: HashMap<ResetKey, u64>,
+    /// Series of `series` with a remote of their own (at most [`SERIES_MAX`]).
+    named: usize,
     pending: VecDeque<(u64, RstReason, u64)>,
     held: VecDeque<(CloseRecord, RecordContext)>,
     /// The kernel names reasons: closes this side reset wait for theirs.
@@ -77,6 +79,7 @@ impl Resets {
     pub fn new(reasons: bool) -> Self {
         Resets {
             series: HashMap::with_capacity(SERIES_MAX + 32),
+            named: 0,
             pending: VecDeque::with_capacity(PENDING_MAX),
             held: VecDeque::with_capacity(64),
             reasons,
@@ -105,9 +108,10 @@ impl Resets {
             netns,
             remote: Some(r.daddr),
         };
-        let key = if self.series.contains_key(&own)
-            || self.series.keys().filter(|k| k.remote.is_some()).count() < SERIES_MAX
-        {
+        let key = if self.series.contains_key(&own) {
+            own
+        } else if self.named < SERIES_MAX {
+            self.named += 1;
             own
         } else {
             ResetKey {
